@@ -1,0 +1,1 @@
+"""Command-line interface of landscape (click): argument parsing only; the work is in `landscape`."""

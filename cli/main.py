@@ -1,0 +1,128 @@
+"""The `landscape` command: parses arguments and calls the library; nothing else.
+
+Heavy imports (torch, seaborn) happen inside the commands that need them, so `landscape --help`,
+`landscape info` and `landscape plot` never import torch. Every error the user can fix is printed
+as one line (`landscape <command>: error: ...`) with exit status 2; a failure during a run exits 1.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from landscape import __version__
+from landscape.errors import LandscapeError, UsageError
+
+DEFAULT_LRS = "1e-3,2e-3,5e-4,1e-4"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="landscape")
+def cli() -> None:
+    """Loss-landscape and ablation analysis of image classifiers.
+
+    \b
+    landscape run --model vgg_bn --lrs 1e-3,2e-3,5e-4,1e-4   train one model per rate into HDF5
+    landscape plot artifacts/vgg.h5 artifacts/vgg_bn.h5     draw loss envelopes and ranges
+    landscape info artifacts/vgg_bn.h5                      summarise a run file
+    """
+
+
+@cli.command()
+@click.option("--model", default="vgg_bn", show_default=True, help="Model name (vgg, vgg_bn, vgg_bn_fc).")
+@click.option("--lrs", default=DEFAULT_LRS, show_default=True, help="Learning rates, comma-separated: one run each.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="Channel and hidden width multiplier.")
+@click.option("--dataset", default="cifar10", show_default=True, help="cifar10 or synthetic.")
+@click.option("--data-root", default="data", show_default=True, help="Folder holding cifar-10-batches-py/.")
+@click.option("--download", is_flag=True, help="Download CIFAR-10 with torchvision if it is missing.")
+@click.option("--train-subset", type=int, default=0, show_default=True, help="Train on the first N images (0: all).")
+@click.option("--augment", default="none", show_default=True, help="none or crop-flip (on the device).")
+@click.option("--optimizer", default="adam", show_default=True, help="adam or sgd.")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 weight decay.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--eval-batch-size", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and data order.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--log-every", type=int, default=50, show_default=True,
+              help="Steps between copies of the losses from the device.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def run(lrs: str, out: Path | None, overwrite: bool, download: bool, quiet: bool, **options) -> None:
+    """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
+    from landscape.config import RunConfig, default_out_path, parse_lrs
+
+    config = RunConfig(lrs=parse_lrs(lrs), **options).validate()
+    from landscape.train import train
+
+    path = train(config, out or default_out_path(config.model), overwrite=overwrite, download=download,
+                 progress=not quiet)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the figures [default: the first file's folder].")
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Moving-average window in steps, applied to each run before the envelope.")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True, help="Plot every k-th step.")
+@click.option("--log-y", is_flag=True, help="Logarithmic loss axis.")
+def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int, log_y: bool) -> None:
+    """Draw per-rate curves, the min-max loss envelope and its range; several files are overlaid."""
+    from landscape.store import read_run
+
+    loaded = [read_run(path) for path in runs]
+    for run in loaded:
+        if run.steps == 0:
+            raise UsageError(f"{run.path}: no completed epoch yet, nothing to plot; wait for the first epoch")
+    from landscape.plots import plot_runs
+
+    for path in plot_runs(loaded, out_dir or runs[0].parent, smooth=smooth, stride=stride, log_y=log_y):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("run_file", type=click.Path(path_type=Path))
+def info(run_file: Path) -> None:
+    """Summarise a run file: model, options, progress, status, accuracy per learning rate."""
+    from landscape.analysis import describe
+    from landscape.store import read_run
+
+    click.echo(describe(read_run(run_file)))
+
+
+def fail(message: str, code: int) -> None:
+    """Print one line to stderr and exit with `code`."""
+    click.echo(" ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: one-line errors, exit 2 for usage errors, 1 for run failures."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = cli.main(args=args, prog_name="landscape", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        code = 0
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "landscape"
+        fail(f"{where}: error: {exc.format_message()} (see '{where} --help')", 2)
+    except click.ClickException as exc:
+        fail(f"landscape: error: {exc.format_message()}", exc.exit_code)
+    except click.exceptions.Abort:
+        fail("landscape: aborted", 130)
+    except LandscapeError as exc:
+        command = args[0] if args and not args[0].startswith("-") else ""
+        fail(f"landscape {command}: error: {exc}".replace("  ", " "), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("landscape: interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Numbers derived from stored runs: loss envelopes, smoothing, summaries (numpy only, no torch).
+
+The envelope of a run file is, at every step, the minimum and maximum loss over its learning-rate
+runs and their difference (report 004's band and Figure 13's range). Every function ignores NaN
+(diverged runs, steps not reached yet) without warnings: a step where all runs are NaN gives NaN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from landscape.store import Run
+
+
+@dataclass
+class Envelope:
+    """Per-step band over runs: `steps` [S'], and `low`, `high`, `range` [S'] (NaN where no run has a value)."""
+
+    steps: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def range(self) -> np.ndarray:
+        return self.high - self.low
+
+
+def envelope(losses: np.ndarray, *, smooth: int = 1, stride: int = 1) -> Envelope:
+    """Min and max over axis 0 of `losses` [R, S], after optional per-run smoothing, every `stride` steps."""
+    losses = np.atleast_2d(np.asarray(losses, dtype=np.float64))
+    if smooth > 1:
+        losses = moving_average(losses, smooth)
+    steps = np.arange(losses.shape[1])[::stride]
+    losses = losses[:, ::stride]
+    return Envelope(steps=steps, low=np.fmin.reduce(losses, axis=0), high=np.fmax.reduce(losses, axis=0))
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over the last axis, NaN-aware (mean of the finite values in each window).
+
+    The first `window - 1` steps average what is there so far, so the curve starts at step 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    sums = np.cumsum(np.where(finite, values, 0.0), axis=-1)
+    counts = np.cumsum(finite, axis=-1)
+    sums[..., window:] = sums[..., window:] - sums[..., :-window]
+    counts[..., window:] = counts[..., window:] - counts[..., :-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def run_label(run: Run, others: list[Run] | None = None) -> str:
+    """A short label for plots: the model name, plus the file stem where model names collide."""
+    label = run.model
+    if others and sum(o.model == run.model for o in others) > 1:
+        label = f"{label} ({run.path.stem})"
+    return label
+
+
+def best_accuracy(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Best test accuracy per run and the epoch (from 1) it was reached; NaN / 0 for runs without a value."""
+    acc = run.epoch["test_acc"]
+    if acc.shape[1] == 0:
+        return np.full(acc.shape[0], np.nan), np.zeros(acc.shape[0], dtype=int)
+    filled = np.where(np.isfinite(acc), acc, -np.inf)
+    best_epoch = np.argmax(filled, axis=1)
+    best = filled[np.arange(acc.shape[0]), best_epoch]
+    return np.where(np.isfinite(best), best, np.nan), np.where(np.isfinite(best), best_epoch + 1, 0)
+
+
+def final_accuracy(run: Run) -> np.ndarray:
+    """Test accuracy after the last completed epoch, per run (NaN before the first epoch ends)."""
+    acc = run.epoch["test_acc"]
+    return acc[:, -1] if acc.shape[1] else np.full(acc.shape[0], np.nan)
+
+
+def describe(run: Run) -> str:
+    """`landscape info`: model, options, progress, status and per-rate accuracies as plain text."""
+    config = run.config
+    best, best_epoch = best_accuracy(run)
+    final = final_accuracy(run)
+    epochs_planned = config.get("epochs", "?")
+    lines = [
+        f"file        {run.path}",
+        f"model       {run.model}  (width {config.get('width', 1)}, {run.attrs.get('parameters', '?')} parameters "
+        f"per run)",
+        f"data        {config.get('dataset')}  ({run.attrs.get('train_images', '?')} train / "
+        f"{run.attrs.get('test_images', '?')} test images, augment {config.get('augment')})",
+        f"training    {config.get('optimizer')}, batch {config.get('batch_size')}, weight decay "
+        f"{config.get('weight_decay')}, seed {config.get('seed')}, device {run.attrs.get('device')}",
+        f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
+        f"status      {run.status}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
+        f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "
+        f"torch {run.attrs.get('torch_version')}, schema {run.attrs.get('schema_version')})",
+        "",
+        f"{'lr':>10}  {'final test acc':>14}  {'best test acc':>13}  {'best epoch':>10}  {'diverged at step':>16}",
+    ]
+    diverged = run.diverged_step if run.diverged_step is not None else np.full(len(run.lrs), -1)
+    for r, lr in enumerate(run.lrs):
+        div = str(int(diverged[r])) if diverged[r] >= 0 else "-"
+        epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
+        lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}")
+    return "\n".join(lines)
+
+
+def fmt_pct(value: float) -> str:
+    """A fraction as a percentage with two decimals, '-' for NaN."""
+    return "-" if not np.isfinite(value) else f"{100 * value:.2f}%"

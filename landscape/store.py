@@ -1,0 +1,185 @@
+"""The run file: HDF5 schema version 1, its writer and its reader (numpy and h5py only).
+
+One file holds one `landscape run`: R runs (one per learning rate) trained in lockstep.
+Axis names are stored as HDF5 dimension labels ("run", "step", "epoch") and every dataset has a
+`description` attribute, so a user with h5py alone can tell what each array means. The README
+documents the same schema. The writer opens the file only while it appends, so `landscape info`
+and `landscape plot` can read a run that is still training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from landscape import __version__
+from landscape.errors import UsageError
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "landscape-run"
+STATUSES = ("running", "complete", "failed", "interrupted")
+
+# name -> (dtype, description); each is [R, E]: one value per run per completed epoch.
+EPOCH_METRICS: dict[str, tuple[str, str]] = {
+    "train_loss": ("float32", "mean training loss over the epoch's steps (train mode)"),
+    "train_acc": ("float32", "fraction of training images classified correctly during the epoch (train mode)"),
+    "test_loss": ("float32", "mean loss on the test split after the epoch (eval mode)"),
+    "test_acc": ("float32", "fraction of the test split classified correctly after the epoch (eval mode)"),
+}
+
+
+def _label_axes(dset: h5py.Dataset, *labels: str) -> None:
+    for axis, label in enumerate(labels):
+        dset.dims[axis].label = label
+
+
+def _append(dset: h5py.Dataset, block: np.ndarray, axis: int) -> None:
+    start = dset.shape[axis]
+    dset.resize(start + block.shape[axis], axis=axis)
+    index = [slice(None)] * dset.ndim
+    index[axis] = slice(start, start + block.shape[axis])
+    dset[tuple(index)] = block
+
+
+class RunWriter:
+    """Creates a run file and appends to it; every call opens, writes, flushes and closes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def create(self, *, config_json: str, lrs: list[float], attrs: dict, overwrite: bool = False) -> None:
+        """Write an empty run file; refuses to replace an existing one unless `overwrite`."""
+        runs = len(lrs)
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with h5py.File(temp, "w") as f:
+                self._layout(f, runs, lrs, config_json, attrs)
+            if overwrite:
+                os.replace(temp, self.path)
+            else:
+                os.link(temp, self.path)  # atomic, and fails rather than replace a file created meanwhile
+        except FileExistsError:
+            raise UsageError(f"{self.path} already exists: pass --overwrite to replace it, "
+                             f"or choose another --out") from None
+        finally:
+            temp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _layout(f: h5py.File, runs: int, lrs: list[float], config_json: str, attrs: dict) -> None:
+        """Create the empty datasets and root attributes of schema version 1."""
+        f.attrs.update({
+            "format": FORMAT_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "status": "running",
+            "message": "",
+            "config": config_json,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python_version": platform.python_version(),
+            "landscape_version": __version__,
+            **{k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()},
+        })
+        lr = f.create_dataset("lrs", data=np.asarray(lrs, dtype=np.float64))
+        lr.attrs["description"] = "learning rate of each run; the 'run' axis of every [R, ...] dataset"
+        _label_axes(lr, "run")
+        loss = f.create_dataset("train/loss", shape=(runs, 0), maxshape=(runs, None), dtype="float32",
+                                chunks=(runs, 4096), fillvalue=np.nan)
+        loss.attrs["description"] = ("training loss of each run at each optimizer step, on the batch of that "
+                                     "step before the update (train mode); NaN after a run diverged")
+        _label_axes(loss, "run", "step")
+        step_epoch = f.create_dataset("train/epoch", shape=(0,), maxshape=(None,), dtype="int32", chunks=(4096,))
+        step_epoch.attrs["description"] = "epoch (from 0) that each step belongs to"
+        _label_axes(step_epoch, "step")
+        for name, (dtype, text) in EPOCH_METRICS.items():
+            d = f.create_dataset(f"epoch/{name}", shape=(runs, 0), maxshape=(runs, None), dtype=dtype,
+                                 chunks=(runs, 64), fillvalue=np.nan)
+            d.attrs["description"] = text
+            _label_axes(d, "run", "epoch")
+        wall = f.create_dataset("epoch/wall_time", shape=(0,), maxshape=(None,), dtype="float64", chunks=(64,))
+        wall.attrs.update(description="seconds since training started, at the end of each epoch "
+                                      "(runs advance in lockstep and share one clock)", units="s")
+        _label_axes(wall, "epoch")
+        div = f.create_dataset("diverged_step", data=np.full(runs, -1, dtype=np.int64))
+        div.attrs["description"] = "first step whose loss was not finite, per run; -1 if the run never diverged"
+        _label_axes(div, "run")
+
+    def append_epoch(self, *, step_losses: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
+                     wall_time: float, diverged_step: np.ndarray) -> None:
+        """Append one finished epoch: its step losses [R, k], metrics (each [R]), wall time, divergences.
+
+        Steps and epoch metrics are written in one open, so a reader never sees one without the other.
+        """
+        with h5py.File(self.path, "a") as f:
+            _append(f["train/loss"], np.asarray(step_losses, dtype=np.float32), axis=1)
+            _append(f["train/epoch"], np.full(step_losses.shape[1], epoch, dtype=np.int32), axis=0)
+            for name in EPOCH_METRICS:
+                _append(f[f"epoch/{name}"], np.asarray(metrics[name], dtype=np.float32)[:, None], axis=1)
+            _append(f["epoch/wall_time"], np.asarray([wall_time], dtype=np.float64), axis=0)
+            f["diverged_step"][...] = diverged_step
+
+    def set_status(self, status: str, message: str = "") -> None:
+        """Mark the file running, complete, failed or interrupted, with a one-line message."""
+        assert status in STATUSES, status
+        with h5py.File(self.path, "a") as f:
+            f.attrs["status"] = status
+            f.attrs["message"] = message
+
+
+@dataclass
+class Run:
+    """A run file read into numpy arrays."""
+
+    path: Path
+    attrs: dict
+    config: dict
+    lrs: np.ndarray
+    train_loss: np.ndarray  # [R, S]
+    train_epoch: np.ndarray  # [S]
+    epoch: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [R, E] (wall_time [E])
+    diverged_step: np.ndarray | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", self.path.stem))
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    @property
+    def steps(self) -> int:
+        return int(self.train_loss.shape[1])
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.epoch["test_acc"].shape[1]) if "test_acc" in self.epoch else 0
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a run file; raise UsageError if it is missing, not HDF5, not ours, or too new."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; give the .h5 file written by `landscape run`")
+    if not h5py.is_hdf5(path):
+        raise UsageError(f"{path}: not an HDF5 file; give the .h5 file written by `landscape run`")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if attrs.get("format") != FORMAT_NAME or "schema_version" not in attrs:
+                raise UsageError(f"{path}: an HDF5 file, but not a landscape run (no format={FORMAT_NAME!r} attribute)")
+            version = int(attrs["schema_version"])
+            if version > SCHEMA_VERSION:
+                raise UsageError(f"{path}: schema version {version} is newer than this landscape "
+                                 f"({__version__}, schema {SCHEMA_VERSION}); upgrade landscape to read it")
+            epoch = {name: f[f"epoch/{name}"][...] for name in EPOCH_METRICS}
+            epoch["wall_time"] = f["epoch/wall_time"][...]
+            return Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
+                       train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
+                       diverged_step=f["diverged_step"][...])
+    except (OSError, KeyError) as exc:
+        raise UsageError(f"{path}: unreadable or incomplete run file ({exc}); it may be corrupt") from None

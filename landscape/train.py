@@ -1,0 +1,246 @@
+"""Training R runs (one per learning rate) in lockstep and recording them into one HDF5 file.
+
+All runs start from the same initial weights and see the same batch at every step, so they
+differ only by learning rate. `LockstepRuns` is the engine: it advances every run by one step and
+returns the step's losses as a device tensor [R]; `train` drives it over epochs, copies losses to
+the host in blocks of `log_every` steps (never per step), checks for divergence there, evaluates
+after each epoch and appends everything to the run file.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.config import RunConfig, format_lrs
+from landscape.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
+from landscape.errors import RunFailed, UsageError
+from landscape.models import build_model, check_model_name, count_parameters
+from landscape.optim import make_optimizer
+from landscape.store import RunWriter
+
+
+class LockstepRuns:
+    """R copies of one model, each with its own optimizer, stepped one after another on one batch."""
+
+    def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer]):
+        self.models = models
+        self.optimizers = optimizers
+        self.active = [True] * len(models)
+        device = next(models[0].parameters()).device
+        self._nan = torch.tensor(float("nan"), device=device)
+        self._zero = torch.tensor(0, device=device)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def stop(self, run: int) -> None:
+        """Stop stepping `run` (it diverged); it reports NaN from now on."""
+        self.active[run] = False
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step of every active run; returns (loss [R], correct predictions [R]) on device."""
+        losses, hits = [], []
+        for run, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+            if not self.active[run]:
+                losses.append(self._nan)
+                hits.append(self._zero)
+                continue
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            hits.append((logits.detach().argmax(1) == labels).sum())
+        return torch.stack(losses), torch.stack(hits)
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss and correct count [R] of every run over `batches`, in eval mode."""
+        runs = len(self.models)
+        loss_sum = torch.zeros(runs, device=self._nan.device)
+        correct = torch.zeros(runs, device=self._nan.device)
+        for model in self.models:
+            model.eval()
+        for images, labels in batches:
+            for run, model in enumerate(self.models):
+                if self.active[run]:
+                    logits = model(images)
+                    loss_sum[run] += F.cross_entropy(logits, labels, reduction="sum")
+                    correct[run] += (logits.argmax(1) == labels).sum()
+        for model in self.models:
+            model.train()
+        inactive = torch.tensor([not a for a in self.active], device=loss_sum.device)
+        return loss_sum.masked_fill(inactive, float("nan")), correct.masked_fill(inactive, float("nan"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cuda' without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU: use --device cpu or auto")
+    return torch.device(name)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Raise UsageError if `out` cannot be written, without touching the disk."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file path such as {out / 'run.h5'}")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {out.parent}: {ancestor} is not a writable folder; choose another --out")
+
+
+def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> LockstepRuns:
+    """R identical copies of the model (initialised from `config.seed`), one optimizer per rate."""
+    torch.manual_seed(config.seed)
+    base = build_model(config.model, width=config.width, num_classes=dataset.num_classes,
+                       image_size=dataset.image_size).to(device)
+    models = [copy.deepcopy(base) for _ in config.lrs]
+    optimizers = [make_optimizer(config.optimizer, m.parameters(), lr=lr, momentum=config.momentum,
+                                 weight_decay=config.weight_decay) for m, lr in zip(models, config.lrs)]
+    return LockstepRuns(models, optimizers)
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, one line per epoch otherwise."""
+
+    def __init__(self, config: RunConfig, steps: int, enabled: bool = True):
+        self.config, self.steps, self.enabled = config, steps, enabled
+        self.live = enabled and sys.stderr.isatty()
+
+    def step(self, epoch: int, step: int, last_losses: np.ndarray) -> None:
+        if self.live:
+            losses = " ".join(f"{v:.3f}" for v in last_losses)
+            sys.stderr.write(f"\repoch {epoch + 1}/{self.config.epochs} step {step}/{self.steps} "
+                             f"loss[{format_lrs(self.config.lrs)}] {losses}\033[K")
+            sys.stderr.flush()
+
+    def epoch(self, epoch: int, test_acc: np.ndarray, seconds: float) -> None:
+        if self.enabled:
+            accs = " ".join(f"{a:.3f}" for a in test_acc)
+            line = (f"epoch {epoch + 1}/{self.config.epochs} done in {seconds:.1f}s, "
+                    f"test acc[{format_lrs(self.config.lrs)}] {accs}")
+            sys.stderr.write(f"\r{line}\033[K\n" if self.live else f"{line}\n")
+            sys.stderr.flush()
+
+
+def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
+          progress: bool = True) -> Path:
+    """Train one run per learning rate in lockstep and record them in the HDF5 file `out`.
+
+    Bad options, data or output paths raise UsageError before anything is written.
+    """
+    out = Path(out)
+    config.validate()
+    check_model_name(config.model)
+    check_output(out, overwrite)
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
+                           download=download, seed=config.seed)
+    runs = build_runs(config, dataset, device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = RunWriter(out)
+    writer.create(config_json=config.to_json(), lrs=list(config.lrs), overwrite=overwrite, attrs={
+        "model": config.model, "dataset": config.dataset, "device": str(device),
+        "torch_version": torch.__version__, "parameters": count_parameters(runs.models[0]),
+        "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
+        "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
+    })
+    try:
+        record_epochs(config, dataset, runs, writer, progress)
+    except KeyboardInterrupt:
+        writer.set_status("interrupted", "stopped by the user")
+        raise RunFailed(f"interrupted; epochs completed so far are kept in {out}") from None
+    except OSError as exc:
+        try:
+            writer.set_status("failed", str(exc))
+        except OSError:
+            pass
+        raise RunFailed(f"could not write {out} ({exc}); the epochs written before are kept") from None
+    except BaseException as exc:
+        writer.set_status("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    diverged = [f"{lr:g}" for lr, active in zip(config.lrs, runs.active) if not active]
+    writer.set_status("complete", f"diverged: lr={','.join(diverged)}" if diverged else "")
+    return out
+
+
+def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, writer: RunWriter,
+                  progress_on: bool) -> None:
+    """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append."""
+    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.images.device)
+    steps = steps_per_epoch(len(dataset.train), config.batch_size)
+    diverged_step = np.full(len(runs), -1, dtype=np.int64)
+    progress = Progress(config, steps, progress_on)
+    start = time.perf_counter()
+    global_step = 0
+    for epoch in range(config.epochs):
+        epoch_start = time.perf_counter()
+        pending: list[torch.Tensor] = []
+        blocks: list[np.ndarray] = []
+        correct = torch.zeros(len(runs), device=normalize.scale.device)
+
+        def copy_out() -> None:
+            if not pending:
+                return
+            block = torch.stack(pending, dim=1).cpu().numpy()  # [R, k]: the only host copy of step losses
+            mark_divergence(block, global_step + sum(b.shape[1] for b in blocks), runs, diverged_step)
+            blocks.append(block)
+            pending.clear()
+            progress.step(epoch, sum(b.shape[1] for b in blocks), block[:, -1])
+
+        batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.seed,
+                                epoch=epoch, augment=config.augment)
+        for images, labels in batches:
+            losses, hits = runs.train_step(images, labels)
+            pending.append(losses)
+            correct += hits
+            if len(pending) == config.log_every:
+                copy_out()
+        copy_out()
+        step_losses = np.concatenate(blocks, axis=1)
+        test_loss, test_correct = runs.evaluate(eval_batches(dataset.test, normalize, config.eval_batch_size))
+        active = np.array(runs.active)
+        seen = trained_images(len(dataset.train), config.batch_size)
+        metrics = {
+            "train_loss": step_losses.mean(axis=1),
+            "train_acc": np.where(active, correct.cpu().numpy() / seen, np.nan),
+            "test_loss": test_loss.cpu().numpy() / len(dataset.test),
+            "test_acc": test_correct.cpu().numpy() / len(dataset.test),
+        }
+        global_step += step_losses.shape[1]
+        writer.append_epoch(step_losses=step_losses, epoch=epoch, metrics=metrics,
+                            wall_time=time.perf_counter() - start, diverged_step=diverged_step)
+        progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)
+
+
+def trained_images(n: int, batch_size: int) -> int:
+    """Images seen per epoch (all of them, less a dropped trailing batch of one)."""
+    return min(n, steps_per_epoch(n, batch_size) * batch_size)
+
+
+def mark_divergence(block: np.ndarray, first_step: int, runs: LockstepRuns, diverged_step: np.ndarray) -> None:
+    """Find runs whose loss turned non-finite in `block`, stop them, and NaN their later losses (in place)."""
+    for run in range(block.shape[0]):
+        bad = np.flatnonzero(~np.isfinite(block[run]))
+        if runs.active[run] and bad.size:
+            diverged_step[run] = first_step + bad[0]
+            runs.stop(run)
+        if diverged_step[run] >= 0:
+            block[run, max(0, diverged_step[run] - first_step):] = np.nan
+
