@@ -1,0 +1,49 @@
+"""Shared fixtures: the real CIFAR-10 subset (skipped with a reason where absent) and small run files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ENV = "LANDSCAPE_TEST_DATA"
+
+
+def real_data_root() -> Path | None:
+    """Folder holding cifar-10-batches-py/: $LANDSCAPE_TEST_DATA, else ../shared/data beside the repo."""
+    candidates = [os.environ.get(DATA_ENV), REPO.parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "cifar-10-batches-py" / "data_batch_1").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip(f"real CIFAR-10 subset not found: set {DATA_ENV} to the folder holding cifar-10-batches-py/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A run that takes about a second on CPU: synthetic data, width 1/16, 2 rates, 2 epochs."""
+    from landscape.config import RunConfig
+
+    def make(**overrides) -> RunConfig:
+        base = dict(model="vgg_bn", lrs=(1e-3, 3e-4), width=1 / 16, dataset="synthetic", train_subset=256,
+                    epochs=2, batch_size=32, eval_batch_size=256, log_every=3, device="cpu")
+        base.update(overrides)
+        return RunConfig(**base)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config) -> Path:
+    """A finished run file of `tiny_config()`, made once per session."""
+    from landscape.train import train
+
+    return train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny.h5", progress=False)
