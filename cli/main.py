@@ -48,14 +48,21 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--log-every", type=int, default=50, show_default=True,
               help="Steps between copies of the losses from the device.")
+@click.option("--probe-every", type=int, default=0, show_default=True,
+              help="Probe the loss and gradient along the step every K steps (0: off).")
+@click.option("--probe-multipliers", default="0.5:4:8", show_default=True,
+              help="Step multipliers: start:stop:count or a comma list.")
+@click.option("--probe-direction", default="update", show_default=True,
+              help="update (the optimizer's step) or gradient (-lr * grad, as the paper).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run(lrs: str, out: Path | None, overwrite: bool, download: bool, quiet: bool, **options) -> None:
+def run(lrs: str, probe_multipliers: str, out: Path | None, overwrite: bool, download: bool, quiet: bool,
+        **options) -> None:
     """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
-    from landscape.config import RunConfig, default_out_path, parse_lrs
+    from landscape.config import RunConfig, default_out_path, parse_lrs, parse_multipliers
 
-    config = RunConfig(lrs=parse_lrs(lrs), **options).validate()
+    config = RunConfig(lrs=parse_lrs(lrs), probe_multipliers=parse_multipliers(probe_multipliers), **options).validate()
     from landscape.train import train
 
     path = train(config, out or default_out_path(config.model), overwrite=overwrite, download=download,

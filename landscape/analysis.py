@@ -51,6 +51,39 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+@dataclass
+class ProbeBands:
+    """One run's probes as bands over the multipliers: per probed step, min and max of each measure."""
+
+    steps: np.ndarray
+    loss_low: np.ndarray
+    loss_high: np.ndarray
+    grad_low: np.ndarray
+    grad_high: np.ndarray
+    beta: np.ndarray
+
+
+def probe_bands(run: Run, index: int) -> ProbeBands:
+    """Bands over the multipliers of run `index` of a file with probes (Santurkar et al., Fig. 4)."""
+    probe = run.probe
+    loss, grad = probe["loss"][index], probe["grad_dist"][index]  # [P, J]
+    return ProbeBands(steps=probe["step"], loss_low=np.fmin.reduce(loss, axis=1), loss_high=np.fmax.reduce(loss, axis=1),
+                      grad_low=np.fmin.reduce(grad, axis=1), grad_high=np.fmax.reduce(grad, axis=1),
+                      beta=probe["beta"][index])
+
+
+def probe_medians(run: Run) -> list[tuple[float, float, float]]:
+    """Per run: medians over probes of the loss variation (max - min), the largest gradient distance, beta."""
+    out = []
+    for r in range(len(run.lrs)):
+        b = probe_bands(run, r)
+        with np.errstate(all="ignore"):
+            finite = lambda v: v[np.isfinite(v)]
+            med = lambda v: float(np.median(finite(v))) if finite(v).size else float("nan")
+            out.append((med(b.loss_high - b.loss_low), med(b.grad_high), med(b.beta)))
+    return out
+
+
 def run_label(run: Run, others: list[Run] | None = None) -> str:
     """A short label for plots: the model name, plus the file stem where model names collide."""
     label = run.model
@@ -102,6 +135,14 @@ def describe(run: Run) -> str:
         div = str(int(diverged[r])) if diverged[r] >= 0 else "-"
         epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
         lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}")
+    if run.probe is not None:
+        probe = run.probe
+        lines += ["", f"probes      {len(probe['step'])} probed steps, multipliers "
+                      f"{','.join(f'{m:g}' for m in probe['multipliers'])}, direction "
+                      f"{run.config.get('probe_direction', 'update')}; medians over probes:",
+                  f"{'lr':>10}  {'loss variation':>14}  {'max grad dist':>13}  {'beta':>10}"]
+        for lr, (variation, grad, beta) in zip(run.lrs, probe_medians(run)):
+            lines.append(f"{lr:>10g}  {variation:>14.4g}  {grad:>13.4g}  {beta:>10.4g}")
     return "\n".join(lines)
 
 

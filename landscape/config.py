@@ -11,12 +11,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from landscape.errors import UsageError
 
 DATASETS = ("cifar10", "synthetic")
 OPTIMIZERS = ("adam", "sgd")
 AUGMENTS = ("none", "crop-flip")
 DEVICES = ("auto", "cpu", "cuda")
+PROBE_DIRECTIONS = ("update", "gradient")
 
 
 @dataclass
@@ -39,6 +42,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 50  # steps between copies of the step losses from the device
+    probe_every: int = 0  # 0 = no probes; else probe every K-th step (Santurkar et al.)
+    probe_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+    probe_direction: str = "update"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":
@@ -57,6 +63,11 @@ class RunConfig:
         positive("--batch-size", self.batch_size)
         positive("--eval-batch-size", self.eval_batch_size)
         positive("--log-every", self.log_every)
+        if self.probe_every < 0:
+            raise UsageError(f"--probe-every must be 0 (off) or a positive step count, got {self.probe_every}")
+        choose("--probe-direction", self.probe_direction, PROBE_DIRECTIONS)
+        if not self.probe_multipliers or any(not (0 < m < math.inf) for m in self.probe_multipliers):
+            raise UsageError("--probe-multipliers must be positive finite numbers, e.g. 0.5:4:8")
         if not (self.width > 0 and math.isfinite(self.width)):
             raise UsageError(f"--width must be a positive number, got {self.width}")
         if self.train_subset < 0:
@@ -78,7 +89,9 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
         values.setdefault("extra", {}).update({k: v for k, v in raw.items() if k not in known})
-        values["lrs"] = tuple(values.get("lrs", ()))
+        for name in ("lrs", "probe_multipliers"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -96,6 +109,24 @@ def parse_lrs(text: str) -> tuple[float, ...]:
         check_learning_rate(rate)
         rates.append(rate)
     return tuple(rates)
+
+
+def parse_multipliers(text: str) -> tuple[float, ...]:
+    """'0.5:4:8' (start:stop:count, evenly spaced, both ends included) or '0.5,1,2' into positive floats."""
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            if int(count) < 1:
+                raise ValueError
+            values = tuple(float(v) for v in np.linspace(float(start), float(stop), int(count)))
+        else:
+            values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--probe-multipliers {text!r} is malformed: write start:stop:count (0.5:4:8) "
+                         f"or a comma list (0.5,1,2)") from None
+    if any(not (0 < v < math.inf) for v in values):
+        raise UsageError(f"--probe-multipliers {text!r} must be positive finite numbers, e.g. 0.5:4:8")
+    return values
 
 
 def check_learning_rate(rate: float) -> None:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from landscape.analysis import Envelope, envelope, moving_average, run_label  # noqa: E402
+from landscape.analysis import Envelope, envelope, moving_average, probe_bands, run_label  # noqa: E402
 from landscape.store import Run  # noqa: E402
 
 FIGURE_FORMATS = ("png", "pdf")
@@ -38,6 +38,9 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, smooth: int = 1, stride: 
                                    smooth=smooth, stride=stride, log_y=log_y)
     written += envelope_figure(labels, bands, out_dir / f"{stem}_envelope", log_y=log_y)
     written += range_figure(labels, bands, out_dir / f"{stem}_range")
+    probed = [(run, label) for run, label in zip(runs, labels) if run.probe is not None and len(run.probe["step"])]
+    for lr in sorted({float(lr) for run, _ in probed for lr in run.lrs}, reverse=True):
+        written += probe_figure(probed, lr, out_dir / f"{stem}_probes_lr{lr:g}", log_y=log_y)
     return written
 
 
@@ -82,6 +85,29 @@ def range_figure(labels: list[str], bands: list[Envelope], stem: Path) -> list[P
     return save(fig, stem, ("label", "step", "min", "max", "range"), rows)
 
 
+def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y: bool) -> list[Path]:
+    """Santurkar et al. Fig. 4 at one learning rate: loss variation, gradient predictiveness, beta."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    rows = []
+    colors = sns.color_palette("colorblind", len(probed))
+    for (run, label), color in zip(probed, colors):
+        matches = np.flatnonzero(np.isclose(run.lrs, lr))
+        if not matches.size:
+            continue
+        b = probe_bands(run, int(matches[0]))
+        axes[0].fill_between(b.steps, b.loss_low, b.loss_high, color=color, alpha=0.4, lw=0, label=label)
+        axes[1].fill_between(b.steps, b.grad_low, b.grad_high, color=color, alpha=0.4, lw=0, label=label)
+        axes[2].plot(b.steps, b.beta, color=color, lw=1.0, label=label)
+        rows += [(label, f"{lr:g}", int(s), *map(float, v)) for s, *v in
+                 zip(b.steps, b.loss_low, b.loss_high, b.grad_low, b.grad_high, b.beta)]
+    titles = ("loss variation", "gradient predictiveness", "effective beta-smoothness")
+    ylabels = ("loss along the step", "||grad(p) - grad(w)||", "max ||grad(p) - grad(w)|| / ||p - w||")
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        finish(ax, f"{title} (lr = {lr:g})", ylabel, log_y)
+    return save(fig, stem, ("label", "lr", "step", "loss_min", "loss_max", "grad_dist_min", "grad_dist_max", "beta"),
+                rows)
+
+
 def envelope_rows(label: str, band: Envelope) -> list[tuple]:
     """Long-format CSV rows of one band."""
     return [(label, int(s), float(lo), float(hi), float(r))
@@ -103,11 +129,11 @@ def save(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Pa
     fig.tight_layout()
     paths = []
     for fmt in FIGURE_FORMATS:
-        path = stem.with_suffix(f".{fmt}")
+        path = stem.parent / f"{stem.name}.{fmt}"  # not with_suffix: stems hold rates like lr0.001
         fig.savefig(path, dpi=150)
         paths.append(path)
     plt.close(fig)
-    csv_path = stem.with_suffix(".csv")
+    csv_path = stem.parent / f"{stem.name}.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)

@@ -33,6 +33,17 @@ EPOCH_METRICS: dict[str, tuple[str, str]] = {
     "test_acc": ("float32", "fraction of the test split classified correctly after the epoch (eval mode)"),
 }
 
+# name -> (axes after "run", description); stored float64 under /probe, one row per probed step.
+PROBE_DATASETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "loss": (("probe", "multiplier"), "loss variation: L_B(p_j) at the probe point p_j = w + m_j d on the step's "
+                                      "batch B (train-mode BatchNorm, running statistics untouched)"),
+    "grad_dist": (("probe", "multiplier"), "gradient predictiveness: ||grad L_B(p_j) - grad L_B(w)||_2"),
+    "distance": (("probe", "multiplier"), "distance moved: ||p_j - w||_2 = m_j ||d||_2"),
+    "beta": (("probe",), "effective beta-smoothness: max_j grad_dist_j / distance_j"),
+    "grad_norm": (("probe",), "||grad L_B(w)||_2, the gradient norm at the probed step"),
+}
+PROBE_FIELDS = tuple(PROBE_DATASETS)
+
 
 def _label_axes(dset: h5py.Dataset, *labels: str) -> None:
     for axis, label in enumerate(labels):
@@ -53,13 +64,19 @@ class RunWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def create(self, *, config_json: str, lrs: list[float], attrs: dict, overwrite: bool = False) -> None:
-        """Write an empty run file; refuses to replace an existing one unless `overwrite`."""
+    def create(self, *, config_json: str, lrs: list[float], attrs: dict, overwrite: bool = False,
+               probe_multipliers: list[float] | None = None, probe_direction: str = "update") -> None:
+        """Write an empty run file; refuses to replace an existing one unless `overwrite`.
+
+        With `probe_multipliers`, the /probe group is laid out too.
+        """
         runs = len(lrs)
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with h5py.File(temp, "w") as f:
                 self._layout(f, runs, lrs, config_json, attrs)
+                if probe_multipliers:
+                    self._probe_layout(f, runs, probe_multipliers, probe_direction)
             if overwrite:
                 os.replace(temp, self.path)
             else:
@@ -108,8 +125,33 @@ class RunWriter:
         div.attrs["description"] = "first step whose loss was not finite, per run; -1 if the run never diverged"
         _label_axes(div, "run")
 
+    @staticmethod
+    def _probe_layout(f: h5py.File, runs: int, multipliers: list[float], direction: str) -> None:
+        """The /probe group: probed steps, multipliers and one dataset per measure."""
+        group = f.create_group("probe")
+        group.attrs["direction"] = direction
+        group.attrs["description"] = (
+            "Santurkar et al. (2018) probes: at each probed step, with w the weights before the step, "
+            "d the probe direction ('update': w_next - w; 'gradient': -lr * grad) and m_j the multipliers, "
+            "the loss and gradient at p_j = w + m_j d on the same batch")
+        step = group.create_dataset("step", shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,))
+        step.attrs["description"] = "training step (index into /train/loss) of each probe"
+        _label_axes(step, "probe")
+        mult = group.create_dataset("multipliers", data=np.asarray(multipliers, dtype=np.float64))
+        mult.attrs["description"] = "step multipliers m_j"
+        _label_axes(mult, "multiplier")
+        jcount = len(multipliers)
+        for name, (axes, text) in PROBE_DATASETS.items():
+            shape, maxshape, chunks = (runs, 0), (runs, None), (runs, 256)
+            if "multiplier" in axes:
+                shape, maxshape, chunks = shape + (jcount,), maxshape + (jcount,), chunks + (jcount,)
+            d = group.create_dataset(name, shape=shape, maxshape=maxshape, dtype="float64", chunks=chunks,
+                                     fillvalue=np.nan)
+            d.attrs["description"] = text
+            _label_axes(d, "run", *axes)
+
     def append_epoch(self, *, step_losses: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
-                     wall_time: float, diverged_step: np.ndarray) -> None:
+                     wall_time: float, diverged_step: np.ndarray, probes: dict[str, np.ndarray] | None = None) -> None:
         """Append one finished epoch: its step losses [R, k], metrics (each [R]), wall time, divergences.
 
         Steps and epoch metrics are written in one open, so a reader never sees one without the other.
@@ -121,6 +163,10 @@ class RunWriter:
                 _append(f[f"epoch/{name}"], np.asarray(metrics[name], dtype=np.float32)[:, None], axis=1)
             _append(f["epoch/wall_time"], np.asarray([wall_time], dtype=np.float64), axis=0)
             f["diverged_step"][...] = diverged_step
+            if probes is not None and len(probes["step"]):
+                _append(f["probe/step"], np.asarray(probes["step"], dtype=np.int64), axis=0)
+                for name in PROBE_FIELDS:
+                    _append(f[f"probe/{name}"], np.asarray(probes[name], dtype=np.float64), axis=1)
 
     def set_status(self, status: str, message: str = "") -> None:
         """Mark the file running, complete, failed or interrupted, with a one-line message."""
@@ -142,6 +188,7 @@ class Run:
     train_epoch: np.ndarray  # [S]
     epoch: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [R, E] (wall_time [E])
     diverged_step: np.ndarray | None = None
+    probe: dict[str, np.ndarray] | None = None  # step [P], multipliers [J], and PROBE_FIELDS [R, P(, J)]
 
     @property
     def model(self) -> str:
@@ -178,8 +225,11 @@ def read_run(path: str | Path) -> Run:
                                  f"({__version__}, schema {SCHEMA_VERSION}); upgrade landscape to read it")
             epoch = {name: f[f"epoch/{name}"][...] for name in EPOCH_METRICS}
             epoch["wall_time"] = f["epoch/wall_time"][...]
+            probe = None
+            if "probe" in f:
+                probe = {name: f[f"probe/{name}"][...] for name in ("step", "multipliers", *PROBE_FIELDS)}
             return Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
                        train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
-                       diverged_step=f["diverged_step"][...])
+                       diverged_step=f["diverged_step"][...], probe=probe)
     except (OSError, KeyError) as exc:
         raise UsageError(f"{path}: unreadable or incomplete run file ({exc}); it may be corrupt") from None

@@ -25,19 +25,22 @@ from landscape.data import Dataset, Normalizer, eval_batches, load_dataset, step
 from landscape.errors import RunFailed, UsageError
 from landscape.models import build_model, check_model_name, count_parameters
 from landscape.optim import make_optimizer
-from landscape.store import RunWriter
+from landscape.probe import ModelProbe, ProbeResult, RngState
+from landscape.store import PROBE_FIELDS, RunWriter
 
 
 class LockstepRuns:
     """R copies of one model, each with its own optimizer, stepped one after another on one batch."""
 
-    def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer]):
+    def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer],
+                 probe: ModelProbe | None = None):
         self.models = models
         self.optimizers = optimizers
+        self.probe = probe
         self.active = [True] * len(models)
-        device = next(models[0].parameters()).device
-        self._nan = torch.tensor(float("nan"), device=device)
-        self._zero = torch.tensor(0, device=device)
+        self.device = next(models[0].parameters()).device
+        self._nan = torch.tensor(float("nan"), device=self.device)
+        self._zero = torch.tensor(0, device=self.device)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -46,22 +49,33 @@ class LockstepRuns:
         """Stop stepping `run` (it diverged); it reports NaN from now on."""
         self.active[run] = False
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step of every active run; returns (loss [R], correct predictions [R]) on device."""
-        losses, hits = [], []
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                   probe: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+        """One optimizer step of every active run, on device: (loss [R], correct predictions [R], probes).
+
+        With `probe`, each run is also probed around this step (probes: name -> [R, J] or [R]; NaN rows
+        for stopped runs); training itself is the same with or without.
+        """
+        losses, hits, probes = [], [], []
         for run, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             if not self.active[run]:
                 losses.append(self._nan)
                 hits.append(self._zero)
+                probes.append(None)
                 continue
+            rng_state = RngState(self.device) if probe else None
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            snapshot = self.probe.before_step(model) if probe else None
             optimizer.step()
+            if probe:
+                lr = optimizer.param_groups[0]["lr"]
+                probes.append(self.probe.after_step(model, snapshot, lr, images, labels, rng_state))
             losses.append(loss.detach())
             hits.append((logits.detach().argmax(1) == labels).sum())
-        return torch.stack(losses), torch.stack(hits)
+        return torch.stack(losses), torch.stack(hits), stack_probes(probes) if probe else None
 
     @torch.no_grad()
     def evaluate(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +95,17 @@ class LockstepRuns:
             model.train()
         inactive = torch.tensor([not a for a in self.active], device=loss_sum.device)
         return loss_sum.masked_fill(inactive, float("nan")), correct.masked_fill(inactive, float("nan"))
+
+
+def stack_probes(results: list[ProbeResult | None]) -> dict[str, torch.Tensor]:
+    """Per-run probe results into tensors [R, ...], NaN for runs that were not probed."""
+    template = next(r for r in results if r is not None)
+    stacked = {}
+    for name in PROBE_FIELDS:
+        like = getattr(template, name)
+        stacked[name] = torch.stack([getattr(r, name) if r is not None else torch.full_like(like, float("nan"))
+                                     for r in results])
+    return stacked
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,7 +138,8 @@ def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> Loc
     models = [copy.deepcopy(base) for _ in config.lrs]
     optimizers = [make_optimizer(config.optimizer, m.parameters(), lr=lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay) for m, lr in zip(models, config.lrs)]
-    return LockstepRuns(models, optimizers)
+    probe = ModelProbe(config.probe_multipliers, config.probe_direction) if config.probe_every else None
+    return LockstepRuns(models, optimizers, probe)
 
 
 class Progress:
@@ -160,7 +186,8 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
         "torch_version": torch.__version__, "parameters": count_parameters(runs.models[0]),
         "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
         "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
-    })
+    }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
+        probe_direction=config.probe_direction)
     try:
         record_epochs(config, dataset, runs, writer, progress)
     except KeyboardInterrupt:
@@ -194,6 +221,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
         pending: list[torch.Tensor] = []
         blocks: list[np.ndarray] = []
         correct = torch.zeros(len(runs), device=normalize.scale.device)
+        probe_steps: list[int] = []
+        probe_values: list[dict[str, torch.Tensor]] = []
 
         def copy_out() -> None:
             if not pending:
@@ -206,8 +235,12 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
 
         batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.seed,
                                 epoch=epoch, augment=config.augment)
-        for images, labels in batches:
-            losses, hits = runs.train_step(images, labels)
+        for step, (images, labels) in enumerate(batches):
+            probing = bool(config.probe_every) and (global_step + step) % config.probe_every == 0
+            losses, hits, probes = runs.train_step(images, labels, probe=probing)
+            if probes is not None:
+                probe_steps.append(global_step + step)
+                probe_values.append(probes)
             pending.append(losses)
             correct += hits
             if len(pending) == config.log_every:
@@ -225,8 +258,17 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
         }
         global_step += step_losses.shape[1]
         writer.append_epoch(step_losses=step_losses, epoch=epoch, metrics=metrics,
-                            wall_time=time.perf_counter() - start, diverged_step=diverged_step)
+                            wall_time=time.perf_counter() - start, diverged_step=diverged_step,
+                            probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None)
         progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)
+
+
+def probes_to_host(steps: list[int], values: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """An epoch's probes, one device-to-host copy per measure: step [P] and name -> [R, P(, J)]."""
+    host = {"step": np.asarray(steps, dtype=np.int64)}
+    for name in PROBE_FIELDS:
+        host[name] = torch.stack([v[name] for v in values], dim=1).cpu().numpy() if values else None
+    return host
 
 
 def trained_images(n: int, batch_size: int) -> int:
