@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from landscape.config import RunConfig, parse_lrs
-from landscape.data import CIFAR10_MEAN, CIFAR10_STD, cifar10_folder, read_cifar10
+from landscape.data import CIFAR10_MEAN, CIFAR10_STD, cifar_folder, read_cifar10
 from landscape.models import build_model
 from landscape.train import train
 
@@ -49,7 +49,7 @@ class CourseCIFAR(torch.utils.data.Dataset):
 
 def course_baseline(config: RunConfig, workers: int) -> float:
     """Train like the course template; return seconds."""
-    train_x, train_y, test_x, test_y = read_cifar10(cifar10_folder(config.data_root, False))
+    train_x, train_y, test_x, test_y = read_cifar10(cifar_folder(config.data_root, False))
     if config.train_subset:
         train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])

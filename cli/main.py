@@ -30,17 +30,45 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--model", default="vgg_bn", show_default=True, help="Model name (vgg, vgg_bn, vgg_bn_fc).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file of run options (keys as the flags); flags given here override it.")
+@click.option("--model", default="vgg_bn", show_default=True,
+              help="vgg, vgg_bn, vgg_bn_fc, resnet18|34|50|101|152, resnet20|32|44|56|110.")
 @click.option("--lrs", default=DEFAULT_LRS, show_default=True, help="Learning rates, comma-separated: one run each.")
 @click.option("--width", type=float, default=1.0, show_default=True, help="Channel and hidden width multiplier.")
-@click.option("--dataset", default="cifar10", show_default=True, help="cifar10 or synthetic.")
-@click.option("--data-root", default="data", show_default=True, help="Folder holding cifar-10-batches-py/.")
-@click.option("--download", is_flag=True, help="Download CIFAR-10 with torchvision if it is missing.")
+@click.option("--stem", default="auto", show_default=True, help="ResNets: imagenet (7x7/2 + max-pool) or cifar (3x3/1).")
+@click.option("--norm", default="bn", show_default=True, help="ResNets: bn, in (InstanceNorm) or none.")
+@click.option("--residual/--no-residual", default=True, show_default=True, help="ResNets: keep the skip connections.")
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="ResNets: dropout before the classifier.")
+@click.option("--activation", default="relu", show_default=True, help="ResNets: relu, leaky_relu or silu.")
+@click.option("--pretrained", is_flag=True, help="ResNet-18..152: start from torchvision's ImageNet weights.")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="cifar10, cifar100, imagenette, imagefolder (train/ and val/ under --data-root) or synthetic.")
+@click.option("--data-root", default="data", show_default=True, help="Folder holding the dataset.")
+@click.option("--download", is_flag=True, help="Download the dataset with torchvision if it is missing.")
+@click.option("--image-size", type=int, default=0, show_default=True,
+              help="Resize images to this size (0: the dataset's own; 224 Imagenette, 64 image folders).")
+@click.option("--imagenette-size", default="320", show_default=True, help="Imagenette variant: 160, 320 or full.")
 @click.option("--train-subset", type=int, default=0, show_default=True, help="Train on the first N images (0: all).")
-@click.option("--augment", default="none", show_default=True, help="none or crop-flip (on the device).")
-@click.option("--optimizer", default="adam", show_default=True, help="adam or sgd.")
+@click.option("--augment", default="none", show_default=True,
+              help="none, crop-flip, rrc-flip, report004, or switches: crop:4,hflip:0.5,vflip:0.1,rrc:0.08,"
+                   "jitter:0.2,autoaugment,erasing:0.5.")
+@click.option("--optimizer", default="adam", show_default=True, help="sgd, adam, adamw, radam or ranger.")
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 weight decay.")
+@click.option("--nesterov", is_flag=True, help="SGD with Nesterov momentum.")
+@click.option("--eps", type=float, default=None, help="Adam-family epsilon [default: the optimizer's].")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Weight decay.")
+@click.option("--schedule", default="constant", show_default=True, help="constant, step, multistep or cosine (per epoch).")
+@click.option("--step-size", type=int, default=10, show_default=True, help="step: epochs between decays.")
+@click.option("--gamma", type=float, default=0.1, show_default=True, help="step, multistep: decay factor.")
+@click.option("--milestones", default="", help="multistep: epochs where the rate decays, e.g. 90,135.")
+@click.option("--cosine-extra", type=int, default=0, show_default=True, help="cosine: T_max = epochs + this.")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warmup over this many epochs.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="Early stopping: stop a run after this many epochs without test-accuracy gain (0: off).")
+@click.option("--min-delta", type=float, default=0.0, show_default=True,
+              help="Early stopping: accuracy gain (fraction, 0.001 = 0.1%) that counts as improvement.")
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--eval-batch-size", type=int, default=1000, show_default=True)
@@ -57,12 +85,16 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run(lrs: str, probe_multipliers: str, out: Path | None, overwrite: bool, download: bool, quiet: bool,
-        **options) -> None:
+@click.pass_context
+def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrite: bool, download: bool,
+        quiet: bool, **options) -> None:
     """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
-    from landscape.config import RunConfig, default_out_path, parse_lrs, parse_multipliers
+    from landscape.config import RunConfig, config_values, default_out_path, load_config_file
 
-    config = RunConfig(lrs=parse_lrs(lrs), probe_multipliers=parse_multipliers(probe_multipliers), **options).validate()
+    from_file = load_config_file(config_file) if config_file else {}
+    given = {k: v for k, v in options.items()
+             if not from_file or ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    config = RunConfig(**{**from_file, **config_values(given, where="command line")}).validate()
     from landscape.train import train
 
     path = train(config, out or default_out_path(config.model), overwrite=overwrite, download=download,

@@ -98,7 +98,7 @@ def best_accuracy(run: Run) -> tuple[np.ndarray, np.ndarray]:
     if acc.shape[1] == 0:
         return np.full(acc.shape[0], np.nan), np.zeros(acc.shape[0], dtype=int)
     filled = np.where(np.isfinite(acc), acc, -np.inf)
-    best_epoch = np.argmax(filled, axis=1)
+    best_epoch = np.argmax(filled, axis=1)  # the first epoch reaching the best
     best = filled[np.arange(acc.shape[0]), best_epoch]
     return np.where(np.isfinite(best), best, np.nan), np.where(np.isfinite(best), best_epoch + 1, 0)
 
@@ -117,24 +117,26 @@ def describe(run: Run) -> str:
     epochs_planned = config.get("epochs", "?")
     lines = [
         f"file        {run.path}",
-        f"model       {run.model}  (width {config.get('width', 1)}, {run.attrs.get('parameters', '?')} parameters "
-        f"per run)",
+        f"model       {run.model}  (width {config.get('width', 1)}, {run.attrs.get('parameters', '?')} parameters, "
+        f"{float(run.attrs.get('model_size_mb', float('nan'))):.1f} MB per run)",
         f"data        {config.get('dataset')}  ({run.attrs.get('train_images', '?')} train / "
         f"{run.attrs.get('test_images', '?')} test images, augment {config.get('augment')})",
-        f"training    {config.get('optimizer')}, batch {config.get('batch_size')}, weight decay "
-        f"{config.get('weight_decay')}, seed {config.get('seed')}, device {run.attrs.get('device')}",
+        f"training    {config.get('optimizer')}, schedule {config.get('schedule', 'constant')}, batch "
+        f"{config.get('batch_size')}, weight decay {config.get('weight_decay')}, seed {config.get('seed')}, "
+        f"device {run.attrs.get('device')}",
         f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
         f"status      {run.status}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
         f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "
         f"torch {run.attrs.get('torch_version')}, schema {run.attrs.get('schema_version')})",
         "",
-        f"{'lr':>10}  {'final test acc':>14}  {'best test acc':>13}  {'best epoch':>10}  {'diverged at step':>16}",
+        f"{'lr':>10}  {'final test acc':>14}  {'best test acc':>13}  {'best epoch':>10}  {'diverged at step':>16}"
+        f"  {'stopped early':>13}",
     ]
-    diverged = run.diverged_step if run.diverged_step is not None else np.full(len(run.lrs), -1)
     for r, lr in enumerate(run.lrs):
-        div = str(int(diverged[r])) if diverged[r] >= 0 else "-"
+        div = str(int(run.diverged_step[r])) if run.diverged_step[r] >= 0 else "-"
+        stop = f"epoch {int(run.stopped_epoch[r])}" if run.stopped_epoch[r] >= 0 else "-"
         epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
-        lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}")
+        lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}  {stop:>13}")
     if run.probe is not None:
         probe = run.probe
         lines += ["", f"probes      {len(probe['step'])} probed steps, multipliers "

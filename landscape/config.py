@@ -1,13 +1,15 @@
-"""The options of one `landscape run`: a dataclass, its validation and its JSON form.
+"""The options of one `landscape run`: a dataclass, its validation, its JSON and TOML forms.
 
-Everything a run depends on is a field here, so the config stored in the HDF5 file is enough to
-repeat the run. No torch import: the CLI validates options before anything heavy is loaded.
+Everything a run depends on is a field of RunConfig, so the config stored in the HDF5 file is
+enough to repeat the run. A TOML file (`landscape run --config FILE.toml`) holds the same fields
+by name. No torch import: options are checked before anything heavy is loaded.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,34 +17,66 @@ import numpy as np
 
 from landscape.errors import UsageError
 
-DATASETS = ("cifar10", "synthetic")
-OPTIMIZERS = ("adam", "sgd")
-AUGMENTS = ("none", "crop-flip")
+DATASETS = ("cifar10", "cifar100", "imagenette", "imagefolder", "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "ranger")
+SCHEDULES = ("constant", "step", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PROBE_DIRECTIONS = ("update", "gradient")
+IMAGENETTE_SIZES = ("160", "320", "full")
+# augmentation switches: name -> default value (None: takes no value)
+AUGMENTS = {"crop": 4, "hflip": 0.5, "vflip": 0.5, "rrc": 0.08, "jitter": 0.2, "autoaugment": None, "erasing": 0.5}
+AUGMENT_PRESETS = {
+    "none": "",
+    "crop-flip": "crop:4,hflip:0.5",
+    "rrc-flip": "rrc:0.08,hflip:0.5",
+    "report004": "crop:4,hflip:0.5,jitter:0.2,autoaugment,erasing:0.5",  # report 004's regularisation table
+}
 
 
 @dataclass
 class RunConfig:
     """Every option of a run. `lrs` holds one learning rate per run trained in lockstep."""
 
+    # model
     model: str = "vgg_bn"
-    lrs: tuple[float, ...] = (1e-3, 2e-3, 5e-4, 1e-4)
     width: float = 1.0
+    stem: str = "auto"  # ResNets: imagenet (7x7/2 + max-pool) or cifar (3x3/1); auto = the model's own
+    norm: str = "bn"
+    residual: bool = True
+    dropout: float = 0.0
+    activation: str = "relu"
+    pretrained: bool = False
+    # data
     dataset: str = "cifar10"
     data_root: str = "data"
+    image_size: int = 0  # 0 = the dataset's own (32 for CIFAR, 224 Imagenette, 64 image folders)
+    imagenette_size: str = "320"
     train_subset: int = 0  # 0 = the whole training split
     augment: str = "none"
+    # optimisation
+    lrs: tuple[float, ...] = (1e-3, 2e-3, 5e-4, 1e-4)
     optimizer: str = "adam"
     momentum: float = 0.9  # SGD only
+    nesterov: bool = False
+    eps: float | None = None  # Adam family; None = the optimizer's default
     weight_decay: float = 0.0
+    schedule: str = "constant"
+    step_size: int = 10
+    gamma: float = 0.1
+    milestones: tuple[int, ...] = ()
+    cosine_extra: int = 0
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    patience: int = 0  # early stopping on test accuracy; 0 = off
+    min_delta: float = 0.0  # accuracy gain (fraction) that counts as an improvement
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "auto"
     log_every: int = 50  # steps between copies of the step losses from the device
-    probe_every: int = 0  # 0 = no probes; else probe every K-th step (Santurkar et al.)
+    # Santurkar probes
+    probe_every: int = 0  # 0 = no probes; else probe every K-th step
     probe_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
     probe_direction: str = "update"
     extra: dict = field(default_factory=dict)
@@ -55,28 +89,41 @@ class RunConfig:
             check_learning_rate(lr)
         if len(set(self.lrs)) != len(self.lrs):
             raise UsageError(f"--lrs repeats a rate ({format_lrs(self.lrs)}): give each rate once")
-        choose("--dataset", self.dataset, DATASETS)
-        choose("--optimizer", self.optimizer, OPTIMIZERS)
-        choose("--augment", self.augment, AUGMENTS)
-        choose("--device", self.device, DEVICES)
-        positive("--epochs", self.epochs)
-        positive("--batch-size", self.batch_size)
-        positive("--eval-batch-size", self.eval_batch_size)
-        positive("--log-every", self.log_every)
-        if self.probe_every < 0:
-            raise UsageError(f"--probe-every must be 0 (off) or a positive step count, got {self.probe_every}")
-        choose("--probe-direction", self.probe_direction, PROBE_DIRECTIONS)
+        for option, value, allowed in (("--dataset", self.dataset, DATASETS), ("--optimizer", self.optimizer, OPTIMIZERS),
+                                       ("--schedule", self.schedule, SCHEDULES), ("--device", self.device, DEVICES),
+                                       ("--probe-direction", self.probe_direction, PROBE_DIRECTIONS),
+                                       ("--imagenette-size", self.imagenette_size, IMAGENETTE_SIZES)):
+            choose(option, value, allowed)
+        parse_augment(self.augment)
+        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                              ("--eval-batch-size", self.eval_batch_size), ("--log-every", self.log_every),
+                              ("--step-size", self.step_size)):
+            positive(option, value)
+        for option, value in (("--train-subset", self.train_subset), ("--image-size", self.image_size),
+                              ("--probe-every", self.probe_every), ("--patience", self.patience),
+                              ("--cosine-extra", self.cosine_extra), ("--warmup-epochs", self.warmup_epochs)):
+            non_negative(option, value)
+        in_range("--width", self.width, 0, math.inf, low_open=True)
+        in_range("--weight-decay", self.weight_decay, 0, math.inf)
+        in_range("--momentum", self.momentum, 0, 1, high_open=True)
+        in_range("--dropout", self.dropout, 0, 1, high_open=True)
+        in_range("--label-smoothing", self.label_smoothing, 0, 1, high_open=True)
+        in_range("--gamma", self.gamma, 0, math.inf, low_open=True)
+        in_range("--min-delta", self.min_delta, 0, 1)
+        if self.eps is not None:
+            in_range("--eps", self.eps, 0, 1, low_open=True)
+        if any(not isinstance(m, int) or m <= 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise UsageError(f"--milestones must be increasing positive epochs, e.g. 90,135; got {self.milestones}")
+        if self.schedule == "multistep" and not self.milestones:
+            raise UsageError("--schedule multistep needs --milestones, e.g. --milestones 90,135")
         if not self.probe_multipliers or any(not (0 < m < math.inf) for m in self.probe_multipliers):
             raise UsageError("--probe-multipliers must be positive finite numbers, e.g. 0.5:4:8")
-        if not (self.width > 0 and math.isfinite(self.width)):
-            raise UsageError(f"--width must be a positive number, got {self.width}")
-        if self.train_subset < 0:
-            raise UsageError(f"--train-subset must be 0 (all) or a positive count, got {self.train_subset}")
-        if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise UsageError(f"--momentum must be in [0, 1), got {self.momentum}")
         return self
+
+    def model_options(self) -> dict:
+        """The ablation switches passed to `build_model`."""
+        return {"stem": self.stem, "norm": self.norm, "residual": self.residual, "dropout": self.dropout,
+                "activation": self.activation, "pretrained": self.pretrained}
 
     def to_json(self) -> str:
         """The config as JSON, the form stored in the run file's `config` attribute."""
@@ -89,10 +136,57 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
         values.setdefault("extra", {}).update({k: v for k, v in raw.items() if k not in known})
-        for name in ("lrs", "probe_multipliers"):
+        for name in TUPLE_FIELDS:
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+
+TUPLE_FIELDS = ("lrs", "probe_multipliers", "milestones")
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "extra")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a TOML run config: keys are RunConfig fields (dashes or underscores); raise UsageError on bad keys."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
+    return config_values(raw, where=str(path))
+
+
+def config_values(raw: dict, where: str) -> dict:
+    """Check and convert a mapping of run options (from TOML or a spec) to RunConfig keyword arguments."""
+    values = {}
+    defaults = RunConfig()
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise UsageError(f"{where}: unknown option {key!r}; known options are the `landscape run` flags, "
+                             f"e.g. model, lrs, epochs")
+        if name == "lrs" and isinstance(value, str):
+            value = parse_lrs(value)
+        elif name == "probe_multipliers" and isinstance(value, str):
+            value = parse_multipliers(value)
+        elif name == "milestones" and isinstance(value, str):
+            value = parse_ints(value, "--milestones")
+        default = getattr(defaults, name)
+        if name in TUPLE_FIELDS:
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UsageError(f"{where}: {key} must be true or false, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not None and not isinstance(value, type(default)):
+            raise UsageError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+        values[name] = value
+    return values
 
 
 def parse_lrs(text: str) -> tuple[float, ...]:
@@ -129,10 +223,47 @@ def parse_multipliers(text: str) -> tuple[float, ...]:
     return values
 
 
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """'90,135' into integers ('' is empty)."""
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is malformed: write whole numbers separated by commas, e.g. 90,135") from None
+
+
+def parse_augment(text: str) -> list[tuple[str, float | None]]:
+    """'crop-flip' or 'crop:4,hflip:0.5,autoaugment' into [(switch, value)], presets expanded, in order."""
+    spec = AUGMENT_PRESETS.get(text, text)
+    switches = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        part = AUGMENT_PRESETS.get(part, part)
+        if "," in part:
+            switches += parse_augment(part)
+            continue
+        name, _, value = part.partition(":")
+        if name not in AUGMENTS:
+            raise UsageError(f"--augment {text!r}: unknown switch {name!r}; use a preset ({', '.join(AUGMENT_PRESETS)}) "
+                             f"or switches {', '.join(AUGMENTS)} (e.g. crop:4,hflip:0.5)")
+        default = AUGMENTS[name]
+        if default is None:
+            if value:
+                raise UsageError(f"--augment: {name} takes no value")
+            switches.append((name, None))
+            continue
+        try:
+            number = float(value) if value else float(default)
+        except ValueError:
+            raise UsageError(f"--augment: {name}:{value} needs a number, e.g. {name}:{default}") from None
+        if number < 0 or (name != "crop" and number > 1):
+            raise UsageError(f"--augment: {name}:{value} is out of range")
+        switches.append((name, number))
+    return switches
+
+
 def check_learning_rate(rate: float) -> None:
     """Raise UsageError unless `rate` is a positive finite number."""
-    if not (math.isfinite(rate) and rate > 0):
-        raise UsageError(f"learning rate {rate:g} is not positive and finite: use rates like 1e-3")
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+        raise UsageError(f"learning rate {rate} is not positive and finite: use rates like 1e-3")
 
 
 def format_lrs(lrs) -> str:
@@ -155,3 +286,19 @@ def positive(option: str, value: int) -> None:
     """Raise UsageError unless `value` is a positive integer."""
     if not (isinstance(value, int) and value > 0):
         raise UsageError(f"{option} must be a positive integer, got {value}")
+
+
+def non_negative(option: str, value: int) -> None:
+    """Raise UsageError unless `value` is an integer >= 0."""
+    if not (isinstance(value, int) and value >= 0):
+        raise UsageError(f"{option} must be 0 or a positive integer, got {value}")
+
+
+def in_range(option: str, value: float, low: float, high: float, *, low_open: bool = False,
+             high_open: bool = False) -> None:
+    """Raise UsageError unless `value` is a finite number within [low, high] (ends open as asked)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if low_open else value >= low) \
+        and (value < high if high_open else value <= high)
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise UsageError(f"{option} must be in {left}{low:g}, {high:g}{right}, got {value}")

@@ -1,17 +1,22 @@
-"""Model registry: one table maps a model name to its constructor.
+"""Model registry: one table (MODELS) maps a model name to its constructor and the options it takes.
 
-`build_model(name, width=..., num_classes=...)` is the only way the rest of the code makes a
-model. The VGG-A family of report 004 (Santurkar et al.'s setting) lives here: `vgg`, `vgg_bn`
-(BatchNorm after every convolution) and `vgg_bn_fc` (also after the hidden Linear layers).
+`build_model(name, width=..., num_classes=..., **options)` is the only way the rest of the code
+makes a model. The VGG-A family of report 004 (Santurkar et al.'s setting) lives here: `vgg`,
+`vgg_bn` (BatchNorm after every convolution) and `vgg_bn_fc` (also after the hidden Linear
+layers); the ResNets live in `landscape.resnet`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from landscape.errors import UsageError
+from landscape.resnet import ACTIVATIONS, CIFAR_DEPTHS, IMAGENET_DEPTHS, NORMS, STEMS, cifar_resnet, imagenet_resnet
 
 # VGG-A ("configuration A" of Simonyan & Zisserman): conv widths per stage, each stage ends in a 2x2 max-pool.
 VGG_A_STAGES: tuple[tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -71,18 +76,33 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-ModelFactory = Callable[..., nn.Module]
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: the constructor, the ablation options it takes, its torchvision weights enum."""
 
-MODELS: dict[str, ModelFactory] = {
-    "vgg": lambda **kw: VGG(**kw),
-    "vgg_bn": lambda **kw: VGG(batch_norm=True, **kw),
-    "vgg_bn_fc": lambda **kw: VGG(batch_norm=True, batch_norm_fc=True, **kw),
+    build: Callable[..., nn.Module]
+    options: tuple[str, ...] = ()
+    weights: str | None = None  # torchvision weights enum name, for --pretrained
+
+
+RESNET_OPTIONS = ("stem", "norm", "residual", "dropout", "activation")
+# option -> default; a model that does not take an option accepts only its default
+MODEL_OPTION_DEFAULTS = {"stem": "auto", "norm": "bn", "residual": True, "dropout": 0.0, "activation": "relu",
+                         "pretrained": False}
+
+MODELS: dict[str, ModelSpec] = {
+    "vgg": ModelSpec(lambda **kw: VGG(**kw)),
+    "vgg_bn": ModelSpec(lambda **kw: VGG(batch_norm=True, **kw)),
+    "vgg_bn_fc": ModelSpec(lambda **kw: VGG(batch_norm=True, batch_norm_fc=True, **kw)),
+    **{f"resnet{d}": ModelSpec(partial(imagenet_resnet, d), RESNET_OPTIONS + ("pretrained",), f"ResNet{d}_Weights")
+       for d in IMAGENET_DEPTHS},
+    **{f"resnet{d}": ModelSpec(partial(cifar_resnet, d), RESNET_OPTIONS) for d in CIFAR_DEPTHS},
 }
 
 
 def model_names() -> list[str]:
-    """Every registered model name, sorted."""
-    return sorted(MODELS)
+    """Every registered model name, in registry order."""
+    return list(MODELS)
 
 
 def check_model_name(name: str) -> None:
@@ -91,12 +111,70 @@ def check_model_name(name: str) -> None:
         raise UsageError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")
 
 
-def build_model(name: str, *, width: float = 1.0, num_classes: int = 10, image_size: int = 32) -> nn.Module:
-    """Construct the registered model `name` (weights initialised from torch's global RNG)."""
+def check_model_options(name: str, options: dict) -> None:
+    """Raise UsageError if an option is set away from its default for a model that does not take it."""
     check_model_name(name)
-    return MODELS[name](width=width, num_classes=num_classes, image_size=image_size)
+    for option, value in options.items():
+        if option not in MODELS[name].options and value != MODEL_OPTION_DEFAULTS[option]:
+            flag = "--no-residual" if option == "residual" else f"--{option}"
+            raise UsageError(f"{flag} does not apply to {name}: it is an option of the ResNets"
+                             + (" with an ImageNet layout (resnet18..resnet152)" if option == "pretrained" else ""))
+    for option, allowed in (("norm", NORMS), ("activation", ACTIVATIONS), ("stem", STEMS + ("auto",))):
+        if option in options and options[option] not in allowed:
+            raise UsageError(f"--{option} {options[option]!r} is unknown: choose one of {', '.join(allowed)}")
+    if not 0 <= options.get("dropout", 0.0) < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {options['dropout']}")
+
+
+def build_model(name: str, *, width: float = 1.0, num_classes: int = 10, image_size: int = 32,
+                **options) -> nn.Module:
+    """Construct the registered model `name` (weights from torch's global RNG, or ImageNet if `pretrained`).
+
+    `options` are the ablation switches of MODEL_OPTION_DEFAULTS; each model takes the ones its
+    registry entry lists.
+    """
+    check_model_options(name, options)
+    spec = MODELS[name]
+    kwargs = {k: v for k, v in options.items() if k in spec.options and k != "pretrained"}
+    if kwargs.get("stem") == "auto":
+        del kwargs["stem"]
+    if spec.options:
+        model = spec.build(width=width, num_classes=num_classes, **kwargs)
+    else:
+        model = spec.build(width=width, num_classes=num_classes, image_size=image_size)
+    if options.get("pretrained"):
+        load_imagenet_weights(model, name, spec.weights, width=width, **kwargs)
+    return model
+
+
+def load_imagenet_weights(model: nn.Module, name: str, weights_enum: str, *, width: float, **options) -> None:
+    """Load torchvision's ImageNet weights into `model`, all but the classifier; clear error offline."""
+    if width != 1.0 or options.get("norm", "bn") != "bn" or options.get("stem", "imagenet") != "imagenet" \
+            or not options.get("residual", True):
+        raise UsageError(f"--pretrained needs the torchvision architecture of {name}: width 1, --norm bn, "
+                         f"the ImageNet stem and residual connections")
+    import torchvision
+
+    weights = torchvision.models.get_weight(f"{weights_enum}.IMAGENET1K_V1")
+    try:
+        state = weights.get_state_dict(progress=False)
+    except Exception as exc:  # offline: URLError and friends
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise UsageError(f"cannot fetch ImageNet weights for {name} ({type(exc).__name__}); "
+                         f"place {Path(weights.url).name} at {target}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise UsageError(f"ImageNet weights for {name} do not fit the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """Parameters and buffers in MiB, as a saved state dict takes (report 003's 'size' column)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2 ** 20

@@ -75,7 +75,7 @@ class ModelProbe:
         return weights, grads
 
     def after_step(self, model: nn.Module, snapshot: tuple[Params, Params], lr: float, images: torch.Tensor,
-                   labels: torch.Tensor, rng_state: "RngState") -> ProbeResult:
+                   labels: torch.Tensor, rng_state: "RngState", label_smoothing: float = 0.0) -> ProbeResult:
         """Probe around the snapshot on the step's batch, replaying the forward's random stream."""
         weights, grads = snapshot
         current = dict(model.named_parameters())
@@ -89,7 +89,7 @@ class ModelProbe:
             buffers = {n: b.clone() for n, b in model.named_buffers()}  # BN running stats: throw-away copies
             rng_state.restore()  # the same dropout masks as the training forward
             logits = functional_call(model, {**frozen, **point, **buffers}, (images,))
-            return F.cross_entropy(logits, labels)
+            return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)  # the training loss
 
         with rng_state.forked():
             return probe_along(loss_of, weights, grads, direction, self.multipliers)

@@ -27,10 +27,13 @@ STATUSES = ("running", "complete", "failed", "interrupted")
 
 # name -> (dtype, description); each is [R, E]: one value per run per completed epoch.
 EPOCH_METRICS: dict[str, tuple[str, str]] = {
-    "train_loss": ("float32", "mean training loss over the epoch's steps (train mode)"),
+    "lr": ("float64", "learning rate during the epoch (after schedule and warmup)"),
+    "train_loss": ("float32", "mean training loss over the epoch's steps (train mode, with label smoothing if set)"),
     "train_acc": ("float32", "fraction of training images classified correctly during the epoch (train mode)"),
-    "test_loss": ("float32", "mean loss on the test split after the epoch (eval mode)"),
+    "test_loss": ("float32", "mean cross-entropy on the test split after the epoch (eval mode, no label smoothing)"),
     "test_acc": ("float32", "fraction of the test split classified correctly after the epoch (eval mode)"),
+    "best_test_acc": ("float32", "best test accuracy up to and including the epoch"),
+    "best_epoch": ("int32", "epoch (from 1) of best_test_acc; 0 if none yet"),
 }
 
 # name -> (axes after "run", description); stored float64 under /probe, one row per probed step.
@@ -114,7 +117,7 @@ class RunWriter:
         _label_axes(step_epoch, "step")
         for name, (dtype, text) in EPOCH_METRICS.items():
             d = f.create_dataset(f"epoch/{name}", shape=(runs, 0), maxshape=(runs, None), dtype=dtype,
-                                 chunks=(runs, 64), fillvalue=np.nan)
+                                 chunks=(runs, 64), fillvalue=0 if dtype.startswith("int") else np.nan)
             d.attrs["description"] = text
             _label_axes(d, "run", "epoch")
         wall = f.create_dataset("epoch/wall_time", shape=(0,), maxshape=(None,), dtype="float64", chunks=(64,))
@@ -124,6 +127,10 @@ class RunWriter:
         div = f.create_dataset("diverged_step", data=np.full(runs, -1, dtype=np.int64))
         div.attrs["description"] = "first step whose loss was not finite, per run; -1 if the run never diverged"
         _label_axes(div, "run")
+        stop = f.create_dataset("stopped_epoch", data=np.full(runs, -1, dtype=np.int64))
+        stop.attrs["description"] = ("epoch (from 1) after which early stopping ended the run; -1 if it was not "
+                                     "stopped early")
+        _label_axes(stop, "run")
 
     @staticmethod
     def _probe_layout(f: h5py.File, runs: int, multipliers: list[float], direction: str) -> None:
@@ -151,7 +158,8 @@ class RunWriter:
             _label_axes(d, "run", *axes)
 
     def append_epoch(self, *, step_losses: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
-                     wall_time: float, diverged_step: np.ndarray, probes: dict[str, np.ndarray] | None = None) -> None:
+                     wall_time: float, diverged_step: np.ndarray, stopped_epoch: np.ndarray,
+                     probes: dict[str, np.ndarray] | None = None) -> None:
         """Append one finished epoch: its step losses [R, k], metrics (each [R]), wall time, divergences.
 
         Steps and epoch metrics are written in one open, so a reader never sees one without the other.
@@ -160,9 +168,10 @@ class RunWriter:
             _append(f["train/loss"], np.asarray(step_losses, dtype=np.float32), axis=1)
             _append(f["train/epoch"], np.full(step_losses.shape[1], epoch, dtype=np.int32), axis=0)
             for name in EPOCH_METRICS:
-                _append(f[f"epoch/{name}"], np.asarray(metrics[name], dtype=np.float32)[:, None], axis=1)
+                _append(f[f"epoch/{name}"], np.asarray(metrics[name], dtype=EPOCH_METRICS[name][0])[:, None], axis=1)
             _append(f["epoch/wall_time"], np.asarray([wall_time], dtype=np.float64), axis=0)
             f["diverged_step"][...] = diverged_step
+            f["stopped_epoch"][...] = stopped_epoch
             if probes is not None and len(probes["step"]):
                 _append(f["probe/step"], np.asarray(probes["step"], dtype=np.int64), axis=0)
                 for name in PROBE_FIELDS:
@@ -188,6 +197,7 @@ class Run:
     train_epoch: np.ndarray  # [S]
     epoch: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [R, E] (wall_time [E])
     diverged_step: np.ndarray | None = None
+    stopped_epoch: np.ndarray | None = None
     probe: dict[str, np.ndarray] | None = None  # step [P], multipliers [J], and PROBE_FIELDS [R, P(, J)]
 
     @property
@@ -230,6 +240,6 @@ def read_run(path: str | Path) -> Run:
                 probe = {name: f[f"probe/{name}"][...] for name in ("step", "multipliers", *PROBE_FIELDS)}
             return Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
                        train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
-                       diverged_step=f["diverged_step"][...], probe=probe)
+                       diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe)
     except (OSError, KeyError) as exc:
         raise UsageError(f"{path}: unreadable or incomplete run file ({exc}); it may be corrupt") from None

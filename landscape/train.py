@@ -23,8 +23,8 @@ from torch import nn
 from landscape.config import RunConfig, format_lrs
 from landscape.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
 from landscape.errors import RunFailed, UsageError
-from landscape.models import build_model, check_model_name, count_parameters
-from landscape.optim import make_optimizer
+from landscape.models import build_model, check_model_options, count_parameters, model_size_mb
+from landscape.optim import lr_at_epoch, make_optimizer
 from landscape.probe import ModelProbe, ProbeResult, RngState
 from landscape.store import PROBE_FIELDS, RunWriter
 
@@ -33,10 +33,11 @@ class LockstepRuns:
     """R copies of one model, each with its own optimizer, stepped one after another on one batch."""
 
     def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer],
-                 probe: ModelProbe | None = None):
+                 probe: ModelProbe | None = None, label_smoothing: float = 0.0):
         self.models = models
         self.optimizers = optimizers
         self.probe = probe
+        self.label_smoothing = label_smoothing
         self.active = [True] * len(models)
         self.device = next(models[0].parameters()).device
         self._nan = torch.tensor(float("nan"), device=self.device)
@@ -46,8 +47,15 @@ class LockstepRuns:
         return len(self.models)
 
     def stop(self, run: int) -> None:
-        """Stop stepping `run` (it diverged); it reports NaN from now on."""
+        """Stop stepping `run` (it diverged or stopped early); it reports NaN from now on."""
         self.active[run] = False
+
+    def set_learning_rates(self, lrs: list[float]) -> list[float]:
+        """Set each run's learning rate (the schedule's value for this epoch); return them."""
+        for optimizer, lr in zip(self.optimizers, lrs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lrs
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor,
                    probe: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -65,14 +73,15 @@ class LockstepRuns:
                 continue
             rng_state = RngState(self.device) if probe else None
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             snapshot = self.probe.before_step(model) if probe else None
             optimizer.step()
             if probe:
                 lr = optimizer.param_groups[0]["lr"]
-                probes.append(self.probe.after_step(model, snapshot, lr, images, labels, rng_state))
+                probes.append(self.probe.after_step(model, snapshot, lr, images, labels, rng_state,
+                                                    self.label_smoothing))
             losses.append(loss.detach())
             hits.append((logits.detach().argmax(1) == labels).sum())
         return torch.stack(losses), torch.stack(hits), stack_probes(probes) if probe else None
@@ -134,12 +143,13 @@ def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> Loc
     """R identical copies of the model (initialised from `config.seed`), one optimizer per rate."""
     torch.manual_seed(config.seed)
     base = build_model(config.model, width=config.width, num_classes=dataset.num_classes,
-                       image_size=dataset.image_size).to(device)
+                       image_size=dataset.image_size, **config.model_options()).to(device)
     models = [copy.deepcopy(base) for _ in config.lrs]
     optimizers = [make_optimizer(config.optimizer, m.parameters(), lr=lr, momentum=config.momentum,
-                                 weight_decay=config.weight_decay) for m, lr in zip(models, config.lrs)]
+                                 weight_decay=config.weight_decay, nesterov=config.nesterov, eps=config.eps)
+                  for m, lr in zip(models, config.lrs)]
     probe = ModelProbe(config.probe_multipliers, config.probe_direction) if config.probe_every else None
-    return LockstepRuns(models, optimizers, probe)
+    return LockstepRuns(models, optimizers, probe, config.label_smoothing)
 
 
 class Progress:
@@ -165,6 +175,25 @@ class Progress:
             sys.stderr.flush()
 
 
+class EarlyStopping:
+    """Per-run early stopping on test accuracy: stop after `patience` epochs without a gain above `min_delta`.
+
+    Report 004: patience 5, min_delta 0.1% (0.001). patience 0 never stops.
+    """
+
+    def __init__(self, runs: int, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best = np.full(runs, -np.inf)
+        self.waited = np.zeros(runs, dtype=np.int64)
+
+    def update(self, test_acc: np.ndarray) -> np.ndarray:
+        """Take one epoch's accuracies; return a bool mask of runs to stop now (NaN never improves)."""
+        improved = np.nan_to_num(test_acc, nan=-np.inf) > self.best + self.min_delta
+        self.best = np.where(improved, test_acc, self.best)
+        self.waited = np.where(improved, 0, self.waited + 1)
+        return (self.waited >= self.patience) if self.patience else np.zeros_like(improved)
+
+
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
           progress: bool = True) -> Path:
     """Train one run per learning rate in lockstep and record them in the HDF5 file `out`.
@@ -173,23 +202,25 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     """
     out = Path(out)
     config.validate()
-    check_model_name(config.model)
+    check_model_options(config.model, config.model_options())
     check_output(out, overwrite)
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
-                           download=download, seed=config.seed)
+                           download=download, seed=config.seed, image_size=config.image_size,
+                           imagenette_size=config.imagenette_size)
     runs = build_runs(config, dataset, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = RunWriter(out)
     writer.create(config_json=config.to_json(), lrs=list(config.lrs), overwrite=overwrite, attrs={
         "model": config.model, "dataset": config.dataset, "device": str(device),
         "torch_version": torch.__version__, "parameters": count_parameters(runs.models[0]),
-        "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
+        "model_size_mb": model_size_mb(runs.models[0]), "image_size": dataset.image_size,
+        "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
         "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
     }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
         probe_direction=config.probe_direction)
     try:
-        record_epochs(config, dataset, runs, writer, progress)
+        outcome = record_epochs(config, dataset, runs, writer, progress)
     except KeyboardInterrupt:
         writer.set_status("interrupted", "stopped by the user")
         raise RunFailed(f"interrupted; epochs completed so far are kept in {out}") from None
@@ -202,25 +233,37 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     except BaseException as exc:
         writer.set_status("failed", f"{type(exc).__name__}: {exc}")
         raise
-    diverged = [f"{lr:g}" for lr, active in zip(config.lrs, runs.active) if not active]
-    writer.set_status("complete", f"diverged: lr={','.join(diverged)}" if diverged else "")
+    writer.set_status("complete", outcome)
     return out
 
 
 def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, writer: RunWriter,
-                  progress_on: bool) -> None:
-    """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append."""
-    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.images.device)
+                  progress_on: bool) -> str:
+    """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
+
+    Returns a note on runs that diverged or stopped early ('' if none).
+    """
+    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
     steps = steps_per_epoch(len(dataset.train), config.batch_size)
     diverged_step = np.full(len(runs), -1, dtype=np.int64)
+    stopped_epoch = np.full(len(runs), -1, dtype=np.int64)
+    early = EarlyStopping(len(runs), config.patience, config.min_delta)
+    best_acc = np.full(len(runs), np.nan)
+    best_epoch = np.zeros(len(runs), dtype=np.int32)
     progress = Progress(config, steps, progress_on)
     start = time.perf_counter()
     global_step = 0
     for epoch in range(config.epochs):
+        if not any(runs.active):
+            break
         epoch_start = time.perf_counter()
+        lrs = runs.set_learning_rates([lr_at_epoch(lr, epoch, schedule=config.schedule, epochs=config.epochs,
+                                                   step_size=config.step_size, gamma=config.gamma,
+                                                   milestones=config.milestones, cosine_extra=config.cosine_extra,
+                                                   warmup_epochs=config.warmup_epochs) for lr in config.lrs])
         pending: list[torch.Tensor] = []
         blocks: list[np.ndarray] = []
-        correct = torch.zeros(len(runs), device=normalize.scale.device)
+        correct = torch.zeros(len(runs), device=dataset.train.device)
         probe_steps: list[int] = []
         probe_values: list[dict[str, torch.Tensor]] = []
 
@@ -247,20 +290,37 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
                 copy_out()
         copy_out()
         step_losses = np.concatenate(blocks, axis=1)
+        trained = np.array(runs.active)  # runs that trained through this epoch
         test_loss, test_correct = runs.evaluate(eval_batches(dataset.test, normalize, config.eval_batch_size))
-        active = np.array(runs.active)
-        seen = trained_images(len(dataset.train), config.batch_size)
+        test_acc = test_correct.cpu().numpy() / len(dataset.test)
+        stop_now = early.update(test_acc) & trained
+        for run in np.flatnonzero(stop_now):
+            runs.stop(run)
+            stopped_epoch[run] = epoch + 1
+        better = np.nan_to_num(test_acc, nan=-np.inf) > np.nan_to_num(best_acc, nan=-np.inf)
+        best_acc = np.where(better, test_acc, best_acc)
+        best_epoch = np.where(better, epoch + 1, best_epoch)
         metrics = {
+            "lr": np.where(trained, lrs, np.nan),
             "train_loss": step_losses.mean(axis=1),
-            "train_acc": np.where(active, correct.cpu().numpy() / seen, np.nan),
+            "train_acc": np.where(trained, correct.cpu().numpy() / trained_images(len(dataset.train), config.batch_size),
+                                  np.nan),
             "test_loss": test_loss.cpu().numpy() / len(dataset.test),
-            "test_acc": test_correct.cpu().numpy() / len(dataset.test),
+            "test_acc": test_acc,
+            "best_test_acc": best_acc,
+            "best_epoch": best_epoch,
         }
         global_step += step_losses.shape[1]
         writer.append_epoch(step_losses=step_losses, epoch=epoch, metrics=metrics,
                             wall_time=time.perf_counter() - start, diverged_step=diverged_step,
+                            stopped_epoch=stopped_epoch,
                             probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None)
         progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)
+    notes = [f"diverged: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(diverged_step >= 0))}"
+             if (diverged_step >= 0).any() else "",
+             f"stopped early: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(stopped_epoch >= 0))}"
+             if (stopped_epoch >= 0).any() else ""]
+    return "; ".join(n for n in notes if n)
 
 
 def probes_to_host(steps: list[int], values: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:

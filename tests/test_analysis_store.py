@@ -7,7 +7,7 @@ import pytest
 
 from landscape.analysis import envelope, moving_average
 from landscape.errors import UsageError
-from landscape.store import SCHEMA_VERSION, RunWriter, read_run
+from landscape.store import EPOCH_METRICS, SCHEMA_VERSION, RunWriter, read_run
 
 
 def test_envelope_against_numpy_with_nans():
@@ -52,9 +52,9 @@ def make_file(path, lrs=(0.1, 0.01), epochs=2, steps=5):
     written = []
     for epoch in range(epochs):
         losses = rng.random((len(lrs), steps)).astype(np.float32)
-        metrics = {k: rng.random(len(lrs)) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        metrics = {k: rng.random(len(lrs)) for k in EPOCH_METRICS}
         writer.append_epoch(step_losses=losses, epoch=epoch, metrics=metrics, wall_time=epoch + 1.0,
-                            diverged_step=np.array([-1, 7]))
+                            diverged_step=np.array([-1, 7]), stopped_epoch=np.array([-1, -1]))
         written.append((losses, metrics))
     writer.set_status("complete")
     return written

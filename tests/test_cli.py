@@ -77,6 +77,19 @@ BAD_COMMANDS = [
     ("info", "{tmp}/foreign.h5"),
     ("plot", "{tmp}/existing.h5", "--smooth", "0"),
     ("nonsense",),
+    ("run", "--model", "vgg", "--norm", "in"),
+    ("run", "--model", "resnet20", "--norm", "group"),
+    ("run", "--model", "resnet20", "--pretrained"),
+    ("run", "--schedule", "multistep"),
+    ("run", "--schedule", "cosine", "--milestones", "a,b"),
+    ("run", "--augment", "sparkle"),
+    ("run", "--dropout", "1.5", "--model", "resnet20"),
+    ("run", "--label-smoothing", "-0.1"),
+    ("run", "--config", "{tmp}/missing.toml"),
+    ("run", "--config", "{tmp}/notes.txt"),
+    ("run", "--dataset", "imagefolder", "--data-root", "{tmp}", "--out", "{tmp}/new.h5"),
+    ("run", "--probe-every", "-1"),
+    ("run", "--probe-multipliers", "1:2"),
 ]
 
 

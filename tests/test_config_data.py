@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from landscape.config import RunConfig, parse_lrs
-from landscape.data import (Normalizer, crop_flip, epoch_generator, eval_batches, load_dataset, read_cifar10,
+from landscape.config import parse_augment
+from landscape.data import (Augmenter, Normalizer, eval_batches, load_dataset, read_cifar10,
                             steps_per_epoch, train_batches)
 from landscape.errors import UsageError
 
@@ -110,7 +111,7 @@ def test_eval_batches_cover_the_split_in_order():
 
 def test_crop_flip_gives_per_image_crops_of_the_padded_image():
     images = torch.randint(1, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    out = crop_flip(images, epoch_generator(0, 0)).numpy()
+    out = Augmenter(parse_augment("crop-flip"), 32, seed=0, epoch=0, device=torch.device("cpu")).before_normalize(images).numpy()
     padded = np.pad(images.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)))
     flips = 0
     for i in range(len(images)):
