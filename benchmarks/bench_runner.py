@@ -12,12 +12,8 @@ Prints training images per second for each (test passes and recording included) 
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +25,8 @@ from torchvision import transforms
 from landscape.config import RunConfig, parse_lrs
 from landscape.data import CIFAR10_MEAN, CIFAR10_STD, cifar_folder, read_cifar10
 from landscape.models import build_model
-from landscape.train import train
+
+from common import run_arguments, time_landscape_run
 
 
 class CourseCIFAR(torch.utils.data.Dataset):
@@ -82,26 +79,9 @@ def course_baseline(config: RunConfig, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def ours(config: RunConfig) -> float:
-    """Train with landscape's runner into a temporary HDF5 file; return seconds."""
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        train(config, Path(folder) / "bench.h5", progress=False)
-        return time.perf_counter() - start
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=os.environ.get("LANDSCAPE_TEST_DATA", "data"))
-    parser.add_argument("--model", default="vgg_bn")
-    parser.add_argument("--lrs", default="1e-3,2e-3,5e-4,1e-4")
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--train-subset", type=int, default=2048)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = run_arguments(__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the two this many times; best time kept")
     args = parser.parse_args()
     config = RunConfig(model=args.model, lrs=parse_lrs(args.lrs), width=args.width, data_root=args.data_root,
                        train_subset=args.train_subset, epochs=args.epochs, batch_size=args.batch_size,
@@ -110,7 +90,7 @@ def main() -> None:
     times = {"course baseline": [], "landscape run": []}
     for _ in range(args.repeats):
         times["course baseline"].append(course_baseline(config, args.workers))
-        times["landscape run"].append(ours(config))
+        times["landscape run"].append(time_landscape_run(config))
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else \
         f"cpu ({torch.get_num_threads()} threads)"
     print(f"{config.model} width {config.width}, {len(config.lrs)} rates, {config.epochs} epoch(s), "
