@@ -74,6 +74,11 @@ def cli() -> None:
 @click.option("--eval-batch-size", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and data order.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--engine", default="auto", show_default=True,
+              help="loop (one model after another) or fused (all runs as one stacked model; sgd/adam/adamw).")
+@click.option("--precision", default="auto", show_default=True, help="fp32 or bf16 (autocast); auto: bf16 on CUDA.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format (loop engine).")
+@click.option("--compile", is_flag=True, help="torch.compile each model (loop engine).")
 @click.option("--log-every", type=int, default=50, show_default=True,
               help="Steps between copies of the losses from the device.")
 @click.option("--probe-every", type=int, default=0, show_default=True,

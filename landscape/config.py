@@ -22,6 +22,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "ranger")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PROBE_DIRECTIONS = ("update", "gradient")
+ENGINES = ("auto", "loop", "fused")
+PRECISIONS = ("auto", "fp32", "bf16")
 IMAGENETTE_SIZES = ("160", "320", "full")
 # augmentation switches: name -> default value (None: takes no value)
 AUGMENTS = {"crop": 4, "hflip": 0.5, "vflip": 0.5, "rrc": 0.08, "jitter": 0.2, "autoaugment": None, "erasing": 0.5}
@@ -74,6 +76,10 @@ class RunConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "auto"
+    engine: str = "auto"  # loop: one model after another; fused: all runs as one stacked model (torch.func)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = False
+    compile: bool = False
     log_every: int = 50  # steps between copies of the step losses from the device
     # Santurkar probes
     probe_every: int = 0  # 0 = no probes; else probe every K-th step
@@ -92,7 +98,8 @@ class RunConfig:
         for option, value, allowed in (("--dataset", self.dataset, DATASETS), ("--optimizer", self.optimizer, OPTIMIZERS),
                                        ("--schedule", self.schedule, SCHEDULES), ("--device", self.device, DEVICES),
                                        ("--probe-direction", self.probe_direction, PROBE_DIRECTIONS),
-                                       ("--imagenette-size", self.imagenette_size, IMAGENETTE_SIZES)):
+                                       ("--imagenette-size", self.imagenette_size, IMAGENETTE_SIZES),
+                                       ("--engine", self.engine, ENGINES), ("--precision", self.precision, PRECISIONS)):
             choose(option, value, allowed)
         parse_augment(self.augment)
         for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),

@@ -38,22 +38,32 @@ class ProbeResult:
 
 
 def probe_along(loss_of: Callable[[Params], torch.Tensor], weights: Params, grad: Params, direction: Params,
-                multipliers: tuple[float, ...]) -> ProbeResult:
-    """Loss and gradient distance at weights + m * direction for each multiplier m (one forward+backward each)."""
+                multipliers: tuple[float, ...], per_run_axis: bool = False) -> ProbeResult:
+    """Loss and gradient distance at weights + m * direction for each multiplier m (one forward+backward each).
+
+    With `per_run_axis`, every tensor carries R independent runs along axis 0 and `loss_of` returns
+    their losses [R]; the results then have a leading run axis ([R, J] and [R]).
+    """
     names = list(weights)
-    grad_norm = torch.sqrt(sum((grad[n].double() ** 2).sum() for n in names))
-    direction_norm = torch.sqrt(sum((direction[n].double() ** 2).sum() for n in names))
+
+    def norm(tensors) -> torch.Tensor:
+        squares = [t.double().pow(2) for t in tensors]
+        return torch.sqrt(sum(s.flatten(1).sum(1) if per_run_axis else s.sum() for s in squares))
+
+    grad_norm = norm(grad[n] for n in names)
+    direction_norm = norm(direction[n] for n in names)
     losses, dists = [], []
     for m in multipliers:
         point = {n: (weights[n] + m * direction[n]).detach().requires_grad_(True) for n in names}
         loss = loss_of(point)
-        grads = torch.autograd.grad(loss, [point[n] for n in names])
-        dists.append(torch.sqrt(sum(((gp - grad[n]).double() ** 2).sum() for gp, n in zip(grads, names))))
+        grads = torch.autograd.grad(loss.sum(), [point[n] for n in names])
+        dists.append(norm(gp - grad[n] for gp, n in zip(grads, names)))
         losses.append(loss.detach().double())
-    grad_dist = torch.stack(dists)
-    distance = direction_norm * torch.tensor(multipliers, dtype=torch.float64, device=direction_norm.device)
-    return ProbeResult(loss=torch.stack(losses), grad_dist=grad_dist, distance=distance,
-                       beta=(grad_dist / distance).max(), grad_norm=grad_norm)
+    grad_dist = torch.stack(dists, dim=-1)
+    scale = torch.tensor(multipliers, dtype=torch.float64, device=direction_norm.device)
+    distance = direction_norm.unsqueeze(-1) * scale
+    return ProbeResult(loss=torch.stack(losses, dim=-1), grad_dist=grad_dist, distance=distance,
+                       beta=(grad_dist / distance).max(dim=-1).values, grad_norm=grad_norm)
 
 
 class ModelProbe:

@@ -23,6 +23,7 @@ from torch import nn
 from landscape.config import RunConfig, format_lrs
 from landscape.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
 from landscape.errors import RunFailed, UsageError
+from landscape.fused import FusedRuns
 from landscape.models import build_model, check_model_options, count_parameters, model_size_mb
 from landscape.optim import lr_at_epoch, make_optimizer
 from landscape.probe import ModelProbe, ProbeResult, RngState
@@ -33,11 +34,18 @@ class LockstepRuns:
     """R copies of one model, each with its own optimizer, stepped one after another on one batch."""
 
     def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer],
-                 probe: ModelProbe | None = None, label_smoothing: float = 0.0):
+                 probe: ModelProbe | None = None, label_smoothing: float = 0.0,
+                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False, compile: bool = False):
         self.models = models
         self.optimizers = optimizers
         self.probe = probe
         self.label_smoothing = label_smoothing
+        self.autocast_dtype = autocast_dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            for model in models:
+                model.to(memory_format=torch.channels_last)
+        self.forwards = [torch.compile(m) for m in models] if compile else models
         self.active = [True] * len(models)
         self.device = next(models[0].parameters()).device
         self._nan = torch.tensor(float("nan"), device=self.device)
@@ -65,6 +73,7 @@ class LockstepRuns:
         for stopped runs); training itself is the same with or without.
         """
         losses, hits, probes = [], [], []
+        images = images.contiguous(memory_format=self.memory_format)
         for run, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             if not self.active[run]:
                 losses.append(self._nan)
@@ -72,8 +81,10 @@ class LockstepRuns:
                 probes.append(None)
                 continue
             rng_state = RngState(self.device) if probe else None
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            with self.autocast():
+                logits = self.forwards[run](images)
+            loss = F.cross_entropy(logits.float() if self.autocast_dtype else logits, labels,
+                                   label_smoothing=self.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             snapshot = self.probe.before_step(model) if probe else None
@@ -86,6 +97,11 @@ class LockstepRuns:
             hits.append((logits.detach().argmax(1) == labels).sum())
         return torch.stack(losses), torch.stack(hits), stack_probes(probes) if probe else None
 
+    def autocast(self):
+        """bf16 autocast when asked for, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
     @torch.no_grad()
     def evaluate(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and correct count [R] of every run over `batches`, in eval mode."""
@@ -95,10 +111,12 @@ class LockstepRuns:
         for model in self.models:
             model.eval()
         for images, labels in batches:
-            for run, model in enumerate(self.models):
+            images = images.contiguous(memory_format=self.memory_format)
+            for run, forward in enumerate(self.forwards):
                 if self.active[run]:
-                    logits = model(images)
-                    loss_sum[run] += F.cross_entropy(logits, labels, reduction="sum")
+                    with self.autocast():
+                        logits = forward(images)
+                    loss_sum[run] += F.cross_entropy(logits.float(), labels, reduction="sum")
                     correct[run] += (logits.argmax(1) == labels).sum()
         for model in self.models:
             model.train()
@@ -139,17 +157,32 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UsageError(f"cannot write to {out.parent}: {ancestor} is not a writable folder; choose another --out")
 
 
-def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> LockstepRuns:
-    """R identical copies of the model (initialised from `config.seed`), one optimizer per rate."""
+Engine = LockstepRuns | FusedRuns
+
+
+def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> tuple[Engine, nn.Module]:
+    """The engine holding R identical copies of the model (initialised from `config.seed`), and that model."""
     torch.manual_seed(config.seed)
     base = build_model(config.model, width=config.width, num_classes=dataset.num_classes,
                        image_size=dataset.image_size, **config.model_options()).to(device)
+    probe = ModelProbe(config.probe_multipliers, config.probe_direction) if config.probe_every else None
+    precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    if choose_engine(config, device) == "fused":
+        return FusedRuns(base, list(config.lrs), config.optimizer, momentum=config.momentum,
+                         weight_decay=config.weight_decay, nesterov=config.nesterov, eps=config.eps,
+                         label_smoothing=config.label_smoothing, probe=probe, autocast_dtype=autocast_dtype), base
     models = [copy.deepcopy(base) for _ in config.lrs]
     optimizers = [make_optimizer(config.optimizer, m.parameters(), lr=lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay, nesterov=config.nesterov, eps=config.eps)
                   for m, lr in zip(models, config.lrs)]
-    probe = ModelProbe(config.probe_multipliers, config.probe_direction) if config.probe_every else None
-    return LockstepRuns(models, optimizers, probe, config.label_smoothing)
+    return LockstepRuns(models, optimizers, probe, config.label_smoothing, autocast_dtype=autocast_dtype,
+                        channels_last=config.channels_last, compile=config.compile), base
+
+
+def choose_engine(config: RunConfig, device: torch.device) -> str:
+    """`--engine auto` is the loop: on CPU it measured faster than fused (benchmarks/bench_speed.py)."""
+    return "loop" if config.engine == "auto" else config.engine
 
 
 class Progress:
@@ -173,6 +206,52 @@ class Progress:
                     f"test acc[{format_lrs(self.config.lrs)}] {accs}")
             sys.stderr.write(f"\r{line}\033[K\n" if self.live else f"{line}\n")
             sys.stderr.flush()
+
+
+class StepLosses:
+    """Step losses on their way to the host: stacked in blocks, copied without waiting, read when landed.
+
+    On CUDA each block is copied into pinned memory with `non_blocking=True` and an event marks its
+    arrival, so the training loop never waits for the GPU inside an epoch; `landed()` hands over the
+    blocks whose copy has finished, `drain()` waits for the rest (at the epoch's end). On CPU the
+    copies are immediate.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[torch.Tensor] = []
+        self.in_flight: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.pending.append(losses)
+
+    def send(self) -> None:
+        """Start copying the pending steps to the host as one [R, k] block."""
+        if not self.pending:
+            return
+        block = torch.stack(self.pending, dim=1)
+        self.pending.clear()
+        host = torch.empty(block.shape, dtype=block.dtype, pin_memory=self.cuda)
+        host.copy_(block, non_blocking=self.cuda)
+        event = torch.cuda.Event() if self.cuda else None
+        if event is not None:
+            event.record()
+        self.in_flight.append((host, event))
+
+    def landed(self) -> list[np.ndarray]:
+        """Blocks whose copy has finished, oldest first, as numpy [R, k]."""
+        done = []
+        while self.in_flight and (self.in_flight[0][1] is None or self.in_flight[0][1].query()):
+            done.append(self.in_flight.pop(0)[0].numpy())
+        return done
+
+    def drain(self) -> list[np.ndarray]:
+        """Send what is pending and wait for every block."""
+        self.send()
+        for _, event in self.in_flight:
+            if event is not None:
+                event.synchronize()
+        return self.landed()
 
 
 class EarlyStopping:
@@ -208,13 +287,15 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
                            download=download, seed=config.seed, image_size=config.image_size,
                            imagenette_size=config.imagenette_size)
-    runs = build_runs(config, dataset, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    runs, base = build_runs(config, dataset, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = RunWriter(out)
     writer.create(config_json=config.to_json(), lrs=list(config.lrs), overwrite=overwrite, attrs={
         "model": config.model, "dataset": config.dataset, "device": str(device),
-        "torch_version": torch.__version__, "parameters": count_parameters(runs.models[0]),
-        "model_size_mb": model_size_mb(runs.models[0]), "image_size": dataset.image_size,
+        "torch_version": torch.__version__, "parameters": count_parameters(base),
+        "model_size_mb": model_size_mb(base), "engine": type(runs).__name__, "image_size": dataset.image_size,
         "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
         "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
     }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
@@ -237,7 +318,7 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     return out
 
 
-def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, writer: RunWriter,
+def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter,
                   progress_on: bool) -> str:
     """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
 
@@ -261,20 +342,17 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
                                                    step_size=config.step_size, gamma=config.gamma,
                                                    milestones=config.milestones, cosine_extra=config.cosine_extra,
                                                    warmup_epochs=config.warmup_epochs) for lr in config.lrs])
-        pending: list[torch.Tensor] = []
+        step_losses = StepLosses(dataset.train.device)
         blocks: list[np.ndarray] = []
         correct = torch.zeros(len(runs), device=dataset.train.device)
         probe_steps: list[int] = []
         probe_values: list[dict[str, torch.Tensor]] = []
 
-        def copy_out() -> None:
-            if not pending:
-                return
-            block = torch.stack(pending, dim=1).cpu().numpy()  # [R, k]: the only host copy of step losses
-            mark_divergence(block, global_step + sum(b.shape[1] for b in blocks), runs, diverged_step)
-            blocks.append(block)
-            pending.clear()
-            progress.step(epoch, sum(b.shape[1] for b in blocks), block[:, -1])
+        def take(landed: list[np.ndarray]) -> None:
+            for block in landed:  # the only host copies of step losses
+                mark_divergence(block, global_step + sum(b.shape[1] for b in blocks), runs, diverged_step)
+                blocks.append(block)
+                progress.step(epoch, sum(b.shape[1] for b in blocks), block[:, -1])
 
         batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.seed,
                                 epoch=epoch, augment=config.augment)
@@ -284,12 +362,13 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
             if probes is not None:
                 probe_steps.append(global_step + step)
                 probe_values.append(probes)
-            pending.append(losses)
+            step_losses.add(losses)
             correct += hits
-            if len(pending) == config.log_every:
-                copy_out()
-        copy_out()
-        step_losses = np.concatenate(blocks, axis=1)
+            if (step + 1) % config.log_every == 0:
+                step_losses.send()
+                take(step_losses.landed())
+        take(step_losses.drain())
+        epoch_losses = np.concatenate(blocks, axis=1)
         trained = np.array(runs.active)  # runs that trained through this epoch
         test_loss, test_correct = runs.evaluate(eval_batches(dataset.test, normalize, config.eval_batch_size))
         test_acc = test_correct.cpu().numpy() / len(dataset.test)
@@ -302,7 +381,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
         best_epoch = np.where(better, epoch + 1, best_epoch)
         metrics = {
             "lr": np.where(trained, lrs, np.nan),
-            "train_loss": step_losses.mean(axis=1),
+            "train_loss": epoch_losses.mean(axis=1),
             "train_acc": np.where(trained, correct.cpu().numpy() / trained_images(len(dataset.train), config.batch_size),
                                   np.nan),
             "test_loss": test_loss.cpu().numpy() / len(dataset.test),
@@ -310,8 +389,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: LockstepRuns, write
             "best_test_acc": best_acc,
             "best_epoch": best_epoch,
         }
-        global_step += step_losses.shape[1]
-        writer.append_epoch(step_losses=step_losses, epoch=epoch, metrics=metrics,
+        global_step += epoch_losses.shape[1]
+        writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics,
                             wall_time=time.perf_counter() - start, diverged_step=diverged_step,
                             stopped_epoch=stopped_epoch,
                             probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None)
@@ -336,7 +415,7 @@ def trained_images(n: int, batch_size: int) -> int:
     return min(n, steps_per_epoch(n, batch_size) * batch_size)
 
 
-def mark_divergence(block: np.ndarray, first_step: int, runs: LockstepRuns, diverged_step: np.ndarray) -> None:
+def mark_divergence(block: np.ndarray, first_step: int, runs: Engine, diverged_step: np.ndarray) -> None:
     """Find runs whose loss turned non-finite in `block`, stop them, and NaN their later losses (in place)."""
     for run in range(block.shape[0]):
         bad = np.flatnonzero(~np.isfinite(block[run]))
