@@ -89,21 +89,37 @@ def cli() -> None:
               help="update (the optimizer's step) or gradient (-lr * grad, as the paper).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue this run file from its checkpoint (options, if given, must match the run's).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Save a checkpoint beside the run file every N epochs (0: never; always on SIGINT/SIGTERM).")
+@click.option("--keep-checkpoint", is_flag=True, help="Keep the checkpoint (final weights) when the run completes.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
-def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrite: bool, download: bool,
-        quiet: bool, **options) -> None:
+def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrite: bool, resume: Path | None,
+        checkpoint_every: int, keep_checkpoint: bool, download: bool, quiet: bool, **options) -> None:
     """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
     from landscape.config import RunConfig, config_values, default_out_path, load_config_file
 
     from_file = load_config_file(config_file) if config_file else {}
-    given = {k: v for k, v in options.items()
-             if not from_file or ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    on_command_line = {k: v for k, v in options.items()
+                       if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    runtime = dict(download=download, progress=not quiet, checkpoint_every=checkpoint_every,
+                   keep_checkpoint=keep_checkpoint)
+    if resume is not None:
+        if out is not None or overwrite:
+            raise UsageError("--resume continues the given file: drop --out and --overwrite")
+        from landscape.train import resume as resume_run
+
+        path, resumed = resume_run(resume, {**from_file, **config_values(on_command_line, where="command line")},
+                                   **runtime)
+        click.echo(f"wrote {path}" if resumed else f"nothing to resume: {path} is complete")
+        return
+    given = on_command_line if from_file else options
     config = RunConfig(**{**from_file, **config_values(given, where="command line")}).validate()
     from landscape.train import train
 
-    path = train(config, out or default_out_path(config.model), overwrite=overwrite, download=download,
-                 progress=not quiet)
+    path = train(config, out or default_out_path(config.model), overwrite=overwrite, **runtime)
     click.echo(f"wrote {path}")
 
 
@@ -117,26 +133,38 @@ def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrit
 @click.option("--log-y", is_flag=True, help="Logarithmic loss axis.")
 def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int, log_y: bool) -> None:
     """Draw per-rate curves, the min-max loss envelope and its range; several files are overlaid."""
-    from landscape.store import read_run
+    from landscape.store import read_runs
 
-    loaded = [read_run(path) for path in runs]
-    for run in loaded:
-        if run.steps == 0:
-            raise UsageError(f"{run.path}: no completed epoch yet, nothing to plot; wait for the first epoch")
+    loaded, problems = read_runs(runs, need_steps=True)
+    if not loaded:
+        raise UsageError(" | ".join(problems))
     from landscape.plots import plot_runs
 
     for path in plot_runs(loaded, out_dir or runs[0].parent, smooth=smooth, stride=stride, log_y=log_y):
         click.echo(str(path))
+    report_skipped(problems)
 
 
 @cli.command()
-@click.argument("run_file", type=click.Path(path_type=Path))
-def info(run_file: Path) -> None:
-    """Summarise a run file: model, options, progress, status, accuracy per learning rate."""
+@click.argument("run_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def info(run_files: tuple[Path, ...]) -> None:
+    """Summarise run files: model, options, progress, status, accuracy per learning rate."""
     from landscape.analysis import describe
-    from landscape.store import read_run
+    from landscape.store import read_runs
 
-    click.echo(describe(read_run(run_file)))
+    loaded, problems = read_runs(run_files)
+    if not loaded:
+        raise UsageError(" | ".join(problems))
+    click.echo("\n\n".join(describe(run) for run in loaded))
+    report_skipped(problems)
+
+
+def report_skipped(problems: list[str]) -> None:
+    """One line per file that could not be used; exit 1 when some were skipped."""
+    for problem in problems:
+        click.echo(f"landscape: skipped {problem}", err=True)
+    if problems:
+        sys.exit(1)
 
 
 def fail(message: str, code: int) -> None:

@@ -201,6 +201,27 @@ class FusedRuns:
         inactive = ~self._active_mask
         return loss_sum.masked_fill(inactive, float("nan")), correct.masked_fill(inactive, float("nan"))
 
+    def state_dict(self) -> dict:
+        """Stacked weights, buffers, optimizer state, rates, and which runs are still training."""
+        optimizer = self.optimizer
+        moments = ({"exp_avg": optimizer.exp_avg, "exp_avg_sq": optimizer.exp_avg_sq, "steps": optimizer.steps}
+                   if isinstance(optimizer, BatchedAdam) else {"buffers": optimizer.buffers})
+        return {"params": {n: p.detach() for n, p in self.params.items()}, "buffers": self.buffers,
+                "optimizer": moments, "lrs": self.lrs, "active": list(self.active)}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                self.params[name].copy_(value)
+            for name, value in state["buffers"].items():
+                self.buffers[name].copy_(value)
+            self.lrs.copy_(state["lrs"])
+        for key, value in state["optimizer"].items():
+            setattr(self.optimizer, key, value)
+        for run, active in enumerate(state["active"]):
+            if not active:
+                self.stop(run)
+
     def run_state(self, run: int) -> dict[str, torch.Tensor]:
         """Run `run`'s parameters and buffers as a state dict of the original model."""
         return {**{n: p[run].detach() for n, p in self.params.items()}, **{n: b[run] for n, b in self.buffers.items()}}

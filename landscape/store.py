@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,136 +54,202 @@ def _label_axes(dset: h5py.Dataset, *labels: str) -> None:
         dset.dims[axis].label = label
 
 
-def _append(dset: h5py.Dataset, block: np.ndarray, axis: int) -> None:
-    start = dset.shape[axis]
-    dset.resize(start + block.shape[axis], axis=axis)
-    index = [slice(None)] * dset.ndim
-    index[axis] = slice(start, start + block.shape[axis])
-    dset[tuple(index)] = block
+_writes: dict[str, int] = {}
+
+
+def kill_before_rename(path: Path) -> None:
+    """Fault injection for the crash tests: LANDSCAPE_TEST_KILL_BEFORE_RENAME=NAME:N kills this process with
+    SIGKILL during the N-th write of the file NAME, after the new copy is written, before it replaces the old."""
+    target = os.environ.get("LANDSCAPE_TEST_KILL_BEFORE_RENAME")
+    if target:
+        _writes[path.name] = _writes.get(path.name, 0) + 1
+        if target == f"{path.name}:{_writes[path.name]}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary copies of `path` left by a killed writer (call while holding the run's lock)."""
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        temp.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, write, *, replace: bool = True) -> None:
+    """Write `path` through `write(temp_path)`, fsync, then rename into place (or link, if not `replace`).
+
+    A reader, or a crash at any moment, sees the old file or the new one, never a mix. With
+    `replace=False` an existing `path` is never touched (FileExistsError).
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temp)
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
+        kill_before_rename(path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # atomic, and fails rather than replace a file created meanwhile
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 class RunWriter:
-    """Creates a run file and appends to it; every call opens, writes, flushes and closes."""
+    """A run's record, held in memory and written whole to the run file at every flush.
 
-    def __init__(self, path: str | Path):
+    The record is small (one float per run and step, a few per epoch), so each flush rewrites the
+    file through a temporary copy and a rename: the file on disk is always a complete, readable run,
+    whatever happens to the process, and a reader may open it at any time while it trains.
+    """
+
+    def __init__(self, path: str | Path, *, config_json: str, lrs: list[float], attrs: dict,
+                 probe_multipliers: list[float] | None = None, probe_direction: str = "update"):
         self.path = Path(path)
-
-    def create(self, *, config_json: str, lrs: list[float], attrs: dict, overwrite: bool = False,
-               probe_multipliers: list[float] | None = None, probe_direction: str = "update") -> None:
-        """Write an empty run file; refuses to replace an existing one unless `overwrite`.
-
-        With `probe_multipliers`, the /probe group is laid out too.
-        """
         runs = len(lrs)
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.lrs = np.asarray(lrs, dtype=np.float64)
+        self.attrs = {
+            "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "status": "running", "message": "",
+            "config": config_json, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python_version": platform.python_version(), "landscape_version": __version__,
+            **{k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()},
+        }
+        self.train_loss = np.zeros((runs, 0), dtype=np.float32)
+        self.train_epoch = np.zeros(0, dtype=np.int32)
+        self.epoch = {name: np.zeros((runs, 0), dtype=dtype) for name, (dtype, _) in EPOCH_METRICS.items()}
+        self.wall_time = np.zeros(0, dtype=np.float64)
+        self.diverged_step = np.full(runs, -1, dtype=np.int64)
+        self.stopped_epoch = np.full(runs, -1, dtype=np.int64)
+        self.probe = None
+        if probe_multipliers:
+            self.probe = {"step": np.zeros(0, dtype=np.int64), "multipliers": np.asarray(probe_multipliers, dtype=np.float64),
+                          "direction": probe_direction}
+            for name, (axes, _) in PROBE_DATASETS.items():
+                self.probe[name] = np.zeros((runs, 0, len(probe_multipliers)) if "multiplier" in axes else (runs, 0))
+
+    @classmethod
+    def continuing(cls, run: "Run", *, epochs: int) -> "RunWriter":
+        """A writer holding `run`'s record cut back to its first `epochs` epochs (to resume from a checkpoint)."""
+        writer = cls(run.path, config_json=run.attrs["config"], lrs=list(run.lrs), attrs={},
+                     probe_multipliers=list(run.probe["multipliers"]) if run.probe is not None else None,
+                     probe_direction=run.probe["direction"] if run.probe is not None else "update")
+        writer.attrs.update(run.attrs)
+        steps = int(np.searchsorted(run.train_epoch, epochs))  # steps of the first `epochs` epochs
+        writer.train_loss, writer.train_epoch = run.train_loss[:, :steps], run.train_epoch[:steps]
+        writer.epoch = {name: run.epoch[name][:, :epochs] for name in EPOCH_METRICS}
+        writer.wall_time = run.epoch["wall_time"][:epochs]
+        writer.diverged_step = np.where(run.diverged_step < steps, run.diverged_step, -1)
+        writer.stopped_epoch = np.where(run.stopped_epoch <= epochs, run.stopped_epoch, -1)
+        if run.probe is not None:
+            kept = int(np.searchsorted(run.probe["step"], steps))
+            writer.probe["step"] = run.probe["step"][:kept]
+            for name in PROBE_FIELDS:
+                writer.probe[name] = run.probe[name][:, :kept]
+        return writer
+
+    def create(self, overwrite: bool = False) -> None:
+        """Write the (empty) run file; refuses to replace an existing one unless `overwrite`."""
         try:
-            with h5py.File(temp, "w") as f:
-                self._layout(f, runs, lrs, config_json, attrs)
-                if probe_multipliers:
-                    self._probe_layout(f, runs, probe_multipliers, probe_direction)
-            if overwrite:
-                os.replace(temp, self.path)
-            else:
-                os.link(temp, self.path)  # atomic, and fails rather than replace a file created meanwhile
+            write_atomically(self.path, self._write, replace=overwrite)
         except FileExistsError:
             raise UsageError(f"{self.path} already exists: pass --overwrite to replace it, "
                              f"or choose another --out") from None
-        finally:
-            temp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _layout(f: h5py.File, runs: int, lrs: list[float], config_json: str, attrs: dict) -> None:
-        """Create the empty datasets and root attributes of schema version 1."""
-        f.attrs.update({
-            "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
-            "status": "running",
-            "message": "",
-            "config": config_json,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python_version": platform.python_version(),
-            "landscape_version": __version__,
-            **{k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()},
-        })
-        lr = f.create_dataset("lrs", data=np.asarray(lrs, dtype=np.float64))
-        lr.attrs["description"] = "learning rate of each run; the 'run' axis of every [R, ...] dataset"
-        _label_axes(lr, "run")
-        loss = f.create_dataset("train/loss", shape=(runs, 0), maxshape=(runs, None), dtype="float32",
-                                chunks=(runs, 4096), fillvalue=np.nan)
-        loss.attrs["description"] = ("training loss of each run at each optimizer step, on the batch of that "
-                                     "step before the update (train mode); NaN after a run diverged")
-        _label_axes(loss, "run", "step")
-        step_epoch = f.create_dataset("train/epoch", shape=(0,), maxshape=(None,), dtype="int32", chunks=(4096,))
-        step_epoch.attrs["description"] = "epoch (from 0) that each step belongs to"
-        _label_axes(step_epoch, "step")
-        for name, (dtype, text) in EPOCH_METRICS.items():
-            d = f.create_dataset(f"epoch/{name}", shape=(runs, 0), maxshape=(runs, None), dtype=dtype,
-                                 chunks=(runs, 64), fillvalue=0 if dtype.startswith("int") else np.nan)
-            d.attrs["description"] = text
-            _label_axes(d, "run", "epoch")
-        wall = f.create_dataset("epoch/wall_time", shape=(0,), maxshape=(None,), dtype="float64", chunks=(64,))
-        wall.attrs.update(description="seconds since training started, at the end of each epoch "
-                                      "(runs advance in lockstep and share one clock)", units="s")
-        _label_axes(wall, "epoch")
-        div = f.create_dataset("diverged_step", data=np.full(runs, -1, dtype=np.int64))
-        div.attrs["description"] = "first step whose loss was not finite, per run; -1 if the run never diverged"
-        _label_axes(div, "run")
-        stop = f.create_dataset("stopped_epoch", data=np.full(runs, -1, dtype=np.int64))
-        stop.attrs["description"] = ("epoch (from 1) after which early stopping ended the run; -1 if it was not "
-                                     "stopped early")
-        _label_axes(stop, "run")
-
-    @staticmethod
-    def _probe_layout(f: h5py.File, runs: int, multipliers: list[float], direction: str) -> None:
-        """The /probe group: probed steps, multipliers and one dataset per measure."""
-        group = f.create_group("probe")
-        group.attrs["direction"] = direction
-        group.attrs["description"] = (
-            "Santurkar et al. (2018) probes: at each probed step, with w the weights before the step, "
-            "d the probe direction ('update': w_next - w; 'gradient': -lr * grad) and m_j the multipliers, "
-            "the loss and gradient at p_j = w + m_j d on the same batch")
-        step = group.create_dataset("step", shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,))
-        step.attrs["description"] = "training step (index into /train/loss) of each probe"
-        _label_axes(step, "probe")
-        mult = group.create_dataset("multipliers", data=np.asarray(multipliers, dtype=np.float64))
-        mult.attrs["description"] = "step multipliers m_j"
-        _label_axes(mult, "multiplier")
-        jcount = len(multipliers)
-        for name, (axes, text) in PROBE_DATASETS.items():
-            shape, maxshape, chunks = (runs, 0), (runs, None), (runs, 256)
-            if "multiplier" in axes:
-                shape, maxshape, chunks = shape + (jcount,), maxshape + (jcount,), chunks + (jcount,)
-            d = group.create_dataset(name, shape=shape, maxshape=maxshape, dtype="float64", chunks=chunks,
-                                     fillvalue=np.nan)
-            d.attrs["description"] = text
-            _label_axes(d, "run", *axes)
 
     def append_epoch(self, *, step_losses: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
                      wall_time: float, diverged_step: np.ndarray, stopped_epoch: np.ndarray,
                      probes: dict[str, np.ndarray] | None = None) -> None:
-        """Append one finished epoch: its step losses [R, k], metrics (each [R]), wall time, divergences.
+        """Add one finished epoch (step losses [R, k], metrics each [R], wall time, divergences) and flush.
 
-        Steps and epoch metrics are written in one open, so a reader never sees one without the other.
+        If the flush fails (disk full...), the record goes back to what the file on disk holds.
         """
-        with h5py.File(self.path, "a") as f:
-            _append(f["train/loss"], np.asarray(step_losses, dtype=np.float32), axis=1)
-            _append(f["train/epoch"], np.full(step_losses.shape[1], epoch, dtype=np.int32), axis=0)
-            for name in EPOCH_METRICS:
-                _append(f[f"epoch/{name}"], np.asarray(metrics[name], dtype=EPOCH_METRICS[name][0])[:, None], axis=1)
-            _append(f["epoch/wall_time"], np.asarray([wall_time], dtype=np.float64), axis=0)
-            f["diverged_step"][...] = diverged_step
-            f["stopped_epoch"][...] = stopped_epoch
-            if probes is not None and len(probes["step"]):
-                _append(f["probe/step"], np.asarray(probes["step"], dtype=np.int64), axis=0)
-                for name in PROBE_FIELDS:
-                    _append(f[f"probe/{name}"], np.asarray(probes[name], dtype=np.float64), axis=1)
+        saved = (self.train_loss, self.train_epoch, dict(self.epoch), self.wall_time, self.diverged_step,
+                 self.stopped_epoch, dict(self.probe) if self.probe is not None else None)
+        try:
+            self._add_epoch(step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes)
+            self.flush()
+        except OSError:
+            (self.train_loss, self.train_epoch, self.epoch, self.wall_time, self.diverged_step,
+             self.stopped_epoch, self.probe) = saved
+            raise
+
+    def _add_epoch(self, step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes) -> None:
+        self.train_loss = np.concatenate([self.train_loss, np.asarray(step_losses, dtype=np.float32)], axis=1)
+        self.train_epoch = np.concatenate([self.train_epoch, np.full(step_losses.shape[1], epoch, dtype=np.int32)])
+        for name, (dtype, _) in EPOCH_METRICS.items():
+            self.epoch[name] = np.concatenate([self.epoch[name], np.asarray(metrics[name], dtype=dtype)[:, None]], axis=1)
+        self.wall_time = np.append(self.wall_time, wall_time)
+        self.diverged_step, self.stopped_epoch = np.asarray(diverged_step), np.asarray(stopped_epoch)
+        if probes is not None and len(probes["step"]):
+            self.probe["step"] = np.concatenate([self.probe["step"], probes["step"]])
+            for name in PROBE_FIELDS:
+                self.probe[name] = np.concatenate([self.probe[name], probes[name]], axis=1)
 
     def set_status(self, status: str, message: str = "") -> None:
-        """Mark the file running, complete, failed or interrupted, with a one-line message."""
+        """Mark the file running, complete, failed or interrupted, with a one-line message, and flush."""
         assert status in STATUSES, status
-        with h5py.File(self.path, "a") as f:
-            f.attrs["status"] = status
-            f.attrs["message"] = message
+        self.attrs["status"], self.attrs["message"] = status, message
+        self.flush()
+
+    def flush(self) -> None:
+        """Rewrite the run file from the record, atomically."""
+        write_atomically(self.path, self._write)
+
+    def _write(self, path: Path) -> None:
+        with h5py.File(path, "w") as f:
+            f.attrs.update(self.attrs)
+            runs = len(self.lrs)
+            lr = f.create_dataset("lrs", data=self.lrs)
+            lr.attrs["description"] = "learning rate of each run; the 'run' axis of every [R, ...] dataset"
+            _label_axes(lr, "run")
+            loss = f.create_dataset("train/loss", data=self.train_loss, maxshape=(runs, None), chunks=(runs, 4096),
+                                    fillvalue=np.nan)
+            loss.attrs["description"] = ("training loss of each run at each optimizer step, on the batch of that "
+                                         "step before the update (train mode); NaN after a run diverged or stopped")
+            _label_axes(loss, "run", "step")
+            step_epoch = f.create_dataset("train/epoch", data=self.train_epoch, maxshape=(None,), chunks=(4096,))
+            step_epoch.attrs["description"] = "epoch (from 0) that each step belongs to"
+            _label_axes(step_epoch, "step")
+            for name, (dtype, text) in EPOCH_METRICS.items():
+                d = f.create_dataset(f"epoch/{name}", data=self.epoch[name], maxshape=(runs, None), chunks=(runs, 64))
+                d.attrs["description"] = text
+                _label_axes(d, "run", "epoch")
+            wall = f.create_dataset("epoch/wall_time", data=self.wall_time, maxshape=(None,), chunks=(64,))
+            wall.attrs.update(description="seconds spent training, at the end of each epoch (runs advance in "
+                                          "lockstep and share one clock; a resumed run adds to it)", units="s")
+            _label_axes(wall, "epoch")
+            div = f.create_dataset("diverged_step", data=self.diverged_step)
+            div.attrs["description"] = "first step whose loss was not finite, per run; -1 if the run never diverged"
+            _label_axes(div, "run")
+            stop = f.create_dataset("stopped_epoch", data=self.stopped_epoch)
+            stop.attrs["description"] = ("epoch (from 1) after which early stopping ended the run; -1 if it was not "
+                                         "stopped early")
+            _label_axes(stop, "run")
+            if self.probe is not None:
+                self._write_probes(f, runs)
+
+    def _write_probes(self, f: h5py.File, runs: int) -> None:
+        """The /probe group: probed steps, multipliers and one dataset per measure."""
+        group = f.create_group("probe")
+        group.attrs["direction"] = self.probe["direction"]
+        group.attrs["description"] = (
+            "Santurkar et al. (2018) probes: at each probed step, with w the weights before the step, "
+            "d the probe direction ('update': w_next - w; 'gradient': -lr * grad) and m_j the multipliers, "
+            "the loss and gradient at p_j = w + m_j d on the same batch")
+        step = group.create_dataset("step", data=self.probe["step"], maxshape=(None,), chunks=(256,))
+        step.attrs["description"] = "training step (index into /train/loss) of each probe"
+        _label_axes(step, "probe")
+        mult = group.create_dataset("multipliers", data=self.probe["multipliers"])
+        mult.attrs["description"] = "step multipliers m_j"
+        _label_axes(mult, "multiplier")
+        for name, (axes, text) in PROBE_DATASETS.items():
+            data = np.asarray(self.probe[name], dtype=np.float64)
+            d = group.create_dataset(name, data=data, maxshape=(runs, None, *data.shape[2:]),
+                                     chunks=(runs, 256, *data.shape[2:]))
+            d.attrs["description"] = text
+            _label_axes(d, "run", *axes)
 
 
 @dataclass
@@ -238,8 +305,28 @@ def read_run(path: str | Path) -> Run:
             probe = None
             if "probe" in f:
                 probe = {name: f[f"probe/{name}"][...] for name in ("step", "multipliers", *PROBE_FIELDS)}
+                probe["direction"] = str(f["probe"].attrs.get("direction", "update"))
             return Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
                        train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
                        diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe)
-    except (OSError, KeyError) as exc:
-        raise UsageError(f"{path}: unreadable or incomplete run file ({exc}); it may be corrupt") from None
+    except UsageError:
+        raise
+    except Exception as exc:  # h5py reports damage as OSError, KeyError, ValueError, RuntimeError...
+        raise UsageError(f"{path}: unreadable run file, it may be truncated or corrupt "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+
+def read_runs(paths, need_steps: bool = False) -> tuple[list[Run], list[str]]:
+    """Read every file it can; return the runs and one message per file it could not use."""
+    runs, problems = [], []
+    for path in paths:
+        try:
+            run = read_run(path)
+        except UsageError as exc:
+            problems.append(str(exc))
+            continue
+        if need_steps and run.steps == 0:
+            problems.append(f"{path}: no completed epoch yet, nothing to plot; wait for the first epoch")
+            continue
+        runs.append(run)
+    return runs, problems

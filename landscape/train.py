@@ -11,128 +11,28 @@ from __future__ import annotations
 import copy
 import os
 import platform
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from landscape.checkpoint import (RunLock, checkpoint_path, load_checkpoint, random_state, restore_random_state,
+                                  save_checkpoint)
 from landscape.config import RunConfig, format_lrs
 from landscape.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
 from landscape.errors import RunFailed, UsageError
 from landscape.fused import FusedRuns
 from landscape.models import build_model, check_model_options, count_parameters, model_size_mb
 from landscape.optim import lr_at_epoch, make_optimizer
-from landscape.probe import ModelProbe, ProbeResult, RngState
-from landscape.store import PROBE_FIELDS, RunWriter
-
-
-class LockstepRuns:
-    """R copies of one model, each with its own optimizer, stepped one after another on one batch."""
-
-    def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer],
-                 probe: ModelProbe | None = None, label_smoothing: float = 0.0,
-                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False, compile: bool = False):
-        self.models = models
-        self.optimizers = optimizers
-        self.probe = probe
-        self.label_smoothing = label_smoothing
-        self.autocast_dtype = autocast_dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            for model in models:
-                model.to(memory_format=torch.channels_last)
-        self.forwards = [torch.compile(m) for m in models] if compile else models
-        self.active = [True] * len(models)
-        self.device = next(models[0].parameters()).device
-        self._nan = torch.tensor(float("nan"), device=self.device)
-        self._zero = torch.tensor(0, device=self.device)
-
-    def __len__(self) -> int:
-        return len(self.models)
-
-    def stop(self, run: int) -> None:
-        """Stop stepping `run` (it diverged or stopped early); it reports NaN from now on."""
-        self.active[run] = False
-
-    def set_learning_rates(self, lrs: list[float]) -> list[float]:
-        """Set each run's learning rate (the schedule's value for this epoch); return them."""
-        for optimizer, lr in zip(self.optimizers, lrs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        return lrs
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor,
-                   probe: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
-        """One optimizer step of every active run, on device: (loss [R], correct predictions [R], probes).
-
-        With `probe`, each run is also probed around this step (probes: name -> [R, J] or [R]; NaN rows
-        for stopped runs); training itself is the same with or without.
-        """
-        losses, hits, probes = [], [], []
-        images = images.contiguous(memory_format=self.memory_format)
-        for run, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
-            if not self.active[run]:
-                losses.append(self._nan)
-                hits.append(self._zero)
-                probes.append(None)
-                continue
-            rng_state = RngState(self.device) if probe else None
-            with self.autocast():
-                logits = self.forwards[run](images)
-            loss = F.cross_entropy(logits.float() if self.autocast_dtype else logits, labels,
-                                   label_smoothing=self.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            snapshot = self.probe.before_step(model) if probe else None
-            optimizer.step()
-            if probe:
-                lr = optimizer.param_groups[0]["lr"]
-                probes.append(self.probe.after_step(model, snapshot, lr, images, labels, rng_state,
-                                                    self.label_smoothing))
-            losses.append(loss.detach())
-            hits.append((logits.detach().argmax(1) == labels).sum())
-        return torch.stack(losses), torch.stack(hits), stack_probes(probes) if probe else None
-
-    def autocast(self):
-        """bf16 autocast when asked for, else a no-op context."""
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None)
-
-    @torch.no_grad()
-    def evaluate(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss and correct count [R] of every run over `batches`, in eval mode."""
-        runs = len(self.models)
-        loss_sum = torch.zeros(runs, device=self._nan.device)
-        correct = torch.zeros(runs, device=self._nan.device)
-        for model in self.models:
-            model.eval()
-        for images, labels in batches:
-            images = images.contiguous(memory_format=self.memory_format)
-            for run, forward in enumerate(self.forwards):
-                if self.active[run]:
-                    with self.autocast():
-                        logits = forward(images)
-                    loss_sum[run] += F.cross_entropy(logits.float(), labels, reduction="sum")
-                    correct[run] += (logits.argmax(1) == labels).sum()
-        for model in self.models:
-            model.train()
-        inactive = torch.tensor([not a for a in self.active], device=loss_sum.device)
-        return loss_sum.masked_fill(inactive, float("nan")), correct.masked_fill(inactive, float("nan"))
-
-
-def stack_probes(results: list[ProbeResult | None]) -> dict[str, torch.Tensor]:
-    """Per-run probe results into tensors [R, ...], NaN for runs that were not probed."""
-    template = next(r for r in results if r is not None)
-    stacked = {}
-    for name in PROBE_FIELDS:
-        like = getattr(template, name)
-        stacked[name] = torch.stack([getattr(r, name) if r is not None else torch.full_like(like, float("nan"))
-                                     for r in results])
-    return stacked
+from landscape.loop import LockstepRuns
+from landscape.probe import ModelProbe
+from landscape.store import PROBE_FIELDS, RunWriter, read_run, remove_stale_temporaries
 
 
 def resolve_device(name: str) -> torch.device:
@@ -273,16 +173,74 @@ class EarlyStopping:
         return (self.waited >= self.patience) if self.patience else np.zeros_like(improved)
 
 
-def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
-          progress: bool = True) -> Path:
-    """Train one run per learning rate in lockstep and record them in the HDF5 file `out`.
+@dataclass
+class TrainingState:
+    """The loop's counters: what a checkpoint stores besides the engine and the random state.
 
-    Bad options, data or output paths raise UsageError before anything is written.
+    `epoch` epochs are complete ("global_step" steps). After an interruption, `partial` holds the
+    part of epoch `epoch` already done: its step count, step losses, correct counts and probes.
     """
-    out = Path(out)
+
+    epoch: int
+    global_step: int
+    diverged_step: np.ndarray
+    stopped_epoch: np.ndarray
+    best_acc: np.ndarray
+    best_epoch: np.ndarray
+    early_best: np.ndarray
+    early_waited: np.ndarray
+    elapsed: float = 0.0
+    partial: dict | None = None
+
+    @classmethod
+    def fresh(cls, runs: int) -> "TrainingState":
+        return cls(epoch=0, global_step=0, diverged_step=np.full(runs, -1, dtype=np.int64),
+                   stopped_epoch=np.full(runs, -1, dtype=np.int64), best_acc=np.full(runs, np.nan),
+                   best_epoch=np.zeros(runs, dtype=np.int32), early_best=np.full(runs, -np.inf),
+                   early_waited=np.zeros(runs, dtype=np.int64))
+
+    def to_checkpoint(self) -> dict:
+        """Tensors and plain values only (checkpoints load with weights_only=True)."""
+        out = {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v
+               for k, v in self.__dict__.items() if k != "partial"}
+        if self.partial is not None:
+            out["partial"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in self.partial.items()}
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> "TrainingState":
+        values = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items() if k != "partial"}
+        partial = saved.get("partial")
+        if partial is not None:
+            partial = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in partial.items()}
+        return cls(**values, partial=partial)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (context manager; main thread only)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, Engine, nn.Module]:
+    """Check the options, load the data and build the engine; touches nothing on disk."""
     config.validate()
     check_model_options(config.model, config.model_options())
-    check_output(out, overwrite)
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
                            download=download, seed=config.seed, image_size=config.image_size,
@@ -290,51 +248,127 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     runs, base = build_runs(config, dataset, device)
+    return device, dataset, runs, base
+
+
+def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
+          progress: bool = True, checkpoint_every: int = 1, keep_checkpoint: bool = False) -> Path:
+    """Train one run per learning rate in lockstep and record them in the HDF5 file `out`.
+
+    Bad options, data or output paths raise UsageError before anything is written. A checkpoint
+    is saved beside `out` every `checkpoint_every` epochs (0: never) and on SIGINT/SIGTERM, and
+    removed when the run completes unless `keep_checkpoint`.
+    """
+    out = Path(out)
+    config.validate()
+    check_output(out, overwrite)
+    device, dataset, runs, base = prepare(config, download)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = RunWriter(out)
-    writer.create(config_json=config.to_json(), lrs=list(config.lrs), overwrite=overwrite, attrs={
-        "model": config.model, "dataset": config.dataset, "device": str(device),
-        "torch_version": torch.__version__, "parameters": count_parameters(base),
-        "model_size_mb": model_size_mb(base), "engine": type(runs).__name__, "image_size": dataset.image_size,
-        "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
-        "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
-    }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
-        probe_direction=config.probe_direction)
+    with RunLock(out):
+        check_output(out, overwrite)  # again, now that no other writer can slip in
+        writer = RunWriter(out, config_json=config.to_json(), lrs=list(config.lrs), attrs={
+            "model": config.model, "dataset": config.dataset, "device": str(device),
+            "torch_version": torch.__version__, "parameters": count_parameters(base),
+            "model_size_mb": model_size_mb(base), "engine": type(runs).__name__, "image_size": dataset.image_size,
+            "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
+            "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
+        }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
+            probe_direction=config.probe_direction)
+        writer.create(overwrite)
+        checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
+        return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device,
+                     progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint)
+
+
+def resume(path: str | Path, overrides: dict | None = None, *, download: bool = False, progress: bool = True,
+           checkpoint_every: int = 1, keep_checkpoint: bool = False) -> tuple[Path, bool]:
+    """Continue the run in `path` from its checkpoint; return (path, False) if it was already complete.
+
+    `overrides` are options the user gave again: any that differs from the run's is refused.
+    """
+    path = Path(path)
+    run = read_run(path)
+    config = RunConfig.from_json(run.attrs["config"])
+    differing = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})"
+                 for k, v in (overrides or {}).items() if getattr(config, k) != v]
+    if differing:
+        raise UsageError(f"cannot resume {path} with changed options: {'; '.join(differing)}; "
+                         f"drop them, or start a new run with another --out")
+    if run.status == "complete":
+        return path, False
+    device, dataset, runs, _ = prepare(config, download)
+    with RunLock(path):
+        run = read_run(path)  # as it is now that we hold the lock
+        for leftover in (path, checkpoint_path(path)):
+            remove_stale_temporaries(leftover)
+        saved = load_checkpoint(path)
+        state = TrainingState.fresh(len(config.lrs))
+        if saved is not None:
+            if saved.get("config") != run.attrs["config"]:
+                raise UsageError(f"{checkpoint_path(path)} belongs to another run; delete it to restart {path}")
+            state = TrainingState.from_checkpoint(saved["state"])
+            runs.load_state_dict(saved["engine"])
+            restore_random_state(saved["random"], device)
+        writer = RunWriter.continuing(run, epochs=state.epoch)
+        writer.set_status("running")
+        return drive(config, dataset, runs, writer, state, device, progress=progress,
+                     checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint), True
+
+
+def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
+          device: torch.device, *, progress: bool, checkpoint_every: int, keep_checkpoint: bool) -> Path:
+    """Run the remaining epochs under signal handling; set the final status; translate failures."""
+    out = writer.path
+
+    def save(state: TrainingState) -> None:
+        save_checkpoint(out, {"config": writer.attrs["config"], "state": state.to_checkpoint(),
+                              "engine": runs.state_dict(), "random": random_state(device)})
+
     try:
-        outcome = record_epochs(config, dataset, runs, writer, progress)
-    except KeyboardInterrupt:
-        writer.set_status("interrupted", "stopped by the user")
-        raise RunFailed(f"interrupted; epochs completed so far are kept in {out}") from None
+        with StopSignals() as signals:
+            outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
+                                    save if checkpoint_every else None, checkpoint_every)
+    except Interrupted as stop:
+        save(stop.state)
+        writer.set_status("interrupted", str(stop))
+        raise RunFailed(f"{stop}; resume with: landscape run --resume {out}") from None
     except OSError as exc:
         try:
-            writer.set_status("failed", str(exc))
+            writer.attrs.update(status="failed", message=str(exc))
+            writer.flush()
         except OSError:
             pass
-        raise RunFailed(f"could not write {out} ({exc}); the epochs written before are kept") from None
+        raise RunFailed(f"could not write {out} ({exc}); the epochs saved before are intact") from None
     except BaseException as exc:
         writer.set_status("failed", f"{type(exc).__name__}: {exc}")
         raise
     writer.set_status("complete", outcome)
+    if not keep_checkpoint:
+        checkpoint_path(out).unlink(missing_ok=True)
     return out
 
 
-def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter,
-                  progress_on: bool) -> str:
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; `state` is where the loop stopped (mid-epoch)."""
+
+    def __init__(self, message: str, state: TrainingState):
+        super().__init__(message)
+        self.state = state
+
+
+def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
+                  progress_on: bool, signals: StopSignals, save, checkpoint_every: int) -> str:
     """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
 
-    Returns a note on runs that diverged or stopped early ('' if none).
+    Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
     """
     normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
     steps = steps_per_epoch(len(dataset.train), config.batch_size)
-    diverged_step = np.full(len(runs), -1, dtype=np.int64)
-    stopped_epoch = np.full(len(runs), -1, dtype=np.int64)
     early = EarlyStopping(len(runs), config.patience, config.min_delta)
-    best_acc = np.full(len(runs), np.nan)
-    best_epoch = np.zeros(len(runs), dtype=np.int32)
+    early.best, early.waited = state.early_best, state.early_waited
     progress = Progress(config, steps, progress_on)
-    start = time.perf_counter()
-    global_step = 0
-    for epoch in range(config.epochs):
+    start = time.perf_counter() - state.elapsed
+    for epoch in range(state.epoch, config.epochs):
         if not any(runs.active):
             break
         epoch_start = time.perf_counter()
@@ -342,31 +376,47 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                                                    step_size=config.step_size, gamma=config.gamma,
                                                    milestones=config.milestones, cosine_extra=config.cosine_extra,
                                                    warmup_epochs=config.warmup_epochs) for lr in config.lrs])
+        partial, state.partial = state.partial or {}, None
         step_losses = StepLosses(dataset.train.device)
-        blocks: list[np.ndarray] = []
-        correct = torch.zeros(len(runs), device=dataset.train.device)
-        probe_steps: list[int] = []
-        probe_values: list[dict[str, torch.Tensor]] = []
+        blocks: list[np.ndarray] = [partial["losses"]] if "losses" in partial else []
+        correct = torch.as_tensor(partial.get("correct", np.zeros(len(runs))), dtype=torch.float32,
+                                  device=dataset.train.device)
+        probe_steps: list[int] = list(partial.get("probe_steps", []))
+        probe_values: list[dict[str, torch.Tensor]] = [
+            {k: torch.from_numpy(v[:, i]) for k, v in partial["probes"].items()} for i in range(len(probe_steps))
+        ] if probe_steps else []
+        done = int(partial.get("step", 0))
 
         def take(landed: list[np.ndarray]) -> None:
             for block in landed:  # the only host copies of step losses
-                mark_divergence(block, global_step + sum(b.shape[1] for b in blocks), runs, diverged_step)
+                mark_divergence(block, state.global_step + sum(b.shape[1] for b in blocks), runs, state.diverged_step)
                 blocks.append(block)
                 progress.step(epoch, sum(b.shape[1] for b in blocks), block[:, -1])
 
         batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.seed,
                                 epoch=epoch, augment=config.augment)
         for step, (images, labels) in enumerate(batches):
-            probing = bool(config.probe_every) and (global_step + step) % config.probe_every == 0
+            if step < done:
+                continue  # already trained before an interruption; the batch stream stays in step
+            probing = bool(config.probe_every) and (state.global_step + step) % config.probe_every == 0
             losses, hits, probes = runs.train_step(images, labels, probe=probing)
             if probes is not None:
-                probe_steps.append(global_step + step)
+                probe_steps.append(state.global_step + step)
                 probe_values.append(probes)
             step_losses.add(losses)
             correct += hits
             if (step + 1) % config.log_every == 0:
                 step_losses.send()
                 take(step_losses.landed())
+            if signals.received is not None and step + 1 < steps:
+                take(step_losses.drain())
+                state.elapsed = time.perf_counter() - start
+                state.partial = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
+                                 "correct": correct.cpu().numpy(), "probe_steps": probe_steps,
+                                 "probes": {k: v.numpy() for k, v in probes_to_host([], probe_values).items()
+                                            if k != "step" and v is not None}}
+                name = signal.Signals(signals.received).name
+                raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)
         take(step_losses.drain())
         epoch_losses = np.concatenate(blocks, axis=1)
         trained = np.array(runs.active)  # runs that trained through this epoch
@@ -375,10 +425,10 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         stop_now = early.update(test_acc) & trained
         for run in np.flatnonzero(stop_now):
             runs.stop(run)
-            stopped_epoch[run] = epoch + 1
-        better = np.nan_to_num(test_acc, nan=-np.inf) > np.nan_to_num(best_acc, nan=-np.inf)
-        best_acc = np.where(better, test_acc, best_acc)
-        best_epoch = np.where(better, epoch + 1, best_epoch)
+            state.stopped_epoch[run] = epoch + 1
+        better = np.nan_to_num(test_acc, nan=-np.inf) > np.nan_to_num(state.best_acc, nan=-np.inf)
+        state.best_acc = np.where(better, test_acc, state.best_acc)
+        state.best_epoch = np.where(better, epoch + 1, state.best_epoch)
         metrics = {
             "lr": np.where(trained, lrs, np.nan),
             "train_loss": epoch_losses.mean(axis=1),
@@ -386,19 +436,26 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                                   np.nan),
             "test_loss": test_loss.cpu().numpy() / len(dataset.test),
             "test_acc": test_acc,
-            "best_test_acc": best_acc,
-            "best_epoch": best_epoch,
+            "best_test_acc": state.best_acc,
+            "best_epoch": state.best_epoch,
         }
-        global_step += epoch_losses.shape[1]
-        writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics,
-                            wall_time=time.perf_counter() - start, diverged_step=diverged_step,
-                            stopped_epoch=stopped_epoch,
+        state.global_step += epoch_losses.shape[1]
+        state.epoch = epoch + 1
+        state.elapsed = time.perf_counter() - start
+        state.early_best, state.early_waited = early.best, early.waited
+        writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics, wall_time=state.elapsed,
+                            diverged_step=state.diverged_step, stopped_epoch=state.stopped_epoch,
                             probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None)
+        if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
+            save(state)
         progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)
-    notes = [f"diverged: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(diverged_step >= 0))}"
-             if (diverged_step >= 0).any() else "",
-             f"stopped early: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(stopped_epoch >= 0))}"
-             if (stopped_epoch >= 0).any() else ""]
+        if signals.received is not None and state.epoch < config.epochs:
+            name = signal.Signals(signals.received).name
+            raise Interrupted(f"stopped by {name} after epoch {epoch + 1}", state)
+    notes = [f"diverged: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.diverged_step >= 0))}"
+             if (state.diverged_step >= 0).any() else "",
+             f"stopped early: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.stopped_epoch >= 0))}"
+             if (state.stopped_epoch >= 0).any() else ""]
     return "; ".join(n for n in notes if n)
 
 

@@ -46,8 +46,9 @@ def test_moving_average_against_a_loop():
 
 
 def make_file(path, lrs=(0.1, 0.01), epochs=2, steps=5):
-    writer = RunWriter(path)
-    writer.create(config_json=json.dumps({"model": "vgg", "epochs": epochs}), lrs=list(lrs), attrs={"model": "vgg"})
+    writer = RunWriter(path, config_json=json.dumps({"model": "vgg", "epochs": epochs}), lrs=list(lrs),
+                       attrs={"model": "vgg"})
+    writer.create()
     rng = np.random.default_rng(2)
     written = []
     for epoch in range(epochs):
@@ -82,7 +83,7 @@ def test_create_never_replaces_an_existing_file(tmp_path):
     path = tmp_path / "run.h5"
     path.write_bytes(b"precious")
     with pytest.raises(UsageError, match="--overwrite"):
-        RunWriter(path).create(config_json="{}", lrs=[0.1], attrs={})
+        RunWriter(path, config_json="{}", lrs=[0.1], attrs={}).create()
     assert path.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir()] == ["run.h5"]  # no temporary left behind
 

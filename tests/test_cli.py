@@ -90,6 +90,13 @@ BAD_COMMANDS = [
     ("run", "--dataset", "imagefolder", "--data-root", "{tmp}", "--out", "{tmp}/new.h5"),
     ("run", "--probe-every", "-1"),
     ("run", "--probe-multipliers", "1:2"),
+    ("run", "--resume", "{tmp}/missing.h5"),
+    ("run", "--resume", "{tmp}/notes.txt"),
+    ("run", "--resume", "{tmp}/foreign.h5"),
+    ("run", "--resume", "{tmp}/existing.h5", "--out", "{tmp}/other.h5"),
+    ("run", "--checkpoint-every", "-1"),
+    ("info",),
+    ("plot", "{tmp}/foreign.h5", "{tmp}/notes.txt"),
 ]
 
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from landscape.optim import Ranger, lr_at_epoch, make_optimizer
-from landscape.train import EarlyStopping, LockstepRuns
+from landscape.loop import LockstepRuns
+from landscape.train import EarlyStopping
 
 
 def rates(n, **kw):

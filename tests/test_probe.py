@@ -11,7 +11,8 @@ from torch import nn
 from landscape.config import parse_multipliers
 from landscape.errors import UsageError
 from landscape.probe import ModelProbe, probe_along
-from landscape.train import LockstepRuns, train
+from landscape.loop import LockstepRuns
+from landscape.train import train
 
 MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)
 
