@@ -159,6 +159,89 @@ def info(run_files: tuple[Path, ...]) -> None:
     report_skipped(problems)
 
 
+@cli.group()
+def ablate() -> None:
+    """Ablation studies: every table of the reference reports as a spec (ablations/specs/*.toml).
+
+    \b
+    landscape ablate list
+    landscape ablate run cifar10_resnet18_label_smoothing --preset quick --data-root data
+    landscape ablate table --all --preset quick
+    """
+
+
+def spec_arguments(command):
+    """SPEC... or --all, --preset and --results, shared by the ablate commands."""
+    command = click.argument("specs", nargs=-1)(command)
+    command = click.option("--all", "all_specs", is_flag=True, help="Every spec in ablations/specs.")(command)
+    command = click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+                           help="full: the report's configuration; quick: the same cells, CPU-sized.")(command)
+    return click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"),
+                        show_default=True, help="Folder of the cells' run files and the tables.")(command)
+
+
+def load_specs(specs: tuple[str, ...], all_specs: bool):
+    from ablations.spec import load_spec, spec_paths
+
+    if bool(specs) == all_specs:
+        raise UsageError("name one or more specs (see `landscape ablate list`), or pass --all")
+    return [load_spec(path) for path in spec_paths(list(specs) if specs else None)]
+
+
+@ablate.command(name="list")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"), show_default=True)
+def ablate_list(results: Path) -> None:
+    """Each spec, its cells, and how many are done per preset."""
+    from ablations.runner import cell_status
+    from ablations.spec import PRESETS, load_spec, spec_paths
+
+    for path in spec_paths():
+        spec = load_spec(path)
+        done = []
+        for preset in PRESETS:
+            files = {spec.result_path(results, preset, cell, 0) for cell in spec.cells}
+            done.append(f"{preset} {sum(cell_status(f) == 'complete' for f in files)}/{len(files)}")
+        click.echo(f"{spec.name:<44} {len(spec.cells):>3} cells  done: {', '.join(done):<22} {spec.title}")
+
+
+@ablate.command(name="run")
+@spec_arguments
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds per cell.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells in parallel processes (CPU); on a GPU cells run one after another.")
+@click.option("--data-root", default=None, help="Dataset folder for every cell (default: each spec's own).")
+@click.option("--device", default=None, help="auto, cpu or cuda for every cell (default: each spec's own).")
+def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
+               data_root: str | None, device: str | None) -> None:
+    """Run the cells (and seeds) whose results are missing or incomplete; safe to interrupt and rerun."""
+    from dataclasses import replace
+
+    from ablations.runner import plan, print_err, run_jobs
+
+    todo = []
+    for spec in load_specs(specs, all_specs):
+        for job in plan(spec, preset, seeds, results, data_root):
+            todo.append(replace(job, config=replace(job.config, device=device)) if device else job)
+    counts = run_jobs(todo, jobs, report=print_err)
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+    if counts["failed"]:
+        sys.exit(1)
+
+
+@ablate.command(name="table")
+@spec_arguments
+def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path) -> None:
+    """Write each spec's tables (Markdown, CSV, LaTeX) and figures from the stored runs; never trains."""
+    from ablations.tables import regenerate
+
+    written, done, missing = regenerate(load_specs(specs, all_specs), preset, results)
+    for path in written:
+        click.echo(str(path))
+    if missing:
+        click.echo(f"{missing} of {done + missing} cells have no results yet under {results} (preset {preset}): "
+                   f"run `landscape ablate run ... --preset {preset}` to fill them", err=True)
+
+
 def report_skipped(problems: list[str]) -> None:
     """One line per file that could not be used; exit 1 when some were skipped."""
     for problem in problems:

@@ -22,6 +22,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "ranger")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PROBE_DIRECTIONS = ("update", "gradient")
+NORMS = ("bn", "in", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "silu")
+STEMS = ("imagenet", "cifar")
 ENGINES = ("auto", "loop", "fused")
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGENETTE_SIZES = ("160", "320", "full")
@@ -99,7 +102,9 @@ class RunConfig:
                                        ("--schedule", self.schedule, SCHEDULES), ("--device", self.device, DEVICES),
                                        ("--probe-direction", self.probe_direction, PROBE_DIRECTIONS),
                                        ("--imagenette-size", self.imagenette_size, IMAGENETTE_SIZES),
-                                       ("--engine", self.engine, ENGINES), ("--precision", self.precision, PRECISIONS)):
+                                       ("--engine", self.engine, ENGINES), ("--precision", self.precision, PRECISIONS),
+                                       ("--norm", self.norm, NORMS), ("--activation", self.activation, ACTIVATIONS),
+                                       ("--stem", self.stem, STEMS + ("auto",))):
             choose(option, value, allowed)
         parse_augment(self.augment)
         for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
@@ -112,7 +117,7 @@ class RunConfig:
             non_negative(option, value)
         in_range("--width", self.width, 0, math.inf, low_open=True)
         in_range("--weight-decay", self.weight_decay, 0, math.inf)
-        in_range("--momentum", self.momentum, 0, 1, high_open=True)
+        in_range("--momentum", self.momentum, 0, 1)
         in_range("--dropout", self.dropout, 0, 1, high_open=True)
         in_range("--label-smoothing", self.label_smoothing, 0, 1, high_open=True)
         in_range("--gamma", self.gamma, 0, math.inf, low_open=True)

@@ -94,8 +94,8 @@ MODELS: dict[str, ModelSpec] = {
     "vgg": ModelSpec(lambda **kw: VGG(**kw)),
     "vgg_bn": ModelSpec(lambda **kw: VGG(batch_norm=True, **kw)),
     "vgg_bn_fc": ModelSpec(lambda **kw: VGG(batch_norm=True, batch_norm_fc=True, **kw)),
-    **{f"resnet{d}": ModelSpec(partial(imagenet_resnet, d), RESNET_OPTIONS + ("pretrained",), f"ResNet{d}_Weights")
-       for d in IMAGENET_DEPTHS},
+    **{f"resnet{d}": ModelSpec(partial(imagenet_resnet, d), RESNET_OPTIONS + (("pretrained",) if d != 14 else ()),
+                               f"ResNet{d}_Weights" if d != 14 else None) for d in IMAGENET_DEPTHS},
     **{f"resnet{d}": ModelSpec(partial(cifar_resnet, d), RESNET_OPTIONS) for d in CIFAR_DEPTHS},
 }
 

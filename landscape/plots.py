@@ -58,7 +58,7 @@ def per_rate_figure(run: Run, label: str, stem: Path, *, smooth: int, stride: in
         ax.plot(steps, curve, color=color, lw=0.9, label=f"lr = {lr:g}")
         rows += [(label, f"{lr:g}", int(s), float(v)) for s, v in zip(steps, curve)]
     finish(ax, f"{label}: training loss per learning rate", "loss", log_y)
-    return save(fig, stem, ("label", "lr", "step", "loss"), rows)
+    return save_figure(fig, stem, ("label", "lr", "step", "loss"), rows)
 
 
 def envelope_figure(labels: list[str], bands: list[Envelope], stem: Path, *, log_y: bool) -> list[Path]:
@@ -71,7 +71,7 @@ def envelope_figure(labels: list[str], bands: list[Envelope], stem: Path, *, log
         ax.plot(band.steps, band.high, color=color, lw=0.6)
         rows += envelope_rows(label, band)
     finish(ax, "loss landscape: min-max training loss over learning rates", "loss", log_y)
-    return save(fig, stem, ("label", "step", "min", "max", "range"), rows)
+    return save_figure(fig, stem, ("label", "step", "min", "max", "range"), rows)
 
 
 def range_figure(labels: list[str], bands: list[Envelope], stem: Path) -> list[Path]:
@@ -82,7 +82,7 @@ def range_figure(labels: list[str], bands: list[Envelope], stem: Path) -> list[P
         ax.plot(band.steps, band.range, color=color, lw=0.9, label=label)
         rows += envelope_rows(label, band)
     finish(ax, "loss range: max - min over learning rates", "max - min loss", log_y=False)
-    return save(fig, stem, ("label", "step", "min", "max", "range"), rows)
+    return save_figure(fig, stem, ("label", "step", "min", "max", "range"), rows)
 
 
 def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y: bool) -> list[Path]:
@@ -104,7 +104,7 @@ def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y:
     ylabels = ("loss along the step", "||grad(p) - grad(w)||", "max ||grad(p) - grad(w)|| / ||p - w||")
     for ax, title, ylabel in zip(axes, titles, ylabels):
         finish(ax, f"{title} (lr = {lr:g})", ylabel, log_y)
-    return save(fig, stem, ("label", "lr", "step", "loss_min", "loss_max", "grad_dist_min", "grad_dist_max", "beta"),
+    return save_figure(fig, stem, ("label", "lr", "step", "loss_min", "loss_max", "grad_dist_min", "grad_dist_max", "beta"),
                 rows)
 
 
@@ -124,7 +124,7 @@ def finish(ax, title: str, ylabel: str, log_y: bool) -> None:
     ax.legend(frameon=True, fontsize="small")
 
 
-def save(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Path]:
+def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Path]:
     """Write the figure in every format and its data as CSV under `stem`; close the figure."""
     fig.tight_layout()
     paths = []

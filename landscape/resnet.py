@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("bn", "in", "none")
-ACTIVATIONS = ("relu", "leaky_relu", "silu")
-STEMS = ("imagenet", "cifar")
+from landscape.config import ACTIVATIONS, NORMS, STEMS  # noqa: F401  (the choices, shared with the options)
 
-# depth -> (block, blocks per stage) for the ImageNet family (He et al. 2016, Table 1)
-IMAGENET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+
+# depth -> (block, blocks per stage) for the ImageNet family (He et al. 2016, Table 1); ResNet-14 is
+# report 002's shallower variant (4 stages, 6 basic blocks; its split over stages is our choice)
+IMAGENET_DEPTHS = {14: ("basic", (1, 2, 2, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
                    101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # 6n + 2 layers, 3 stages of n basic blocks, 16/32/64 channels
 
