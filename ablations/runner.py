@@ -17,7 +17,7 @@ from pathlib import Path
 
 import h5py
 
-from ablations.spec import Cell, Spec
+from ablations.spec import Spec
 from landscape.config import RunConfig
 from landscape.errors import LandscapeError
 

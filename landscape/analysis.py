@@ -77,11 +77,14 @@ def probe_medians(run: Run) -> list[tuple[float, float, float]]:
     out = []
     for r in range(len(run.lrs)):
         b = probe_bands(run, r)
-        with np.errstate(all="ignore"):
-            finite = lambda v: v[np.isfinite(v)]
-            med = lambda v: float(np.median(finite(v))) if finite(v).size else float("nan")
-            out.append((med(b.loss_high - b.loss_low), med(b.grad_high), med(b.beta)))
+        out.append((finite_median(b.loss_high - b.loss_low), finite_median(b.grad_high), finite_median(b.beta)))
     return out
+
+
+def finite_median(values: np.ndarray) -> float:
+    """Median of the finite values; NaN if there are none."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
 
 
 def run_label(run: Run, others: list[Run] | None = None) -> str:

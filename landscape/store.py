@@ -212,7 +212,7 @@ class RunWriter:
             step_epoch = f.create_dataset("train/epoch", data=self.train_epoch, maxshape=(None,), chunks=(4096,))
             step_epoch.attrs["description"] = "epoch (from 0) that each step belongs to"
             _label_axes(step_epoch, "step")
-            for name, (dtype, text) in EPOCH_METRICS.items():
+            for name, (_, text) in EPOCH_METRICS.items():
                 d = f.create_dataset(f"epoch/{name}", data=self.epoch[name], maxshape=(runs, None), chunks=(runs, 64))
                 d.attrs["description"] = text
                 _label_axes(d, "run", "epoch")

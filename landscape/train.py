@@ -1,10 +1,11 @@
 """Training R runs (one per learning rate) in lockstep and recording them into one HDF5 file.
 
 All runs start from the same initial weights and see the same batch at every step, so they
-differ only by learning rate. `LockstepRuns` is the engine: it advances every run by one step and
-returns the step's losses as a device tensor [R]; `train` drives it over epochs, copies losses to
-the host in blocks of `log_every` steps (never per step), checks for divergence there, evaluates
-after each epoch and appends everything to the run file.
+differ only by learning rate. An engine (`loop.LockstepRuns`, or `fused.FusedRuns`) advances
+every run by one step and returns the step's losses as a device tensor [R]; `record_epochs`
+drives it over epochs, copies losses to the host in blocks of `log_every` steps (never per step),
+checks for divergence there, evaluates after each epoch, appends to the run file and checkpoints.
+`train` starts a run, `resume` continues one from its checkpoint.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> tup
     probe = ModelProbe(config.probe_multipliers, config.probe_direction) if config.probe_every else None
     precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    if choose_engine(config, device) == "fused":
+    if choose_engine(config) == "fused":
         return FusedRuns(base, list(config.lrs), config.optimizer, momentum=config.momentum,
                          weight_decay=config.weight_decay, nesterov=config.nesterov, eps=config.eps,
                          label_smoothing=config.label_smoothing, probe=probe, autocast_dtype=autocast_dtype), base
@@ -80,7 +81,7 @@ def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> tup
                         channels_last=config.channels_last, compile=config.compile), base
 
 
-def choose_engine(config: RunConfig, device: torch.device) -> str:
+def choose_engine(config: RunConfig) -> str:
     """`--engine auto` is the loop: on CPU it measured faster than fused (benchmarks/bench_speed.py)."""
     return "loop" if config.engine == "auto" else config.engine
 
@@ -387,7 +388,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         ] if probe_steps else []
         done = int(partial.get("step", 0))
 
-        def take(landed: list[np.ndarray]) -> None:
+        def take(landed: list[np.ndarray], blocks: list[np.ndarray] = blocks, epoch: int = epoch) -> None:
             for block in landed:  # the only host copies of step losses
                 mark_divergence(block, state.global_step + sum(b.shape[1] for b in blocks), runs, state.diverged_step)
                 blocks.append(block)

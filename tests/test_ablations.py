@@ -7,12 +7,11 @@ import sys
 import time
 
 import h5py
-import numpy as np
 import pytest
 
 from ablations.runner import cell_status, plan
 from ablations.spec import load_spec, spec_paths
-from ablations.tables import collect, regenerate
+from ablations.tables import regenerate
 from cli.main import main
 from landscape.errors import UsageError
 

@@ -97,6 +97,12 @@ BAD_COMMANDS = [
     ("run", "--checkpoint-every", "-1"),
     ("info",),
     ("plot", "{tmp}/foreign.h5", "{tmp}/notes.txt"),
+    ("ablate", "run"),
+    ("ablate", "run", "no_such_spec"),
+    ("ablate", "run", "cifar10_resnet18_stem", "--jobs", "0"),
+    ("ablate", "run", "--all", "--preset", "medium"),
+    ("ablate", "table", "cifar10_resnet18_stem", "--all"),
+    ("ablate", "table", "{tmp}/notes.txt"),
 ]
 
 

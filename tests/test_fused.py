@@ -2,7 +2,6 @@
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from landscape.errors import UsageError
 from landscape.train import train

@@ -36,7 +36,7 @@ def cifar_resnet_count(n: int, classes: int = 10) -> int:
     total = 3 * 9 * 16 + 2 * 16  # stem
     c_in = 16
     for c in (16, 32, 64):
-        for b in range(n):
+        for _ in range(n):
             total += 9 * c_in * c + 2 * c + 9 * c * c + 2 * c
             c_in = c
     return total + 64 * classes + classes
