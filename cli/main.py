@@ -87,6 +87,8 @@ def cli() -> None:
               help="Step multipliers: start:stop:count or a comma list.")
 @click.option("--probe-direction", default="update", show_default=True,
               help="update (the optimizer's step) or gradient (-lr * grad, as the paper).")
+@click.option("--probe-batch", is_flag=True,
+              help="Probe all multipliers in one vmapped forward/backward (loop engine; J times the memory).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,

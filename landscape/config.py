@@ -88,6 +88,7 @@ class RunConfig:
     probe_every: int = 0  # 0 = no probes; else probe every K-th step
     probe_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
     probe_direction: str = "update"
+    probe_batch: bool = False  # all multipliers in one vmapped pass (loop engine; J times the activation memory)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from landscape.config import PROBE_DIRECTIONS
 from landscape.errors import UsageError
@@ -38,13 +38,16 @@ class ProbeResult:
 
 
 def probe_along(loss_of: Callable[[Params], torch.Tensor], weights: Params, grad: Params, direction: Params,
-                multipliers: tuple[float, ...], per_run_axis: bool = False) -> ProbeResult:
+                multipliers: tuple[float, ...], per_run_axis: bool = False, batched: bool = False) -> ProbeResult:
     """Loss and gradient distance at weights + m * direction for each multiplier m (one forward+backward each).
 
     With `per_run_axis`, every tensor carries R independent runs along axis 0 and `loss_of` returns
-    their losses [R]; the results then have a leading run axis ([R, J] and [R]).
+    their losses [R]; the results then have a leading run axis ([R, J] and [R]). With `batched`,
+    `loss_of` gets all J points at once (each tensor stacked along a new axis 0) and returns [J].
     """
     names = list(weights)
+    if batched:
+        return probe_stacked(loss_of, weights, grad, direction, multipliers)
 
     def norm(tensors) -> torch.Tensor:
         squares = [t.double().pow(2) for t in tensors]
@@ -66,14 +69,31 @@ def probe_along(loss_of: Callable[[Params], torch.Tensor], weights: Params, grad
                        beta=(grad_dist / distance).max(dim=-1).values, grad_norm=grad_norm)
 
 
+def probe_stacked(losses_of: Callable[[Params], torch.Tensor], weights: Params, grad: Params, direction: Params,
+                  multipliers: tuple[float, ...]) -> ProbeResult:
+    """`probe_along` with the J probe points stacked into one forward and one backward."""
+    names = list(weights)
+    scale = torch.tensor(multipliers, dtype=weights[names[0]].dtype, device=weights[names[0]].device)
+    points = {n: (weights[n] + scale.view(-1, *[1] * weights[n].dim()) * direction[n]).detach().requires_grad_(True)
+              for n in names}
+    losses = losses_of(points)
+    grads = torch.autograd.grad(losses.sum(), [points[n] for n in names])
+    grad_dist = torch.sqrt(sum((g - grad[n]).double().pow(2).flatten(1).sum(1) for g, n in zip(grads, names)))
+    grad_norm = torch.sqrt(sum(grad[n].double().pow(2).sum() for n in names))
+    distance = torch.sqrt(sum(direction[n].double().pow(2).sum() for n in names)) * scale.double()
+    return ProbeResult(loss=losses.detach().double(), grad_dist=grad_dist, distance=distance,
+                       beta=(grad_dist / distance).max(), grad_norm=grad_norm)
+
+
 class ModelProbe:
     """Probes one model at one step without disturbing its training (see module docstring)."""
 
-    def __init__(self, multipliers: tuple[float, ...], direction: str):
+    def __init__(self, multipliers: tuple[float, ...], direction: str, batched: bool = False):
         if direction not in PROBE_DIRECTIONS:
             raise UsageError(f"--probe-direction {direction!r} is unknown: choose update or gradient")
         self.multipliers = multipliers
         self.direction = direction
+        self.batched = batched  # all multipliers in one vmapped forward and backward (J times the memory)
 
     def before_step(self, model: nn.Module) -> tuple[Params, Params]:
         """Snapshot (weights, gradients) after backward and before optimizer.step()."""
@@ -101,8 +121,22 @@ class ModelProbe:
             logits = functional_call(model, {**frozen, **point, **buffers}, (images,))
             return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)  # the training loss
 
+        def losses_of(points: Params) -> torch.Tensor:  # J stacked points, one vmapped pass
+            count = len(self.multipliers)
+            buffers = {n: b.expand(count, *b.shape).clone() for n, b in model.named_buffers()}
+            rng_state.restore()  # randomness="same": one dropout draw, as the training forward's
+
+            def one(point, buffer):
+                return functional_call(model, {**frozen, **point, **buffer}, (images,))
+
+            logits = vmap(one, randomness="same")(points, buffers)
+            flat = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none",
+                                   label_smoothing=label_smoothing)
+            return flat.view(count, -1).mean(dim=1)
+
         with rng_state.forked():
-            return probe_along(loss_of, weights, grads, direction, self.multipliers)
+            return probe_along(losses_of if self.batched else loss_of, weights, grads, direction, self.multipliers,
+                               batched=self.batched)
 
 
 class RngState:

@@ -66,7 +66,8 @@ def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> tup
     torch.manual_seed(config.seed)
     base = build_model(config.model, width=config.width, num_classes=dataset.num_classes,
                        image_size=dataset.image_size, **config.model_options()).to(device)
-    probe = ModelProbe(config.probe_multipliers, config.probe_direction) if config.probe_every else None
+    probe = ModelProbe(config.probe_multipliers, config.probe_direction, config.probe_batch) \
+        if config.probe_every else None
     precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if choose_engine(config) == "fused":

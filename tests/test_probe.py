@@ -157,3 +157,22 @@ def test_parse_multipliers(text, expected):
 def test_parse_multipliers_rejects(text):
     with pytest.raises(UsageError):
         parse_multipliers(text)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_batched_multipliers_give_the_same_probe_and_leave_training_alone(dropout):
+    results, states = [], []
+    for batched in (False, True):
+        torch.manual_seed(7)
+        model = tiny_net(dropout)
+        runs = LockstepRuns([model], [torch.optim.Adam(model.parameters(), lr=0.01)],
+                            ModelProbe(MULTIPLIERS, "update", batched=batched))
+        for step in range(3):
+            x, y = batch(seed=step)
+            losses, _, probes = runs.train_step(x, y, probe=True)
+        results.append(probes)
+        states.append((losses, model.state_dict(), torch.get_rng_state()))
+    for name in ("loss", "grad_dist", "distance", "beta", "grad_norm"):
+        assert torch.allclose(results[0][name], results[1][name], rtol=1e-9, atol=1e-12), name
+    (l0, s0, r0), (l1, s1, r1) = states
+    assert torch.equal(l0, l1) and torch.equal(r0, r1) and all(torch.equal(s0[k], s1[k]) for k in s0)
