@@ -26,6 +26,8 @@ def cli() -> None:
     landscape run --model vgg_bn --lrs 1e-3,2e-3,5e-4,1e-4   train one model per rate into HDF5
     landscape plot artifacts/vgg.h5 artifacts/vgg_bn.h5     draw loss envelopes and ranges
     landscape info artifacts/vgg_bn.h5                      summarise a run file
+    landscape ablate run --all --preset quick               run the reports' ablation tables
+    landscape ablate table --all --preset quick             regenerate their tables and figures
     """
 
 

@@ -119,7 +119,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, args, capsys
     assert checksums(tmp_path) == before
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "{run}"], ["info", "{run}"]])
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "{run}"], ["info", "{run}"],
+                                  ["ablate", "list"], ["ablate", "table", "cifar10_resnet18_stem", "--results", "abl"]])
 def test_reading_commands_do_not_import_torch(tmp_path, tiny_run, argv):
     argv = [a.format(run=tiny_run) for a in argv]
     code = ("import sys\nfrom cli.main import main\n"
