@@ -221,7 +221,3 @@ class FusedRuns:
         for run, active in enumerate(state["active"]):
             if not active:
                 self.stop(run)
-
-    def run_state(self, run: int) -> dict[str, torch.Tensor]:
-        """Run `run`'s parameters and buffers as a state dict of the original model."""
-        return {**{n: p[run].detach() for n, p in self.params.items()}, **{n: b[run] for n, b in self.buffers.items()}}
