@@ -67,3 +67,32 @@ def test_compile_gives_the_same_losses(tmp_path, tiny_config):
     with run_file(tmp_path, tiny_config, "eager", **options) as eager, \
             run_file(tmp_path, tiny_config, "compiled", compile=True, **options) as compiled:
         assert np.allclose(eager["train/loss"][...], compiled["train/loss"][...], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_fused_run_resumes_to_the_identical_result(tmp_path, tiny_config, monkeypatch, optimizer):
+    import errno
+
+    import landscape.store as store
+    from landscape.errors import RunFailed
+    from landscape.store import read_run
+    from landscape.train import resume
+
+    config = tiny_config(engine="fused", optimizer=optimizer, lrs=(0.01, 0.002), epochs=3)
+    reference = read_run(train(config, tmp_path / "whole.h5", progress=False))
+    real, calls = store.write_atomically, {"n": 0}
+
+    def fail_epoch_three(path, write, replace=True):
+        calls["n"] += path.name == "cut.h5"
+        if path.name == "cut.h5" and calls["n"] == 4:  # the run file: create, epoch 1, epoch 2, then epoch 3 fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write, replace=replace)
+
+    monkeypatch.setattr(store, "write_atomically", fail_epoch_three)
+    with pytest.raises(RunFailed):
+        train(config, tmp_path / "cut.h5", progress=False)
+    monkeypatch.setattr(store, "write_atomically", real)
+    assert read_run(tmp_path / "cut.h5").epochs_done == 2
+    resumed = read_run(resume(tmp_path / "cut.h5", progress=False)[0])
+    assert np.array_equal(resumed.train_loss, reference.train_loss)
+    assert np.array_equal(resumed.epoch["test_acc"], reference.epoch["test_acc"])
