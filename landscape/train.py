@@ -203,19 +203,33 @@ class TrainingState:
 
     def to_checkpoint(self) -> dict:
         """Tensors and plain values only (checkpoints load with weights_only=True)."""
-        out = {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v
-               for k, v in self.__dict__.items() if k != "partial"}
-        if self.partial is not None:
-            out["partial"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in self.partial.items()}
-        return out
+        return as_tensors(dict(self.__dict__))
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainingState":
-        values = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items() if k != "partial"}
-        partial = saved.get("partial")
-        if partial is not None:
-            partial = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in partial.items()}
-        return cls(**values, partial=partial)
+        return cls(**as_arrays(saved))
+
+
+def as_tensors(value):
+    """numpy arrays, at any depth of dicts and lists, as torch tensors."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        return {k: as_tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_tensors(v) for v in value]
+    return value
+
+
+def as_arrays(value):
+    """The inverse of `as_tensors`."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: as_arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_arrays(v) for v in value]
+    return value
 
 
 class StopSignals:
@@ -385,7 +399,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                                   device=dataset.train.device)
         probe_steps: list[int] = list(partial.get("probe_steps", []))
         probe_values: list[dict[str, torch.Tensor]] = [
-            {k: torch.from_numpy(v[:, i]) for k, v in partial["probes"].items()} for i in range(len(probe_steps))
+            {k: torch.from_numpy(v[:, i]).to(dataset.train.device) for k, v in partial["probes"].items()}
+            for i in range(len(probe_steps))
         ] if probe_steps else []
         done = int(partial.get("step", 0))
 
@@ -415,7 +430,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 state.elapsed = time.perf_counter() - start
                 state.partial = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
                                  "correct": correct.cpu().numpy(), "probe_steps": probe_steps,
-                                 "probes": {k: v.numpy() for k, v in probes_to_host([], probe_values).items()
+                                 "probes": {k: v for k, v in probes_to_host(probe_steps, probe_values).items()
                                             if k != "step" and v is not None}}
                 name = signal.Signals(signals.received).name
                 raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)

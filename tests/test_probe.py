@@ -176,3 +176,35 @@ def test_batched_multipliers_give_the_same_probe_and_leave_training_alone(dropou
         assert torch.allclose(results[0][name], results[1][name], rtol=1e-9, atol=1e-12), name
     (l0, s0, r0), (l1, s1, r1) = states
     assert torch.equal(l0, l1) and torch.equal(r0, r1) and all(torch.equal(s0[k], s1[k]) for k in s0)
+
+
+def test_interrupted_mid_epoch_with_probes_resumes_to_the_identical_file(tmp_path, tiny_config, monkeypatch):
+    import signal
+
+    import landscape.train as training
+    from landscape.errors import RunFailed
+    from landscape.store import read_run
+
+    config = tiny_config(probe_every=3, probe_multipliers=(0.5, 2.0), epochs=2)
+    reference = read_run(train(config, tmp_path / "whole.h5", progress=False))
+
+    class SignalAtStepTen(training.StopSignals):  # SIGTERM in epoch 2, after its first probe
+        checks = 0
+
+        @property
+        def received(self):
+            SignalAtStepTen.checks += 1
+            return signal.SIGTERM if SignalAtStepTen.checks >= 12 else None
+
+        @received.setter
+        def received(self, value):
+            pass
+
+    monkeypatch.setattr(training, "StopSignals", SignalAtStepTen)
+    with pytest.raises(RunFailed, match="SIGTERM at epoch 2, step 3 of 8"):
+        train(config, tmp_path / "cut.h5", progress=False)
+    monkeypatch.undo()
+    resumed = read_run(training.resume(tmp_path / "cut.h5", progress=False)[0])
+    assert np.array_equal(resumed.train_loss, reference.train_loss)
+    for name in ("step", "loss", "grad_dist", "beta"):
+        assert np.array_equal(resumed.probe[name], reference.probe[name]), name
