@@ -32,3 +32,26 @@ def run_arguments(description: str, **defaults) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="repeat each measurement; the best time is kept")
     return parser
+
+
+def repeated_cifar(root: str | Path, train_images: int, dest: str | Path) -> Path:
+    """A CIFAR-10 folder under `dest` whose training split is the one under `root` repeated to `train_images`
+    (for full-size speed figures from the shared subset); return `dest` (the new --data-root)."""
+    import pickle
+
+    import numpy as np
+
+    from landscape.data import cifar_folder, read_cifar10
+
+    train_x, train_y, test_x, test_y = read_cifar10(cifar_folder(root, False))
+    reps = -(-train_images // len(train_y))
+    train_x, train_y = np.concatenate([train_x] * reps)[:train_images], np.concatenate([train_y] * reps)[:train_images]
+    folder = Path(dest) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = np.array_split(np.arange(train_images), 5)
+    for i, index in enumerate(chunks, start=1):
+        batch = {"data": train_x[index].reshape(len(index), -1), "labels": train_y[index].tolist()}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    test = {"data": test_x.reshape(len(test_y), -1), "labels": test_y.tolist()}
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    return Path(dest)

@@ -91,6 +91,17 @@ def cli() -> None:
               help="update (the optimizer's step) or gradient (-lr * grad, as the paper).")
 @click.option("--probe-batch", is_flag=True,
               help="Probe all multipliers in one vmapped forward/backward (loop engine; J times the memory).")
+@click.option("--snapshots/--no-snapshots", default=True, show_default=True,
+              help="Save weight snapshots to <run>.weights.h5 (epoch 0, every --snapshot-every epochs, the end).")
+@click.option("--snapshot-every", type=int, default=0, show_default=True,
+              help="Epochs between weight snapshots (0: only the initial and the final weights).")
+@click.option("--sharpness-every", type=int, default=0, show_default=True,
+              help="Track the top Hessian eigenvalue(s) of every run every K steps (0: off).")
+@click.option("--sharpness-images", type=int, default=2048, show_default=True,
+              help="Training images (a fixed seeded subset) the sharpness is measured on.")
+@click.option("--sharpness-top-k", type=int, default=1, show_default=True, help="Eigenvalues tracked per run.")
+@click.option("--sharpness-iters", type=int, default=20, show_default=True,
+              help="Lanczos iterations per measurement (warm-started from the previous top eigenvector).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
@@ -136,15 +147,33 @@ def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrit
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True, help="Plot every k-th step.")
 @click.option("--log-y", is_flag=True, help="Logarithmic loss axis.")
 def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int, log_y: bool) -> None:
-    """Draw per-rate curves, the min-max loss envelope and its range; several files are overlaid."""
+    """Draw per-rate curves, the min-max loss envelope and its range; several files are overlaid.
+
+    Surface files (`landscape surface`) are redrawn: lines overlaid, planes one by one and side by side.
+    """
     from landscape.store import read_runs
+    from landscape.surface_file import is_surface_file, read_surface
 
-    loaded, problems = read_runs(runs, need_steps=True)
-    if not loaded:
+    surface_paths = [p for p in runs if is_surface_file(p)]
+    loaded, problems = read_runs([p for p in runs if p not in surface_paths], need_steps=True)
+    surfaces = []
+    for path in surface_paths:
+        try:
+            surfaces.append(read_surface(path))
+        except UsageError as exc:
+            problems.append(str(exc))
+    if not loaded and not surfaces:
         raise UsageError(" | ".join(problems))
-    from landscape.plots import plot_runs
+    written = []
+    if loaded:
+        from landscape.plots import plot_runs
 
-    for path in plot_runs(loaded, out_dir or runs[0].parent, smooth=smooth, stride=stride, log_y=log_y):
+        written += plot_runs(loaded, out_dir or runs[0].parent, smooth=smooth, stride=stride, log_y=log_y)
+    if surfaces:
+        from landscape.surface_plots import plot_surfaces
+
+        written += plot_surfaces(surfaces, out_dir or surface_paths[0].parent)
+    for path in written:
         click.echo(str(path))
     report_skipped(problems)
 
@@ -161,6 +190,62 @@ def info(run_files: tuple[Path, ...]) -> None:
         raise UsageError(" | ".join(problems))
     click.echo("\n\n".join(describe(run) for run in loaded))
     report_skipped(problems)
+
+
+def snapshot_options(command):
+    """--lr/--run/--epoch, --device and --data-root: which snapshot of a run file, and where to compute."""
+    for decorator in reversed([
+        click.option("--lr", type=float, default=None, help="The run to look at, by its learning rate."),
+        click.option("--run", "run_index", type=int, default=None, help="The run to look at, by its index."),
+        click.option("--epoch", type=int, default=None, help="The snapshot's epoch [default: the last saved]."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--data-root", default=None, help="Dataset folder [default: the run's]."),
+        click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file."),
+        click.option("--overwrite", is_flag=True, help="Replace --out if it exists."),
+        click.option("--quiet", is_flag=True, help="No progress output."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+@cli.command()
+@click.argument("run_file", type=click.Path(path_type=Path))
+@snapshot_options
+@click.option("--dims", type=int, default=2, show_default=True, help="1: a line; 2: a plane.")
+@click.option("--grid", default=None, help="x coordinates start:stop:count [default: -1:1:51; between "
+                                           "-0.25:1.25:31; pca: around the trajectory].")
+@click.option("--grid-y", default=None, help="y coordinates start:stop:count [default: as --grid].")
+@click.option("--directions", default="random", show_default=True,
+              help="random (Gaussian, normalised), pca (of the trajectory) or between (towards --to).")
+@click.option("--norm", default="filter", show_default=True, help="random: filter, layer or none.")
+@click.option("--ignore", default="biasbn", show_default=True,
+              help="biasbn: zero direction on biases and BatchNorm (1-D tensors); none.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random directions.")
+@click.option("--to", default="", help="between: end points, rates of the same file or init, e.g. 2e-3 or 2e-3,init.")
+@click.option("--data", default="train", show_default=True, help="train or test images.")
+@click.option("--images", type=int, default=None, help="Images per point [default: 10,000 or the whole split].")
+@click.option("--bn", default="eval", show_default=True,
+              help="BatchNorm: eval (snapshot's statistics), train (batch statistics) or recompute.")
+@click.option("--bn-images", type=int, default=2048, show_default=True, help="recompute: training images used.")
+@click.option("--batch-size", type=int, default=0, show_default=True,
+              help="Images per batch (0: 1000; with --bn train, the run's training batch size).")
+@click.option("--points-per-pass", type=int, default=0, show_default=True,
+              help="Grid points evaluated together (0: 1 on CPU, from free memory on CUDA).")
+@click.option("--precision", default="auto", show_default=True, help="fp32 or bf16; auto: bf16 on CUDA.")
+@click.option("--resume", is_flag=True, help="Finish the surface in --out (or the default path), same options.")
+def surface(run_file: Path, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool, resume: bool,
+            **options) -> None:
+    """Loss and accuracy around a snapshot along filter-normalised random, PCA or interpolation directions."""
+    from landscape.surface import SurfaceOptions, compute_surface
+
+    path = compute_surface(run_file, SurfaceOptions(run=run_index, **options), out, overwrite=overwrite,
+                           resume=resume, progress=not quiet)
+    from landscape.surface_file import read_surface
+    from landscape.surface_plots import plot_surfaces
+
+    for written in plot_surfaces([read_surface(path)], path.parent):
+        click.echo(str(written))
+    click.echo(f"wrote {path}")
 
 
 @cli.group()

@@ -89,6 +89,14 @@ class RunConfig:
     probe_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
     probe_direction: str = "update"
     probe_batch: bool = False  # all multipliers in one vmapped pass (loop engine; J times the activation memory)
+    # weight snapshots (<run>.weights.h5): epoch 0, every snapshot_every epochs (0: none between) and the end
+    snapshots: bool = True
+    snapshot_every: int = 0
+    # sharpness: top Hessian eigenvalues of every run every K steps on a fixed training subset
+    sharpness_every: int = 0
+    sharpness_images: int = 2048
+    sharpness_top_k: int = 1
+    sharpness_iters: int = 20
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":
@@ -112,9 +120,16 @@ class RunConfig:
                               ("--eval-batch-size", self.eval_batch_size), ("--log-every", self.log_every),
                               ("--step-size", self.step_size)):
             positive(option, value)
+        for option, value in (("--sharpness-images", self.sharpness_images), ("--sharpness-top-k", self.sharpness_top_k),
+                              ("--sharpness-iters", self.sharpness_iters)):
+            positive(option, value)
+        if self.sharpness_top_k > self.sharpness_iters:
+            raise UsageError(f"--sharpness-top-k {self.sharpness_top_k} needs at least as many --sharpness-iters "
+                             f"(got {self.sharpness_iters}): raise --sharpness-iters")
         for option, value in (("--train-subset", self.train_subset), ("--image-size", self.image_size),
                               ("--probe-every", self.probe_every), ("--patience", self.patience),
-                              ("--cosine-extra", self.cosine_extra), ("--warmup-epochs", self.warmup_epochs)):
+                              ("--cosine-extra", self.cosine_extra), ("--warmup-epochs", self.warmup_epochs),
+                              ("--snapshot-every", self.snapshot_every), ("--sharpness-every", self.sharpness_every)):
             non_negative(option, value)
         in_range("--width", self.width, 0, math.inf, low_open=True)
         in_range("--weight-decay", self.weight_decay, 0, math.inf)

@@ -209,6 +209,19 @@ class FusedRuns:
         return {"params": {n: p.detach() for n, p in self.params.items()}, "buffers": self.buffers,
                 "optimizer": moments, "lrs": self.lrs, "active": list(self.active)}
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Every run's parameters and buffers, stacked [R, ...] (copies)."""
+        return {**{n: p.detach().clone() for n, p in self.params.items()},
+                **{n: b.clone() for n, b in self.buffers.items()}}
+
+    def parameter_names(self) -> set[str]:
+        return set(self.names)
+
+    def run_module(self, run: int) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The shared skeleton, and run `run`'s slices of the stacked parameters and buffers (detached views)."""
+        return (self.skeleton, {n: p.detach()[run] for n, p in self.params.items()},
+                {n: b[run] for n, b in self.buffers.items()})
+
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             for name, value in state["params"].items():

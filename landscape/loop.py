@@ -87,6 +87,20 @@ class LockstepRuns:
         return {"models": [m.state_dict() for m in self.models], "optimizers": [o.state_dict() for o in self.optimizers],
                 "active": list(self.active)}
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Every run's state-dict entries stacked along a new first axis [R, ...] (copies)."""
+        states = [m.state_dict() for m in self.models]
+        return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+    def parameter_names(self) -> set[str]:
+        return {n for n, _ in self.models[0].named_parameters()}
+
+    def run_module(self, run: int) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run `run`'s module, and its current parameters and buffers (detached, shared with training)."""
+        model = self.models[run]
+        return (model, {n: p.detach() for n, p in model.named_parameters()},
+                {n: b.detach() for n, b in model.named_buffers()})
+
     def load_state_dict(self, state: dict) -> None:
         for model, optimizer, model_state, optimizer_state in zip(self.models, self.optimizers, state["models"],
                                                                    state["optimizers"]):

@@ -8,6 +8,7 @@ Every figure is saved as PNG and PDF, beside a CSV of exactly the numbers it dra
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -126,7 +127,9 @@ def finish(ax, title: str, ylabel: str, log_y: bool) -> None:
 
 def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Path]:
     """Write the figure in every format and its data as CSV under `stem`; close the figure."""
-    fig.tight_layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # colour bars spanning several axes: tight_layout's best effort
+        fig.tight_layout()
     paths = []
     for fmt in FIGURE_FORMATS:
         path = stem.parent / f"{stem.name}.{fmt}"  # not with_suffix: stems hold rates like lr0.001

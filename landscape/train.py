@@ -33,6 +33,7 @@ from landscape.models import build_model, check_model_options, count_parameters,
 from landscape.optim import lr_at_epoch, make_optimizer
 from landscape.loop import LockstepRuns
 from landscape.probe import ModelProbe
+from landscape.snapshots import SnapshotWriter, weights_path
 from landscape.store import PROBE_FIELDS, RunWriter, read_run, remove_stale_temporaries
 
 
@@ -288,12 +289,37 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
             "model_size_mb": model_size_mb(base), "engine": type(runs).__name__, "image_size": dataset.image_size,
             "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
             "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
+            **({"weights_file": weights_path(out).name} if config.snapshots else {}),
         }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
             probe_direction=config.probe_direction)
         writer.create(overwrite)
         checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
-        return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device,
+        weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
+        snapshots = snapshot_writer(config, out)
+        if snapshots is not None:
+            save_snapshot(snapshots, runs, epoch=0, step=0)
+        return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots,
                      progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint)
+
+
+def snapshot_writer(config: RunConfig, out: Path) -> SnapshotWriter | None:
+    """The writer of `out`'s weight snapshots, or None with --no-snapshots."""
+    if not config.snapshots:
+        return None
+    return SnapshotWriter(weights_path(out), run_file=out.name, lrs=list(config.lrs), config_json=config.to_json(),
+                          model=config.model)
+
+
+def save_snapshot(snapshots: SnapshotWriter, runs: "Engine", *, epoch: int, step: int) -> None:
+    """Copy every run's parameters and buffers to the host and add them to the weights file."""
+    tensors = {name: value.detach().cpu().numpy() for name, value in runs.snapshot().items()}
+    snapshots.add(epoch, step, tensors, runs.parameter_names())
+
+
+def snapshot_due(config: RunConfig, epochs_done: int, runs: "Engine") -> bool:
+    """After this epoch: every --snapshot-every epochs, and at the end (last epoch, or every run stopped)."""
+    every = config.snapshot_every
+    return epochs_done == config.epochs or not any(runs.active) or bool(every and epochs_done % every == 0)
 
 
 def resume(path: str | Path, overrides: dict | None = None, *, download: bool = False, progress: bool = True,
@@ -327,12 +353,17 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
             restore_random_state(saved["random"], device)
         writer = RunWriter.continuing(run, epochs=state.epoch)
         writer.set_status("running")
-        return drive(config, dataset, runs, writer, state, device, progress=progress,
+        snapshots = snapshot_writer(config, path)
+        if snapshots is not None:
+            remove_stale_temporaries(weights_path(path))
+            if state.epoch == 0 and state.partial is None:
+                save_snapshot(snapshots, runs, epoch=0, step=0)
+        return drive(config, dataset, runs, writer, state, device, snapshots, progress=progress,
                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint), True
 
 
 def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
-          device: torch.device, *, progress: bool, checkpoint_every: int, keep_checkpoint: bool) -> Path:
+          device: torch.device, snapshots: SnapshotWriter | None, *, progress: bool, checkpoint_every: int, keep_checkpoint: bool) -> Path:
     """Run the remaining epochs under signal handling; set the final status; translate failures."""
     out = writer.path
 
@@ -343,7 +374,7 @@ def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, 
     try:
         with StopSignals() as signals:
             outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
-                                    save if checkpoint_every else None, checkpoint_every)
+                                    save if checkpoint_every else None, checkpoint_every, snapshots)
     except Interrupted as stop:
         save(stop.state)
         writer.set_status("interrupted", str(stop))
@@ -373,7 +404,8 @@ class Interrupted(Exception):
 
 
 def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
-                  progress_on: bool, signals: StopSignals, save, checkpoint_every: int) -> str:
+                  progress_on: bool, signals: StopSignals, save, checkpoint_every: int,
+                  snapshots: SnapshotWriter | None = None) -> str:
     """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
 
     Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
@@ -463,6 +495,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics, wall_time=state.elapsed,
                             diverged_step=state.diverged_step, stopped_epoch=state.stopped_epoch,
                             probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None)
+        if snapshots is not None and snapshot_due(config, state.epoch, runs):
+            save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
         if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
             save(state)
         progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)
