@@ -149,30 +149,39 @@ def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrit
 def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int, log_y: bool) -> None:
     """Draw per-rate curves, the min-max loss envelope and its range; several files are overlaid.
 
-    Surface files (`landscape surface`) are redrawn: lines overlaid, planes one by one and side by side.
+    Surface files (`landscape surface`) are redrawn: lines overlaid, planes one by one and side by side;
+    Hessian files (`landscape hessian`) give eigenvalues and densities, overlaid across files.
     """
+    from landscape.hessian_file import file_format, read_hessian
     from landscape.store import read_runs
-    from landscape.surface_file import is_surface_file, read_surface
+    from landscape.surface_file import read_surface
 
-    surface_paths = [p for p in runs if is_surface_file(p)]
-    loaded, problems = read_runs([p for p in runs if p not in surface_paths], need_steps=True)
-    surfaces = []
-    for path in surface_paths:
-        try:
-            surfaces.append(read_surface(path))
-        except UsageError as exc:
-            problems.append(str(exc))
-    if not loaded and not surfaces:
+    formats = {path: file_format(path) for path in runs}
+    readers = {"landscape-surface": read_surface, "landscape-hessian": read_hessian}
+    loaded, problems = read_runs([p for p in runs if formats[p] not in readers], need_steps=True)
+    others: dict[str, list] = {name: [] for name in readers}
+    for path in runs:
+        if formats[path] in readers:
+            try:
+                others[formats[path]].append(readers[formats[path]](path))
+            except UsageError as exc:
+                problems.append(str(exc))
+    if not loaded and not any(others.values()):
         raise UsageError(" | ".join(problems))
     written = []
+    folder = out_dir or runs[0].parent
     if loaded:
         from landscape.plots import plot_runs
 
-        written += plot_runs(loaded, out_dir or runs[0].parent, smooth=smooth, stride=stride, log_y=log_y)
-    if surfaces:
+        written += plot_runs(loaded, folder, smooth=smooth, stride=stride, log_y=log_y)
+    if others["landscape-surface"]:
         from landscape.surface_plots import plot_surfaces
 
-        written += plot_surfaces(surfaces, out_dir or surface_paths[0].parent)
+        written += plot_surfaces(others["landscape-surface"], folder)
+    if others["landscape-hessian"]:
+        from landscape.curvature_plots import plot_hessians
+
+        written += plot_hessians(others["landscape-hessian"], folder)
     for path in written:
         click.echo(str(path))
     report_skipped(problems)
@@ -192,25 +201,30 @@ def info(run_files: tuple[Path, ...]) -> None:
     report_skipped(problems)
 
 
-def snapshot_options(command):
-    """--lr/--run/--epoch, --device and --data-root: which snapshot of a run file, and where to compute."""
-    for decorator in reversed([
-        click.option("--lr", type=float, default=None, help="The run to look at, by its learning rate."),
-        click.option("--run", "run_index", type=int, default=None, help="The run to look at, by its index."),
-        click.option("--epoch", type=int, default=None, help="The snapshot's epoch [default: the last saved]."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-        click.option("--data-root", default=None, help="Dataset folder [default: the run's]."),
-        click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file."),
-        click.option("--overwrite", is_flag=True, help="Replace --out if it exists."),
-        click.option("--quiet", is_flag=True, help="No progress output."),
-    ]):
-        command = decorator(command)
-    return command
+def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its learning rate."):
+    """--lr/--run/--epoch, --device, --data-root, --out, --overwrite, --quiet: which snapshot, and where."""
+
+    def decorate(command):
+        for decorator in reversed([
+            click.option("--lr", type=lr_type, default=None, help=lr_help),
+            click.option("--run", "run_index", type=int, default=None, help="The run to look at, by its index."),
+            click.option("--epoch", type=str if lr_type is str else int, default=None,
+                         help="The snapshot's epoch [default: the last saved]" + (" or all." if lr_type is str else ".")),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+            click.option("--data-root", default=None, help="Dataset folder [default: the run's]."),
+            click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file."),
+            click.option("--overwrite", is_flag=True, help="Replace --out if it exists."),
+            click.option("--quiet", is_flag=True, help="No progress output."),
+        ]):
+            command = decorator(command)
+        return command
+
+    return decorate
 
 
 @cli.command()
 @click.argument("run_file", type=click.Path(path_type=Path))
-@snapshot_options
+@snapshot_options()
 @click.option("--dims", type=int, default=2, show_default=True, help="1: a line; 2: a plane.")
 @click.option("--grid", default=None, help="x coordinates start:stop:count [default: -1:1:51; between "
                                            "-0.25:1.25:31; pca: around the trajectory].")
@@ -244,6 +258,41 @@ def surface(run_file: Path, run_index: int | None, out: Path | None, overwrite: 
     from landscape.surface_plots import plot_surfaces
 
     for written in plot_surfaces([read_surface(path)], path.parent):
+        click.echo(str(written))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run_file", type=click.Path(path_type=Path))
+@snapshot_options(str, "The run to measure, by its learning rate, or all.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Largest eigenvalues to find (Lanczos).")
+@click.option("--tol", type=float, default=1e-4, show_default=True,
+              help="Stop when every residual estimate is below tol x |eigenvalue|.")
+@click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
+@click.option("--trace", is_flag=True, help="Also estimate the trace (Hutchinson, with its standard error).")
+@click.option("--trace-samples", type=int, default=100, show_default=True, help="Rademacher vectors for --trace.")
+@click.option("--density", is_flag=True, help="Also the spectral density (stochastic Lanczos quadrature).")
+@click.option("--density-probes", type=int, default=1, show_default=True, help="Probe vectors for --density.")
+@click.option("--density-steps", type=int, default=80, show_default=True, help="Lanczos steps per probe.")
+@click.option("--images", type=int, default=4096, show_default=True,
+              help="Training images (the first N) whose mean loss is differentiated.")
+@click.option("--batch-size", type=int, default=0, show_default=True, help="Images per batch (0: the run's).")
+@click.option("--bn", default="train", show_default=True,
+              help="BatchNorm: train (batch statistics, as the training loss) or eval (running statistics).")
+@click.option("--hvp", default="auto", show_default=True,
+              help="double-backward, forward-over-reverse (torch.func jvp of grad); auto: double-backward.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the Lanczos and Hutchinson vectors.")
+def hessian(run_file: Path, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
+            **options) -> None:
+    """Top Hessian eigenvalues, trace and spectral density of snapshots of a run file."""
+    from landscape.hessian import HessianOptions, compute_hessian
+
+    path = compute_hessian(run_file, HessianOptions(run=run_index, **options), out, overwrite=overwrite,
+                           progress=not quiet)
+    from landscape.curvature_plots import plot_hessians
+    from landscape.hessian_file import read_hessian
+
+    for written in plot_hessians([read_hessian(path)], path.parent):
         click.echo(str(written))
     click.echo(f"wrote {path}")
 

@@ -148,7 +148,40 @@ def describe(run: Run) -> str:
                   f"{'lr':>10}  {'loss variation':>14}  {'max grad dist':>13}  {'beta':>10}"]
         for lr, (variation, grad, beta) in zip(run.lrs, probe_medians(run)):
             lines.append(f"{lr:>10g}  {variation:>14.4g}  {grad:>13.4g}  {beta:>10.4g}")
+    if run.sharpness is not None and len(run.sharpness["step"]):
+        lines += ["", f"sharpness   {len(run.sharpness['step'])} measurements on {run.sharpness['images']} images "
+                      f"(top Hessian eigenvalue); threshold: {threshold_formula(config)}",
+                  f"{'lr':>10}  {'last':>10}  {'max':>10}  {'threshold':>10}  {'last/thr':>8}  {'max/thr':>8}"]
+        for r, lr in enumerate(run.lrs):
+            top = run.sharpness["top"][r, :, 0]
+            last = top[np.isfinite(top)][-1] if np.isfinite(top).any() else np.nan
+            peak = np.nanmax(top) if np.isfinite(top).any() else np.nan
+            threshold = stability_threshold(config, float(lr))
+            ratio = (lambda v: f"{v / threshold:.2f}") if threshold else (lambda v: "-")
+            lines.append(f"{lr:>10g}  {last:>10.4g}  {peak:>10.4g}  {threshold or float('nan'):>10.4g}  "
+                         f"{ratio(last):>8}  {ratio(peak):>8}")
     return "\n".join(lines)
+
+
+def stability_threshold(config: dict, lr: float) -> float | None:
+    """The edge of stability at rate `lr` (Cohen et al. 2021): 2/lr for SGD, (2 + 2b)/lr with heavy-ball momentum
+    b, (2 + 2b)/(lr (1 + 2b)) with Nesterov; None for Adam-family optimizers, where it does not apply."""
+    if config.get("optimizer") != "sgd":
+        return None
+    b = float(config.get("momentum", 0.0))
+    if config.get("nesterov") and b:
+        return (2 + 2 * b) / (lr * (1 + 2 * b))
+    return (2 + 2 * b) / lr
+
+
+def threshold_formula(config: dict) -> str:
+    """The threshold's formula in words, as `stability_threshold` computes it."""
+    if config.get("optimizer") != "sgd":
+        return f"none for {config.get('optimizer')} (adaptive steps: 2/lr does not apply)"
+    b = float(config.get("momentum", 0.0))
+    if not b:
+        return "2/lr"
+    return f"(2 + 2b)/(lr (1 + 2b)), Nesterov b={b:g}" if config.get("nesterov") else f"(2 + 2b)/lr, b={b:g}"
 
 
 def fmt_pct(value: float) -> str:

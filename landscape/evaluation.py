@@ -14,6 +14,7 @@ the images a measurement uses from the run's own dataset.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Iterable
 
 import torch
@@ -47,7 +48,9 @@ def prepared_module(model: nn.Module, bn: str) -> nn.Module:
     check_bn_mode(bn)
     module = copy.deepcopy(model).eval()
     if bn == "train":
-        replace_all_batch_norm_modules_(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.func's helper touches deprecated torch.jit
+            replace_all_batch_norm_modules_(module)
     elif bn == "recompute":
         for layer in module.modules():
             if isinstance(layer, _BatchNorm):
@@ -59,6 +62,20 @@ def module_buffers(module: nn.Module, buffers: Params) -> Params:
     """The entries of `buffers` that `module` still has (a `train`-mode module has no BatchNorm statistics)."""
     names = {name for name, _ in module.named_buffers()}
     return {name: value for name, value in buffers.items() if name in names}
+
+
+def flatten(params: Params, names: list[str] | None = None) -> torch.Tensor:
+    """The tensors of `params` (in `names` order) as one float64 vector."""
+    return torch.cat([params[n].reshape(-1).double() for n in (names or list(params))])
+
+
+def unflatten(vector: torch.Tensor, like: Params) -> Params:
+    """A vector back into tensors shaped (and typed) like `like`."""
+    out, offset = {}, 0
+    for name, value in like.items():
+        out[name] = vector[offset:offset + value.numel()].view_as(value).to(value.dtype)
+        offset += value.numel()
+    return out
 
 
 def stacked_logits(module: nn.Module, points: Params, buffers: Params, images: torch.Tensor) -> torch.Tensor:

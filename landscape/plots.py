@@ -42,6 +42,12 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, smooth: int = 1, stride: 
     probed = [(run, label) for run, label in zip(runs, labels) if run.probe is not None and len(run.probe["step"])]
     for lr in sorted({float(lr) for run, _ in probed for lr in run.lrs}, reverse=True):
         written += probe_figure(probed, lr, out_dir / f"{stem}_probes_lr{lr:g}", log_y=log_y)
+    tracked = [(run, label) for run, label in zip(runs, labels)
+               if run.sharpness is not None and len(run.sharpness["step"])]
+    if tracked:
+        from landscape.curvature_plots import sharpness_figure
+
+        written += sharpness_figure(tracked, out_dir / f"{stem}_sharpness")
     return written
 
 

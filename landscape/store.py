@@ -107,7 +107,8 @@ class RunWriter:
     """
 
     def __init__(self, path: str | Path, *, config_json: str, lrs: list[float], attrs: dict,
-                 probe_multipliers: list[float] | None = None, probe_direction: str = "update"):
+                 probe_multipliers: list[float] | None = None, probe_direction: str = "update",
+                 sharpness: dict | None = None):
         self.path = Path(path)
         runs = len(lrs)
         self.lrs = np.asarray(lrs, dtype=np.float64)
@@ -129,13 +130,18 @@ class RunWriter:
                           "direction": probe_direction}
             for name, (axes, _) in PROBE_DATASETS.items():
                 self.probe[name] = np.zeros((runs, 0, len(probe_multipliers)) if "multiplier" in axes else (runs, 0))
+        self.sharpness = None
+        if sharpness:  # attributes: top_k, images, iterations, bn, method
+            self.sharpness = {"step": np.zeros(0, dtype=np.int64), "top": np.zeros((runs, 0, int(sharpness["top_k"]))),
+                              "attrs": dict(sharpness)}
 
     @classmethod
     def continuing(cls, run: "Run", *, epochs: int) -> "RunWriter":
         """A writer holding `run`'s record cut back to its first `epochs` epochs (to resume from a checkpoint)."""
         writer = cls(run.path, config_json=run.attrs["config"], lrs=list(run.lrs), attrs={},
                      probe_multipliers=list(run.probe["multipliers"]) if run.probe is not None else None,
-                     probe_direction=run.probe["direction"] if run.probe is not None else "update")
+                     probe_direction=run.probe["direction"] if run.probe is not None else "update",
+                     sharpness=run.sharpness["attrs"] if run.sharpness is not None else None)
         writer.attrs.update(run.attrs)
         steps = int(np.searchsorted(run.train_epoch, epochs))  # steps of the first `epochs` epochs
         writer.train_loss, writer.train_epoch = run.train_loss[:, :steps], run.train_epoch[:steps]
@@ -148,6 +154,10 @@ class RunWriter:
             writer.probe["step"] = run.probe["step"][:kept]
             for name in PROBE_FIELDS:
                 writer.probe[name] = run.probe[name][:, :kept]
+        if run.sharpness is not None:
+            kept = int(np.searchsorted(run.sharpness["step"], steps))
+            writer.sharpness["step"] = run.sharpness["step"][:kept]
+            writer.sharpness["top"] = run.sharpness["top"][:, :kept]
         return writer
 
     def create(self, overwrite: bool = False) -> None:
@@ -160,19 +170,24 @@ class RunWriter:
 
     def append_epoch(self, *, step_losses: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
                      wall_time: float, diverged_step: np.ndarray, stopped_epoch: np.ndarray,
-                     probes: dict[str, np.ndarray] | None = None) -> None:
+                     probes: dict[str, np.ndarray] | None = None,
+                     sharpness: dict[str, np.ndarray] | None = None) -> None:
         """Add one finished epoch (step losses [R, k], metrics each [R], wall time, divergences) and flush.
 
         If the flush fails (disk full...), the record goes back to what the file on disk holds.
         """
         saved = (self.train_loss, self.train_epoch, dict(self.epoch), self.wall_time, self.diverged_step,
-                 self.stopped_epoch, dict(self.probe) if self.probe is not None else None)
+                 self.stopped_epoch, dict(self.probe) if self.probe is not None else None,
+                 dict(self.sharpness) if self.sharpness is not None else None)
         try:
             self._add_epoch(step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes)
+            if sharpness is not None and len(sharpness["step"]):
+                self.sharpness["step"] = np.concatenate([self.sharpness["step"], sharpness["step"]])
+                self.sharpness["top"] = np.concatenate([self.sharpness["top"], sharpness["top"]], axis=1)
             self.flush()
         except OSError:
             (self.train_loss, self.train_epoch, self.epoch, self.wall_time, self.diverged_step,
-             self.stopped_epoch, self.probe) = saved
+             self.stopped_epoch, self.probe, self.sharpness) = saved
             raise
 
     def _add_epoch(self, step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes) -> None:
@@ -229,6 +244,25 @@ class RunWriter:
             _label_axes(stop, "run")
             if self.probe is not None:
                 self._write_probes(f, runs)
+            if self.sharpness is not None:
+                self._write_sharpness(f, runs)
+
+    def _write_sharpness(self, f: h5py.File, runs: int) -> None:
+        """The /sharpness group: measured steps and each run's top Hessian eigenvalues there."""
+        group = f.create_group("sharpness")
+        group.attrs.update(self.sharpness["attrs"])
+        group.attrs["description"] = (
+            "sharpness: the top Hessian eigenvalues of the mean training loss over a fixed, seeded subset of "
+            "training images (attribute images), by Lanczos (attribute iterations, fixed), BatchNorm with batch "
+            "statistics, dropout off; measured before the step's update")
+        step = group.create_dataset("step", data=self.sharpness["step"], maxshape=(None,), chunks=(256,))
+        step.attrs["description"] = "training step (index into /train/loss) of each measurement"
+        _label_axes(step, "measurement")
+        top = group.create_dataset("top", data=np.asarray(self.sharpness["top"], dtype=np.float64),
+                                   maxshape=(runs, None, self.sharpness["top"].shape[2]),
+                                   chunks=(runs, 256, self.sharpness["top"].shape[2]))
+        top.attrs["description"] = "largest Hessian eigenvalues of each run at each measured step, descending"
+        _label_axes(top, "run", "measurement", "k")
 
     def _write_probes(self, f: h5py.File, runs: int) -> None:
         """The /probe group: probed steps, multipliers and one dataset per measure."""
@@ -266,6 +300,7 @@ class Run:
     diverged_step: np.ndarray | None = None
     stopped_epoch: np.ndarray | None = None
     probe: dict[str, np.ndarray] | None = None  # step [P], multipliers [J], and PROBE_FIELDS [R, P(, J)]
+    sharpness: dict | None = None  # step [M], top [R, M, k], attrs
 
     @property
     def model(self) -> str:
@@ -306,9 +341,16 @@ def read_run(path: str | Path) -> Run:
             if "probe" in f:
                 probe = {name: f[f"probe/{name}"][...] for name in ("step", "multipliers", *PROBE_FIELDS)}
                 probe["direction"] = str(f["probe"].attrs.get("direction", "update"))
+            sharpness = None
+            if "sharpness" in f:
+                group = f["sharpness"]
+                sharpness = {"step": group["step"][...], "top": group["top"][...],
+                             "attrs": {k: v for k, v in group.attrs.items() if k != "description"}}
+                sharpness["images"] = int(sharpness["attrs"].get("images", 0))
             return Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
                        train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
-                       diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe)
+                       diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe,
+                       sharpness=sharpness)
     except UsageError:
         raise
     except Exception as exc:  # h5py reports damage as OSError, KeyError, ValueError, RuntimeError...

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from landscape.errors import RunFailed, UsageError
-from landscape.evaluation import (BN_MODES, ImageSet, Params, evaluate_points, expand_points, module_buffers,
-                                  prepared_module, recompute_statistics, snapshot_model)
+from landscape.evaluation import (BN_MODES, ImageSet, Params, evaluate_points, expand_points, flatten, module_buffers,
+                                  prepared_module, recompute_statistics, snapshot_model, unflatten)
 from landscape.snapshots import Weights, resolve_epoch, resolve_run, weights_of_run
 from landscape.store import Run, read_run
 from landscape.surface_file import Surface, read_surface, write_surface
@@ -149,18 +149,6 @@ def normalize_direction(direction: Params, weights: Params, norm: str, ignore: s
             out[name] = d * (w.norm() / (d.norm() + 1e-10))
         else:
             out[name] = d.clone()
-    return out
-
-
-def flatten(params: Params, names: list[str]) -> torch.Tensor:
-    return torch.cat([params[n].reshape(-1).double() for n in names])
-
-
-def unflatten(vector: torch.Tensor, like: Params) -> Params:
-    out, offset = {}, 0
-    for name, value in like.items():
-        out[name] = vector[offset:offset + value.numel()].view_as(value).to(value.dtype)
-        offset += value.numel()
     return out
 
 

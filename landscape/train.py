@@ -29,6 +29,7 @@ from landscape.config import RunConfig, format_lrs
 from landscape.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
 from landscape.errors import RunFailed, UsageError
 from landscape.fused import FusedRuns
+from landscape.hessian import SharpnessTracker
 from landscape.models import build_model, check_model_options, count_parameters, model_size_mb
 from landscape.optim import lr_at_epoch, make_optimizer
 from landscape.loop import LockstepRuns
@@ -291,7 +292,8 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
             "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
             **({"weights_file": weights_path(out).name} if config.snapshots else {}),
         }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
-            probe_direction=config.probe_direction)
+            probe_direction=config.probe_direction, sharpness=sharpness_tracker(config, dataset).attrs
+            if config.sharpness_every else None)
         writer.create(overwrite)
         checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
         weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
@@ -411,6 +413,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
     Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
     """
     normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
+    tracker = sharpness_tracker(config, dataset) if config.sharpness_every else None
     steps = steps_per_epoch(len(dataset.train), config.batch_size)
     early = EarlyStopping(len(runs), config.patience, config.min_delta)
     early.best, early.waited = state.early_best, state.early_waited
@@ -435,6 +438,9 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
             for i in range(len(probe_steps))
         ] if probe_steps else []
         done = int(partial.get("step", 0))
+        sharp_steps: list[int] = list(partial.get("sharpness_steps", []))
+        sharp_values: list[torch.Tensor] = [torch.from_numpy(v).to(dataset.train.device)
+                                            for v in partial.get("sharpness", [])]
 
         def take(landed: list[np.ndarray], blocks: list[np.ndarray] = blocks, epoch: int = epoch) -> None:
             for block in landed:  # the only host copies of step losses
@@ -447,6 +453,9 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         for step, (images, labels) in enumerate(batches):
             if step < done:
                 continue  # already trained before an interruption; the batch stream stays in step
+            if tracker is not None and (state.global_step + step) % config.sharpness_every == 0:
+                sharp_steps.append(state.global_step + step)
+                sharp_values.append(tracker.measure(runs, state.global_step + step))
             probing = bool(config.probe_every) and (state.global_step + step) % config.probe_every == 0
             losses, hits, probes = runs.train_step(images, labels, probe=probing)
             if probes is not None:
@@ -463,7 +472,9 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 state.partial = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
                                  "correct": correct.cpu().numpy(), "probe_steps": probe_steps,
                                  "probes": {k: v for k, v in probes_to_host(probe_steps, probe_values).items()
-                                            if k != "step" and v is not None}}
+                                            if k != "step" and v is not None},
+                                 "sharpness_steps": sharp_steps,
+                                 "sharpness": [v.cpu().numpy() for v in sharp_values]}
                 name = signal.Signals(signals.received).name
                 raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)
         take(step_losses.drain())
@@ -494,7 +505,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         state.early_best, state.early_waited = early.best, early.waited
         writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics, wall_time=state.elapsed,
                             diverged_step=state.diverged_step, stopped_epoch=state.stopped_epoch,
-                            probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None)
+                            probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None,
+                            sharpness=sharpness_to_host(sharp_steps, sharp_values) if tracker is not None else None)
         if snapshots is not None and snapshot_due(config, state.epoch, runs):
             save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
         if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
@@ -516,6 +528,19 @@ def probes_to_host(steps: list[int], values: list[dict[str, torch.Tensor]]) -> d
     for name in PROBE_FIELDS:
         host[name] = torch.stack([v[name] for v in values], dim=1).cpu().numpy() if values else None
     return host
+
+
+def sharpness_tracker(config: RunConfig, dataset: Dataset) -> SharpnessTracker:
+    """The sharpness measurement of `--sharpness-every`, on its fixed subset of training images."""
+    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
+    return SharpnessTracker(dataset.train, normalize, images=config.sharpness_images, batch_size=config.batch_size,
+                            top_k=config.sharpness_top_k, iterations=config.sharpness_iters, seed=config.seed)
+
+
+def sharpness_to_host(steps: list[int], values: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """An epoch's sharpness measurements: step [M] and top [R, M, k], one device-to-host copy."""
+    top = torch.stack(values, dim=1).cpu().numpy() if values else None
+    return {"step": np.asarray(steps, dtype=np.int64), "top": top}
 
 
 def trained_images(n: int, batch_size: int) -> int:
