@@ -266,7 +266,7 @@ def surface(run_file: Path, run_index: int | None, out: Path | None, overwrite: 
 @click.argument("run_file", type=click.Path(path_type=Path))
 @snapshot_options(str, "The run to measure, by its learning rate, or all.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Largest eigenvalues to find (Lanczos).")
-@click.option("--tol", type=float, default=1e-4, show_default=True,
+@click.option("--tol", type=float, default=1e-3, show_default=True,
               help="Stop when every residual estimate is below tol x |eigenvalue|.")
 @click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
 @click.option("--trace", is_flag=True, help="Also estimate the trace (Hutchinson, with its standard error).")

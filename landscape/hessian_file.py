@@ -36,7 +36,8 @@ TEXT = {
     "lrs": "learning rate of each measured run", "runs": "index of each measured run in the run file",
     "epochs": "snapshot epochs measured (0: the initialisation)",
     "eigenvalues": "largest eigenvalues of the Hessian of the mean training loss, descending",
-    "residuals": "Lanczos residual estimate |beta_m s_mi| of each eigenvalue (an error bound for it)",
+    "residuals": "Ritz residual norm |beta_m s_mi| of each eigenvalue (|error| <= it; Lanczos stopped when "
+                 "min(residual, residual^2 / gap) <= tol |eigenvalue|)",
     "lanczos_steps": "Lanczos steps taken for the eigenvalues", "hvps": "Hessian-vector products computed in all",
     "seconds": "wall time of the measurement", "trace": "Hutchinson estimate of the Hessian trace",
     "trace_stderr": "standard error of the trace estimate",
