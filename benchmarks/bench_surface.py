@@ -119,6 +119,7 @@ def main() -> None:
                   f"{np.max(np.abs(surface.loss - reference) / np.abs(reference)):.2e}")
         else:
             print(f"{'landscape surface':>22}  {ours:8.2f}  {points / ours:9.3f}  {'-':>11}")
+        print(f"projected for a 51x51 grid at this rate: {2601 / (points / ours):.0f} s")
 
 
 if __name__ == "__main__":
