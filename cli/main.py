@@ -242,7 +242,7 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
               help="BatchNorm: eval (snapshot's statistics), train (batch statistics) or recompute.")
 @click.option("--bn-images", type=int, default=2048, show_default=True, help="recompute: training images used.")
 @click.option("--batch-size", type=int, default=0, show_default=True,
-              help="Images per batch (0: 1000; with --bn train, the run's training batch size).")
+              help="Images per batch (0: 1000 on CUDA, 128 on CPU; with --bn train, the run's batch size).")
 @click.option("--points-per-pass", type=int, default=0, show_default=True,
               help="Grid points evaluated together (0: 1 on CPU, from free memory on CUDA).")
 @click.option("--precision", default="auto", show_default=True, help="fp32 or bf16; auto: bf16 on CUDA.")

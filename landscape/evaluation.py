@@ -78,11 +78,20 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def stacked_logits(module: nn.Module, points: Params, buffers: Params, images: torch.Tensor) -> torch.Tensor:
-    """Logits [C, B, K] of C stacked points (parameters and buffers [C, ...]) on one batch."""
+def stacked_logits(module: nn.Module, points: Params, buffers: Params, images: torch.Tensor,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Logits [C, B, K] of C stacked points (parameters and buffers [C, ...]) on one batch.
+
+    One point is called directly, optionally in the channels_last memory format (1.6x faster on CPU
+    for VGG-A); several go through one vmap.
+    """
     if next(iter(points.values())).shape[0] == 1:
-        single = functional_call(module, ({n: p[0] for n, p in points.items()},
-                                          {n: b[0] for n, b in buffers.items()}), (images,))
+        params = {n: p[0] for n, p in points.items()}
+        if channels_last:
+            params = {n: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
+                      for n, p in params.items()}
+            images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+        single = functional_call(module, (params, {n: b[0] for n, b in buffers.items()}), (images,))
         return single.unsqueeze(0)
 
     def one(p, b):
@@ -123,7 +132,8 @@ def recompute_statistics(module: nn.Module, points: Params, buffers: Params,
 @torch.no_grad()
 def evaluate_points(module: nn.Module, points: Params, buffers: Params,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    autocast_dtype: torch.dtype | None = None,
+                    channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and accuracy [C] (float64) of C stacked points over all images of `batches`."""
     count = next(iter(points.values())).shape[0]
     device = next(iter(points.values())).device
@@ -133,7 +143,7 @@ def evaluate_points(module: nn.Module, points: Params, buffers: Params,
     for images, labels in batches:
         seen += labels.shape[0]
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = stacked_logits(module, points, buffers, images)
+            logits = stacked_logits(module, points, buffers, images, channels_last)
         logits = logits.float()
         flat = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none")
         loss_sum += flat.view(count, -1).double().sum(dim=1)
