@@ -17,9 +17,12 @@ from pathlib import Path
 
 import h5py
 
+from tqdm import tqdm
+
 from ablations.spec import Spec
 from landscape.config import RunConfig
 from landscape.errors import LandscapeError
+from landscape.progress import bar
 
 DEFAULT_ROOT = Path("artifacts/ablations")
 
@@ -91,7 +94,7 @@ def _worker(job: Job, threads: int) -> tuple[str, str | None]:
         return "failed", f"{type(exc).__name__}: {exc}"
 
 
-def run_jobs(jobs: list[Job], workers: int = 1, report=print) -> dict[str, int]:
+def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = True) -> dict[str, int]:
     """Run the jobs (in `workers` processes if > 1); report one line per job; return counts per outcome."""
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
     todo = [job for job in jobs if cell_status(job.path) != "complete"]
@@ -100,22 +103,27 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print) -> dict[str, int]:
         workers = 1  # one GPU: cells one after another
     workers = max(1, min(workers, len(todo)))
 
+    cells = bar(len(todo), "cells", "cell", progress)
+
     def record(job: Job, outcome: str, error: str | None) -> None:
         counts[outcome] += 1
         where = f"{job.spec} / {job.cell} / seed {job.seed}"
+        cells.update(1)
         report(f"{outcome:>8}  {where}" + (f": {error}" if error else f"  -> {job.path}"))
 
     if workers == 1:
         for job in todo:
             record(job, *_worker(job, 0))
+        cells.close()
         return counts
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_worker, job, threads): job for job in todo}
         for future in as_completed(futures):
             record(futures[future], *future.result())
+    cells.close()
     return counts
 
 
 def print_err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    tqdm.write(line, file=sys.stderr)  # above a live bar, or a plain line

@@ -114,9 +114,13 @@ def spec_paths(names: list[str] | None = None) -> list[Path]:
 def load_spec(path: str | Path) -> Spec:
     """Parse and validate one spec; UsageError naming the file, line and key on any problem."""
     path = Path(path)
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         raw = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text; save the spec as UTF-8") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a spec file") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
 
@@ -129,7 +133,12 @@ def load_spec(path: str | Path) -> Spec:
     for key in ("title", "source", "metrics", "base"):
         if key not in raw:
             raise UsageError(f"{path}: missing '{key}'")
+    for key in ("title", "source", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise fail(key, "must be a string")
     metrics = raw["metrics"]
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise fail("metrics", "must be a list of metric names, e.g. [\"best_test_acc\"]")
     if not metrics:
         raise fail("metrics", "name at least one metric")
     for metric in metrics:
@@ -138,12 +147,17 @@ def load_spec(path: str | Path) -> Spec:
     base = checked_options(raw["base"], fail, "base")
     if ("axes" in raw) == ("cells" in raw):
         raise UsageError(f"{path}: give either [[axes]] (a grid) or [[cells]] (named combinations), not both")
+    for key in ("axes", "cells", "reference"):
+        if key in raw and not (isinstance(raw[key], list) and all(isinstance(e, dict) for e in raw[key])):
+            raise fail(key, f"must be an array of tables ([[{key}]])")
     if "axes" in raw:
         axes, cells = grid_cells(raw["axes"], fail)
     else:
         axes, cells = [], named_cells(raw["cells"], fail)
     attach_references(raw.get("reference", []), cells, metrics, fail)
     presets = {}
+    if not isinstance(raw.get("presets", {}), dict):
+        raise fail("presets", "must be a table of presets ([presets.quick])")
     for preset, values in raw.get("presets", {}).items():
         if preset not in PRESETS:
             raise fail(preset, f"unknown preset; use {' or '.join(PRESETS)}")
@@ -190,6 +204,14 @@ def grid_cells(axes: list[dict], fail) -> tuple[list[str], list[Cell]]:
     for axis in axes:
         if "name" not in axis or "values" not in axis or not axis["values"]:
             raise fail("axes", "each axis needs a name and a non-empty list of values")
+        if not isinstance(axis["name"], str):
+            raise fail("name", "an axis name must be a string")
+        for key in axis:
+            if key not in ("name", "values", "quick_values"):
+                raise fail(key, f"unknown axis key in axis {axis['name']}; an axis has name, values and quick_values")
+        for key in ("values", "quick_values"):
+            if key in axis and not isinstance(axis[key], list):
+                raise fail(key, f"axis {axis['name']}: {key} must be a list")
         quick = axis.get("quick_values", axis["values"])
         if len(quick) != len(axis["values"]):
             raise fail("quick_values", f"axis {axis['name']} needs as many quick_values as values")
@@ -220,8 +242,10 @@ def named_cells(entries: list[dict], fail) -> list[Cell]:
     """Named combinations: [[cells]] with name, set = {options}, and optionally reference = {metric: value}."""
     cells = []
     for entry in entries:
-        if "name" not in entry:
-            raise fail("cells", "each cell needs a name")
+        if not isinstance(entry.get("name"), str):
+            raise fail("cells", "each cell needs a name (a string)")
+        if not isinstance(entry.get("reference", {}), dict):
+            raise fail("reference", f"cell {entry['name']}: reference must be a table of metric = number")
         settings = checked_options(entry.get("set", {}), fail, f"cell {entry['name']}")
         cells.append(Cell(label=entry["name"], settings=settings, reference=dict(entry.get("reference", {}))))
     return cells
@@ -231,6 +255,8 @@ def attach_references(entries: list[dict], cells: list[Cell], metrics: list[str]
     """[[reference]] entries (where = {axis: value}, metric = number) onto the grid cells they match."""
     for index, entry in enumerate(entries):
         where = entry.get("where", {})
+        if not isinstance(where, dict):
+            raise fail("where", "must be a table of axis = value, e.g. where = { label_smoothing = 0.1 }", index)
         numbers = {k: v for k, v in entry.items() if k != "where"}
         matches = [c for c in cells if where and all(c.axis.get(k) == v for k, v in where.items())]
         if len(matches) != 1:
@@ -240,7 +266,7 @@ def attach_references(entries: list[dict], cells: list[Cell], metrics: list[str]
         for metric, value in cell.reference.items():
             if metric not in metrics and metric not in METRICS:
                 raise fail(metric, f"reference for cell {cell.label!r} names an unknown metric")
-            if not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise fail(metric, f"reference for cell {cell.label!r} must be a number")
 
 

@@ -10,6 +10,7 @@ cells that train several learning rates, the loss-landscape figures of `landscap
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def collect(spec: Spec, preset: str, root: Path) -> list[Row]:
     for cell in spec.cells:
         folder = spec.result_path(root, preset, cell, 0).parent
         runs, problems = [], []
-        for path in sorted(folder.glob(f"{cell.file_slug}_seed*.h5")):
+        for path in sorted(p for p in folder.glob(f"{cell.file_slug}_seed*.h5")
+                           if re.fullmatch(r"_seed\d+\.h5", p.name[len(cell.file_slug):])):  # not .weights.h5
             try:
                 run = read_run(path)
             except UsageError as exc:
@@ -92,21 +94,38 @@ def summary(values: list[float]) -> tuple[float, float, int]:
     return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0, int(finite.size)
 
 
-def fmt(value: float, metric: str) -> str:
+def fmt(value: float, metric: str, signed: bool = False) -> str:
+    """A metric as the tables print it: counts and epochs as integers, the rest with two decimals."""
     if not np.isfinite(value):
         return "-"
-    if metric == "parameters":
-        return f"{value:,.0f}"
-    return f"{value:.0f}" if metric == "best_epoch" else f"{value:.2f}"
+    sign = "+" if signed else ""
+    if metric in ("parameters", "best_epoch"):
+        return f"{value:{sign},.0f}"
+    return f"{value:{sign}.2f}"
 
 
-def table_cells(spec: Spec, rows: list[Row]) -> tuple[list[str], list[list[str]], list[list]]:
-    """Header, display rows and machine rows (for CSV) of a spec's table."""
+def ours_text(values: list[float], metric: str, missing: bool) -> str:
+    """'mean ± std (n)' for several seeds, the value alone for one, 'missing' or '-'."""
+    mean, std, n = summary(values)
+    if missing:
+        return "missing"
+    if not n:
+        return "-"
+    return f"{fmt(mean, metric)} ± {fmt(std, metric)} (n={n})" if n > 1 else f"{fmt(mean, metric)} (n=1)"
+
+
+def table_cells(spec: Spec, rows: list[Row], preset: str = "full") -> tuple[list[str], list[list[str]], list[list]]:
+    """Header, display rows and machine rows (for CSV) of a spec's table.
+
+    The difference to the report is shown only under the `full` preset, the report's own configuration:
+    against a smaller, shorter quick run it would measure the preset, not the method.
+    """
     label_columns = spec.axes if spec.axes else ["cell"]
     header = list(label_columns)
+    comparable = preset == "full"
     for metric in spec.metrics:
         name = METRICS[metric][0]
-        header += [f"{name} reported", f"{name} ours", "difference"]
+        header += [f"{name} reported", f"{name} ours"] + (["difference"] if comparable else [])
     shown, machine = [], []
     for row in rows:
         labels = [format_value(row.cell.axis[a]) for a in spec.axes] if spec.axes else [row.cell.label]
@@ -114,23 +133,36 @@ def table_cells(spec: Spec, rows: list[Row]) -> tuple[list[str], list[list[str]]
         for metric in spec.metrics:
             reported = row.cell.reference.get(metric, float("nan"))
             mean, std, n = summary(row.values.get(metric, []))
-            ours = "missing" if row.missing else (f"{fmt(mean, metric)} ± {fmt(std, metric)} (n={n})" if n else "-")
-            diff = mean - reported if n and np.isfinite(reported) else float("nan")
-            line += [fmt(reported, metric), ours, f"{diff:+.2f}" if np.isfinite(diff) else "-"]
-            record += [reported, mean, std, n, diff]
+            diff = mean - reported if n and np.isfinite(reported) and comparable else float("nan")
+            line += [fmt(reported, metric), ours_text(row.values.get(metric, []), metric, row.missing)]
+            line += [fmt(diff, metric, signed=True)] if comparable else []
+            record += [reported, mean, std if n > 1 else float("nan"), n, diff]
         shown.append(line)
         machine.append(record)
     return header, shown, machine
 
 
+def preset_note(spec: Spec, preset: str) -> str:
+    """What the preset that produced our numbers changes from the report's configuration."""
+    if preset == "full":
+        return "Ours: preset `full`, the report's own configuration"
+    changes = dict(spec.presets.get(preset, {}))
+    for cell in spec.cells:
+        for key, value in cell.quick_settings.items():
+            changes.setdefault(key, value)
+    described = ", ".join(f"{k}={format_value(v)}" for k, v in changes.items()) or "nothing"
+    return (f"Ours: preset `{preset}` (changes {described}; the difference to the report is not shown, since "
+            f"it would measure the smaller setting)")
+
+
 def write_tables(spec: Spec, rows: list[Row], folder: Path, preset: str) -> list[Path]:
     """table.md, table.csv and table.tex for one spec."""
     folder.mkdir(parents=True, exist_ok=True)
-    header, shown, machine = table_cells(spec, rows)
+    header, shown, machine = table_cells(spec, rows, preset)
     missing = sum(r.missing for r in rows)
     md = folder / "table.md"
-    lines = [f"# {spec.title}", "", spec.description.strip(), "", f"Reported: {spec.source}. Ours: preset `{preset}`, "
-             f"mean ± std over seeds (n).", "", "| " + " | ".join(header) + " |",
+    lines = [f"# {spec.title}", "", spec.description.strip(), "", f"Reported: {spec.source}. {preset_note(spec, preset)}; "
+             f"mean ± std over seeds (n), the std only for n > 1.", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(line) + " |" for line in shown]
     lines += ["", f"{len(rows) - missing} of {len(rows)} cells done" + (f"; {missing} missing" if missing else "") + "."]
@@ -203,18 +235,23 @@ def write_figures(spec: Spec, rows: list[Row], folder: Path) -> list[Path]:
 
 
 def regenerate(specs: list[Spec], preset: str, root: Path) -> tuple[list[Path], int, int]:
-    """Tables and figures of every spec and the index; returns (paths, cells done, cells missing)."""
+    """Tables and figures of every spec, and the index of every spec with results under `root` (not only
+    these); returns (paths, cells done, cells missing) of these specs."""
     written, done, missing = [], 0, 0
-    index = [f"# Ablation studies (preset `{preset}`)", ""]
     for spec in specs:
         folder = root / spec.name / preset
         rows = collect(spec, preset, root)
-        paths = write_tables(spec, rows, folder, preset) + write_figures(spec, rows, folder)
-        written += paths
+        written += write_tables(spec, rows, folder, preset) + write_figures(spec, rows, folder)
         spec_missing = sum(r.missing for r in rows)
         done, missing = done + len(rows) - spec_missing, missing + spec_missing
-        links = ", ".join(f"[{p.name}]({p.relative_to(root).as_posix()})" for p in paths if p.suffix in (".md", ".png"))
-        index.append(f"- **{spec.title}** ({len(rows) - spec_missing}/{len(rows)} cells): {links}")
+    index = [f"# Ablation studies (preset `{preset}`)", ""]
+    for table in sorted(root.glob(f"*/{preset}/table.md")):  # every spec with results, from any call
+        folder = table.parent
+        title = table.read_text().splitlines()[0].lstrip("# ").strip()
+        done_line = next((line for line in table.read_text().splitlines() if "cells done" in line), "")
+        links = ", ".join(f"[{p.name}]({p.relative_to(root).as_posix()})" for p in sorted(folder.glob("*"))
+                          if p.suffix in (".md", ".png"))
+        index.append(f"- **{title}** ({done_line.rstrip('.')}): {links}")
     root.mkdir(parents=True, exist_ok=True)
     index_path = root / f"index_{preset}.md"
     index_path.write_text("\n".join(index) + "\n")

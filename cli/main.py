@@ -28,6 +28,9 @@ def cli() -> None:
     landscape info artifacts/vgg_bn.h5                      summarise a run file
     landscape ablate run --all --preset quick               run the reports' ablation tables
     landscape ablate table --all --preset quick             regenerate their tables and figures
+    landscape surface artifacts/vgg_bn.h5 --lr 1e-3           Li et al. loss surface around a snapshot
+    landscape hessian artifacts/vgg_bn.h5 --lr all            Hessian eigenvalues, trace, density
+    landscape report artifacts/vgg.h5 artifacts/vgg_bn.h5     one interactive HTML page
     """
 
 
@@ -153,8 +156,10 @@ def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int,
     Hessian files (`landscape hessian`) give eigenvalues and densities, overlaid across files.
     """
     from landscape.hessian_file import file_format, read_hessian
-    from landscape.store import read_runs
+    from landscape.store import check_writable_folder, read_runs
     from landscape.surface_file import read_surface
+
+    check_writable_folder(out_dir or runs[0].parent, "--out")
 
     formats = {path: file_format(path) for path in runs}
     readers = {"landscape-surface": read_surface, "landscape-hessian": read_hessian}
@@ -297,6 +302,34 @@ def hessian(run_file: Path, run_index: int | None, out: Path | None, overwrite: 
     click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--ablations", type=click.Path(path_type=Path), default=None,
+              help="Folder of ablation results (as `ablate run --results`) to include.")
+@click.option("--preset", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="Which preset's ablation results to include.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The page [default: report.html beside the first file, or in --ablations].")
+@click.option("--markdown", is_flag=True, help="Write a GitHub-renderable report.md with static PNGs instead.")
+def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Path | None, markdown: bool) -> None:
+    """One self-contained interactive HTML page of runs, probes, curvature, surfaces and ablation tables."""
+    from landscape.report import write_markdown, write_report
+    from landscape.store import check_writable_folder
+
+    if not files and ablations is None:
+        raise UsageError("give run, surface or Hessian files, or --ablations FOLDER, to report on")
+    if ablations is not None and not ablations.is_dir():
+        raise UsageError(f"--ablations {ablations} is not a folder; give the --results folder of `ablate run`")
+    default = (files[0].parent if files else ablations) / ("report.md" if markdown else "report.html")
+    out = out or default
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file such as {out / 'report.html'}")
+    check_writable_folder(out.parent, "--out")
+    path = write_markdown(list(files), out) if markdown else \
+        write_report(list(files), out, ablations=ablations, preset=preset)
+    click.echo(f"wrote {path}")
+
+
 @cli.group()
 def ablate() -> None:
     """Ablation studies: every table of the reference reports as a spec (ablations/specs/*.toml).
@@ -339,7 +372,10 @@ def ablate_list(results: Path) -> None:
         for preset in PRESETS:
             files = {spec.result_path(results, preset, cell, 0) for cell in spec.cells}
             done.append(f"{preset} {sum(cell_status(f) == 'complete' for f in files)}/{len(files)}")
-        click.echo(f"{spec.name:<44} {len(spec.cells):>3} cells  done: {', '.join(done):<22} {spec.title}")
+        shared = any(cell.horizons for cell in spec.cells)
+        click.echo(f"{spec.name:<44} {len(spec.cells):>3} cells  done: {', '.join(done):<22} {spec.title}"
+                   + (f" [{len(spec.cells)} cells read {len(files)} run file(s): the horizon cells are epochs of one "
+                      f"long run]" if shared else ""))
 
 
 @ablate.command(name="run")
@@ -348,9 +384,11 @@ def ablate_list(results: Path) -> None:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells in parallel processes (CPU); on a GPU cells run one after another.")
 @click.option("--data-root", default=None, help="Dataset folder for every cell (default: each spec's own).")
-@click.option("--device", default=None, help="auto, cpu or cuda for every cell (default: each spec's own).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto, cpu or cuda for every cell (default: each spec's own).")
+@click.option("--quiet", is_flag=True, help="No progress bar (the line per cell stays).")
 def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
-               data_root: str | None, device: str | None) -> None:
+               data_root: str | None, device: str | None, quiet: bool) -> None:
     """Run the cells (and seeds) whose results are missing or incomplete; safe to interrupt and rerun."""
     from dataclasses import replace
 
@@ -360,7 +398,13 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
     for spec in load_specs(specs, all_specs):
         for job in plan(spec, preset, seeds, results, data_root):
             todo.append(replace(job, config=replace(job.config, device=device)) if device else job)
-    counts = run_jobs(todo, jobs, report=print_err)
+    if device == "cuda":
+        from landscape.train import resolve_device
+
+        resolve_device(device)  # no GPU: one line now, not one failure per cell
+    for job in todo:
+        job.config.validate()
+    counts = run_jobs(todo, jobs, report=print_err, progress=not quiet)
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
     if counts["failed"]:
         sys.exit(1)
@@ -371,7 +415,9 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path) -> None:
     """Write each spec's tables (Markdown, CSV, LaTeX) and figures from the stored runs; never trains."""
     from ablations.tables import regenerate
+    from landscape.store import check_writable_folder
 
+    check_writable_folder(results, "--results")
     written, done, missing = regenerate(load_specs(specs, all_specs), preset, results)
     for path in written:
         click.echo(str(path))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape.store import Run
+from landscape.store import Run, shown_status
 
 
 @dataclass
@@ -128,7 +128,7 @@ def describe(run: Run) -> str:
         f"{config.get('batch_size')}, weight decay {config.get('weight_decay')}, seed {config.get('seed')}, "
         f"device {run.attrs.get('device')}",
         f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
-        f"status      {run.status}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
+        f"status      {shown_status(run)}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
         f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "
         f"torch {run.attrs.get('torch_version')}, schema {run.attrs.get('schema_version')})",
         "",
@@ -187,3 +187,81 @@ def threshold_formula(config: dict) -> str:
 def fmt_pct(value: float) -> str:
     """A fraction as a percentage with two decimals, '-' for NaN."""
     return "-" if not np.isfinite(value) else f"{100 * value:.2f}%"
+
+
+# measure -> how it is read from a run file; each gives one value per (run, step) or per (run, probe)
+SMOOTHNESS_MEASURES = {
+    "across-rate loss range": "max - min training loss over the learning rates at each step (report 004, Fig. 13)",
+    "gradient predictiveness": "largest ||grad(p_j) - grad(w)|| along the step, per probe (Santurkar et al.)",
+    "relative gradient predictiveness": "the same divided by ||grad(w)||",
+    "beta-smoothness": "max_j ||grad(p_j) - grad(w)|| / ||p_j - w||, per probe",
+    "sharpness": "top Hessian eigenvalue, per measurement (Cohen et al.)",
+}
+
+
+def smoothness_values(run: Run) -> dict[str, np.ndarray]:
+    """Every smoothness measure the file holds, as a flat array of values (all rates, all steps or probes)."""
+    out = {"across-rate loss range": envelope(run.train_loss).range} if len(run.lrs) > 1 else {}
+    if run.probe is not None and len(run.probe["step"]):
+        largest = np.fmax.reduce(run.probe["grad_dist"], axis=2)  # [R, P]
+        out["gradient predictiveness"] = largest.ravel()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["relative gradient predictiveness"] = (largest / run.probe["grad_norm"]).ravel()
+        out["beta-smoothness"] = run.probe["beta"].ravel()
+    if run.sharpness is not None and len(run.sharpness["step"]):
+        out["sharpness"] = run.sharpness["top"][:, :, 0].ravel()
+    return {k: v[np.isfinite(v)] for k, v in out.items()}
+
+
+@dataclass
+class Comparison:
+    """One measure of a plain model against its BatchNorm variant, by the median and by the maximum."""
+
+    measure: str
+    plain: tuple[float, float]  # (median, max)
+    batchnorm: tuple[float, float]
+
+    def smoother(self, which: int) -> str:
+        """'BatchNorm', 'plain' or 'tie' by the median (0) or the maximum (1); smaller is smoother."""
+        a, b = self.plain[which], self.batchnorm[which]
+        if not (np.isfinite(a) and np.isfinite(b)) or np.isclose(a, b, rtol=1e-9, atol=0):
+            return "tie"
+        return "BatchNorm" if b < a else "plain"
+
+
+def compare_smoothness(plain: Run, batchnorm: Run) -> list[Comparison]:
+    """Every measure both files hold, plain against BatchNorm, by median and maximum over steps, probes and rates."""
+    a, b = smoothness_values(plain), smoothness_values(batchnorm)
+    out = []
+    for measure in SMOOTHNESS_MEASURES:
+        if measure in a and measure in b and a[measure].size and b[measure].size:
+            out.append(Comparison(measure, (float(np.median(a[measure])), float(a[measure].max())),
+                                  (float(np.median(b[measure])), float(b[measure].max()))))
+    return out
+
+
+def batchnorm_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """(plain, BatchNorm) pairs among `runs`: vgg with vgg_bn or vgg_bn_fc, a ResNet with --norm none against bn,
+    the other options equal where both give them."""
+    def key(run: Run) -> tuple:
+        config = dict(run.config)
+        model = str(config.get("model", ""))
+        config["model"] = model.replace("_bn_fc", "").replace("_bn", "")
+        config.pop("norm", None)
+        return tuple(sorted((k, json_key(v)) for k, v in config.items()
+                            if k not in ("data_root", "device", "engine", "precision", "compile", "channels_last")))
+
+    def has_batchnorm(run: Run) -> bool:
+        model = str(run.config.get("model", ""))
+        return "_bn" in model or (model.startswith("resnet") and run.config.get("norm", "bn") == "bn")
+
+    pairs = []
+    for plain in (r for r in runs if not has_batchnorm(r)):
+        for normed in (r for r in runs if has_batchnorm(r)):
+            if key(plain) == key(normed):
+                pairs.append((plain, normed))
+    return pairs
+
+
+def json_key(value):
+    return tuple(value) if isinstance(value, list) else value

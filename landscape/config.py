@@ -132,6 +132,8 @@ class RunConfig:
                               ("--snapshot-every", self.snapshot_every), ("--sharpness-every", self.sharpness_every)):
             non_negative(option, value)
         in_range("--width", self.width, 0, math.inf, low_open=True)
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2 ** 32):
+            raise UsageError(f"--seed must be a whole number from 0 to {2 ** 32 - 1}, got {self.seed}")
         in_range("--weight-decay", self.weight_decay, 0, math.inf)
         in_range("--momentum", self.momentum, 0, 1)
         in_range("--dropout", self.dropout, 0, 1, high_open=True)
@@ -181,6 +183,10 @@ def load_config_file(path: str | Path) -> dict:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {path} is a folder: give the TOML file") from None
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
     return config_values(raw, where=str(path))
@@ -206,6 +212,13 @@ def config_values(raw: dict, where: str) -> dict:
             if not isinstance(value, (list, tuple)):
                 value = [value]
             value = tuple(value)
+            wanted = int if name == "milestones" else (int, float)
+            if any(isinstance(v, bool) or not isinstance(v, wanted) for v in value):
+                raise UsageError(f"{where}: {key} must be {'whole numbers' if name == 'milestones' else 'numbers'}, "
+                                 f"got {list(value)!r}")
+        elif isinstance(value, bool) and not isinstance(default, bool):
+            raise UsageError(f"{where}: {key} must be a {type(default).__name__ if default is not None else 'number'}, "
+                             f"got {value!r}")
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise UsageError(f"{where}: {key} must be true or false, got {value!r}")

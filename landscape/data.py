@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from landscape.config import parse_augment
 from landscape.errors import UsageError
+from landscape.memory import check_dataset_fits
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -98,6 +99,7 @@ def load_dataset(name: str, root: str | Path, *, device: torch.device, train_sub
             raise UsageError(f"--train-subset {train_subset} exceeds the {len(train_y)} training images")
         train_x, train_y = train_x[:train_subset], train_y[:train_subset]
     if train_x.shape[-1] != size:
+        check_dataset_fits(len(train_y) + len(test_y), size, device, f"--image-size {size}")
         train_x, test_x = resize_square(train_x, size), resize_square(test_x, size)
     classes = {"cifar10": 10, "cifar100": 100, "synthetic": 10}.get(name) or int(max(train_y.max(), test_y.max())) + 1
     storage = split_storage(train_x.nbytes + test_x.nbytes, device)
@@ -139,6 +141,9 @@ def cifar_folder(root: str | Path, download: bool, name: str = "cifar10") -> Pat
     for folder in (root / folder_name, root):
         if all((folder / f).is_file() for f in files):
             return folder
+        folders = [folder / f for f in files if (folder / f).is_dir()]
+        if folders:
+            raise UsageError(f"{folders[0]} is a folder, not a {name} batch file; replace it with the batch file")
     if download:
         download_with_torchvision(name, root)
         return root / folder_name
@@ -188,6 +193,7 @@ def read_image_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, np
     evaluation = ImageFolder(str(eval_dir), transform=transform)
     if evaluation.classes != train.classes:
         raise UsageError(f"{eval_dir} has other class folders than {root / 'train'}; they must match")
+    check_dataset_fits(len(train) + len(evaluation), size, torch.device("cpu"), f"image folder {root} at --image-size")
 
     def decode(dataset) -> tuple[np.ndarray, np.ndarray]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1))
@@ -203,24 +209,68 @@ def read_cifar10(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
             *read_cifar_batches(folder, (CIFAR10_TEST_FILE,), "labels"))
 
 
-def read_cifar_batches(folder: Path, names: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate pickled CIFAR batches (bytes keys as released, or str keys) into images and labels."""
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's batch files hold: dicts, lists, strings, bytes, numbers and numpy arrays.
+
+    Anything else (a class, a function, `os.system`...) is refused before it is looked up, so a crafted
+    batch file cannot run code.
+    """
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                 for name in ("_reconstruct", "scalar")),
+               *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise UnsafePickle(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    """A pickle names something a dataset file never contains."""
+
+
+def read_cifar_batches(folder: Path, names: tuple[str, ...], label_key: str,
+                       classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate pickled CIFAR batches (bytes keys as released, or str keys) into images and labels,
+    checking what they hold: no code, uint8 images of 3x32x32, integer labels in [0, classes)."""
     images, labels = [], []
-    try:
-        for name in names:
-            with open(folder / name, "rb") as f:
-                raw = pickle.load(f, encoding="latin1")
+    for name in names:
+        path = folder / name
+        if path.is_dir():
+            raise UsageError(f"CIFAR batch {path} is a folder, not a file; replace it with the batch file")
+        try:
+            with open(path, "rb") as f:
+                raw = CifarUnpickler(f, encoding="latin1").load()
+            if not isinstance(raw, dict):
+                raise ValueError(f"holds a {type(raw).__name__}, not a dict")
             batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[label_key], dtype=np.int64))
-    except (pickle.UnpicklingError, AttributeError, KeyError, ValueError, EOFError) as exc:
-        raise UsageError(f"CIFAR batch file {folder / name} is unreadable ({exc}); download it again") from None
+            data = np.asarray(batch["data"])
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"its data is {data.dtype} {data.shape}, not uint8 [N, 3072]")
+            label = np.asarray(batch[label_key])
+            if label.ndim != 1 or len(label) != len(data) or not np.issubdtype(label.dtype, np.integer):
+                raise ValueError(f"its {label_key} are not {len(data)} integers")
+        except UnsafePickle as exc:
+            raise UsageError(f"CIFAR batch file {path} names {exc}, which a CIFAR batch never holds; refusing to "
+                             f"unpickle it (it could run code): replace it with the official file") from None
+        except (pickle.UnpicklingError, AttributeError, KeyError, ValueError, EOFError, TypeError, IndexError,
+                OSError) as exc:
+            raise UsageError(f"CIFAR batch file {path} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"download it again") from None
+        if label.size and (label.min() < 0 or label.max() >= classes):
+            raise UsageError(f"CIFAR batch file {path} has labels outside [0, {classes}) (found {label.min()} to "
+                             f"{label.max()}); the file is damaged or of another dataset: replace it")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(label.astype(np.int64))
     return np.concatenate(images), np.concatenate(labels)
 
 
 def read_cifar100(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read CIFAR-100's python files `train` and `test` (fine labels)."""
-    return (*read_cifar_batches(folder, ("train",), "fine_labels"), *read_cifar_batches(folder, ("test",), "fine_labels"))
+    return (*read_cifar_batches(folder, ("train",), "fine_labels", 100),
+            *read_cifar_batches(folder, ("test",), "fine_labels", 100))
 
 
 def make_synthetic(seed: int, n_train: int = 2048, n_test: int = 512,

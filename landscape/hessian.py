@@ -31,6 +31,7 @@ from torch.func import functional_call, grad, jvp
 
 from landscape.errors import UsageError
 from landscape.evaluation import Params, flatten, unflatten
+from landscape.progress import bar
 
 HVP_METHODS = ("double-backward", "forward-over-reverse")
 # `auto` is double backward: 1.25-1.4x faster than forward-over-reverse on CPU for VGG-A with BatchNorm
@@ -401,6 +402,7 @@ def compute_hessian(run_path: str | Path, options: HessianOptions, out: str | Pa
         "momentum": float(json.loads(run.attrs["config"]).get("momentum", 0.0)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, arrays=arrays)
     out.parent.mkdir(parents=True, exist_ok=True)
+    measurements = bar(len(runs) * len(epochs), "hessian", "snapshot", progress)
     for i, index in enumerate(runs):
         for j, epoch in enumerate(epochs):
             started = time.perf_counter()
@@ -420,11 +422,13 @@ def compute_hessian(run_path: str | Path, options: HessianOptions, out: str | Pa
                 arrays["density/grid"][i, j], arrays["density/values"][i, j] = smoothed_density(nodes, quad)
             arrays["hvps"][i, j] = operator.products
             arrays["seconds"][i, j] = time.perf_counter() - started
+            measurements.update(1)
+            line = (f"hessian: lr={run.lrs[index]:g} epoch {epoch}: top eigenvalue {eigen.values[0]:.4g} "
+                    f"({eigen.steps} Lanczos steps, {operator.products} HVPs, {arrays['seconds'][i, j]:.1f}s)")
             if progress:
-                sys.stderr.write(f"hessian: lr={run.lrs[index]:g} epoch {epoch}: top eigenvalue "
-                                 f"{eigen.values[0]:.4g} ({eigen.steps} Lanczos steps, {operator.products} HVPs, "
-                                 f"{arrays['seconds'][i, j]:.1f}s)\n")
+                measurements.write(line, file=sys.stderr)
             write_hessian(result)  # what is done so far is on disk
+    measurements.close()
     return out
 
 

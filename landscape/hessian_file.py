@@ -67,13 +67,13 @@ class HessianResult:
 def write_hessian(result: HessianResult) -> None:
     """Write the file atomically; every dataset labelled and described."""
 
-    def write(temp: Path) -> None:
-        with h5py.File(temp, "w") as f:
+    def write(target) -> None:
+        with h5py.File(target, "w") as f:
             f.attrs.update({"format": HESSIAN_FORMAT, "schema_version": HESSIAN_SCHEMA_VERSION,
                             "landscape_version": __version__,
                             **{k: (str(v) if isinstance(v, str) else v) for k, v in result.attrs.items()}})
             for name, values in result.arrays.items():
-                dset = f.create_dataset(name, data=values)
+                dset = f.create_dataset(name, fletcher32=True, data=values)
                 dset.attrs["description"] = TEXT[name]
                 for axis, label in enumerate(DESCRIPTIONS[name]):
                     dset.dims[axis].label = label

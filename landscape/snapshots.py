@@ -5,13 +5,12 @@ end of the run. The surfaces (`landscape.surface`) and curvature (`landscape.hes
 Schema version 1: `/lrs` [R]; one group `/snapshots/epoch_EEEE` per saved epoch (attributes `epoch`,
 `step`) holding one dataset per state-dict entry, [R, *shape], float32 for floating tensors (an
 integer buffer such as BatchNorm's `num_batches_tracked` keeps its type), with the attribute
-`kind` = `parameter` or `buffer`. The file is written like the run file: a new copy, fsynced and
-renamed into place, so a crash leaves the last good one.
+`kind` = `parameter` or `buffer`. The file is written like the run file: built in memory, written to a new copy, fsynced
+and renamed into place, so a crash or a full disk leaves the last good one.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,13 +49,14 @@ class SnapshotWriter:
     def add(self, epoch: int, step: int, tensors: dict[str, np.ndarray], parameter_names: set[str]) -> None:
         """Save the state of every run at `epoch` (each tensor [R, ...]); replaces a snapshot of the same epoch."""
 
-        def write(temp: Path) -> None:
+        def write(buffer) -> None:
             if self.path.exists():
-                shutil.copyfile(self.path, temp)
-            with h5py.File(temp, "a") as f:
+                buffer.write(self.path.read_bytes())
+                buffer.seek(0)
+            with h5py.File(buffer, "a") as f:
                 if "lrs" not in f:
                     f.attrs.update(self.attrs)
-                    lrs = f.create_dataset("lrs", data=self.lrs)
+                    lrs = f.create_dataset("lrs", fletcher32=True, data=self.lrs)
                     lrs.attrs["description"] = "learning rate of each run (axis 0 of every snapshot dataset)"
                     lrs.dims[0].label = "run"
                     group = f.create_group("snapshots")
@@ -70,7 +70,7 @@ class SnapshotWriter:
                 group.attrs.update(epoch=epoch, step=step)
                 for key, value in tensors.items():
                     data = value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
-                    dset = group.create_dataset(key, data=data)
+                    dset = group.create_dataset(key, fletcher32=True, data=data)
                     dset.attrs["kind"] = "parameter" if key in parameter_names else "buffer"
                     dset.dims[0].label = "run"
 

@@ -3,11 +3,13 @@
 One file holds one `landscape run`: R runs (one per learning rate) trained in lockstep.
 Axis names are stored as HDF5 dimension labels ("run", "step", "epoch") and every dataset has a
 `description` attribute, so a user with h5py alone can tell what each array means. The README
-documents the same schema. The writer opens the file only while it appends, so `landscape info`
+documents the same schema. Every dataset carries an HDF5 Fletcher-32 checksum, so a damaged chunk is
+an error when read, never a wrong number. The writer opens the file only while it appends, so `landscape info`
 and `landscape plot` can read a run that is still training.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -67,23 +69,60 @@ def kill_before_rename(path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Raise UsageError unless `folder` is, or can be created as, a writable folder; touches nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} is a file, not a folder: give a folder")
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create {folder}: {ancestor} is a file; choose another {option}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {folder}: {ancestor} is not a writable folder; choose another {option}")
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporary copies of `path` left by a killed writer (call while holding the run's lock)."""
     for temp in path.parent.glob(f".{path.name}.*.tmp"):
         temp.unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, write, *, replace: bool = True) -> None:
-    """Write `path` through `write(temp_path)`, fsync, then rename into place (or link, if not `replace`).
+class WriteFailed(OSError):
+    """Writing a file failed (no space left, a file-size limit, an I/O error); the old file is untouched."""
 
-    A reader, or a crash at any moment, sees the old file or the new one, never a mix. With
-    `replace=False` an existing `path` is never touched (FileExistsError).
+    def __init__(self, path: Path, cause: BaseException):
+        text = " ".join(str(cause).split())[:200]
+        full = any(word in text.lower() for word in ("no space", "file too large", "quota", "write failed",
+                                                         "file write", "errno = 27", "errno = 28"))
+        reason = "no space left on the device (or a file-size limit)" if full or getattr(cause, "errno", None) in (
+            27, 28, 122) else f"{type(cause).__name__}: {text}"
+        super().__init__(f"{reason} while writing {Path(path).name}")
+        self.path = Path(path)
+
+
+def write_atomically(path: Path, write, *, replace: bool = True) -> None:
+    """Write `path` through `write(buffer)` into memory, then to a temporary copy, fsync, rename into place (or
+    link, if not `replace`).
+
+    A reader, or a crash at any moment, sees the old file or the new one, never a mix. HDF5 and torch.save
+    write only into memory, so a full disk or a file-size limit fails in a plain write here (WriteFailed),
+    never inside the HDF5 library (whose failed writes end in a segmentation fault). With `replace=False`
+    an existing `path` is never touched (FileExistsError).
     """
+    buffer = io.BytesIO()
+    write(buffer)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(temp)
-        with open(temp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            with open(temp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise WriteFailed(path, exc) from None
+        del buffer
         kill_before_rename(path)
         if replace:
             os.replace(temp, path)
@@ -216,29 +255,32 @@ class RunWriter:
         with h5py.File(path, "w") as f:
             f.attrs.update(self.attrs)
             runs = len(self.lrs)
-            lr = f.create_dataset("lrs", data=self.lrs)
+            lr = f.create_dataset("lrs", fletcher32=True, data=self.lrs)
             lr.attrs["description"] = "learning rate of each run; the 'run' axis of every [R, ...] dataset"
             _label_axes(lr, "run")
-            loss = f.create_dataset("train/loss", data=self.train_loss, maxshape=(runs, None), chunks=(runs, 4096),
-                                    fillvalue=np.nan)
+            loss = f.create_dataset("train/loss", fletcher32=True, data=self.train_loss, maxshape=(runs, None),
+                                    chunks=(runs, 4096), fillvalue=np.nan)
             loss.attrs["description"] = ("training loss of each run at each optimizer step, on the batch of that "
                                          "step before the update (train mode); NaN after a run diverged or stopped")
             _label_axes(loss, "run", "step")
-            step_epoch = f.create_dataset("train/epoch", data=self.train_epoch, maxshape=(None,), chunks=(4096,))
+            step_epoch = f.create_dataset("train/epoch", fletcher32=True, data=self.train_epoch, maxshape=(None,),
+                                          chunks=(4096,))
             step_epoch.attrs["description"] = "epoch (from 0) that each step belongs to"
             _label_axes(step_epoch, "step")
             for name, (_, text) in EPOCH_METRICS.items():
-                d = f.create_dataset(f"epoch/{name}", data=self.epoch[name], maxshape=(runs, None), chunks=(runs, 64))
+                d = f.create_dataset(f"epoch/{name}", fletcher32=True, data=self.epoch[name], maxshape=(runs, None),
+                                     chunks=(runs, 64))
                 d.attrs["description"] = text
                 _label_axes(d, "run", "epoch")
-            wall = f.create_dataset("epoch/wall_time", data=self.wall_time, maxshape=(None,), chunks=(64,))
+            wall = f.create_dataset("epoch/wall_time", fletcher32=True, data=self.wall_time, maxshape=(None,),
+                                    chunks=(64,))
             wall.attrs.update(description="seconds spent training, at the end of each epoch (runs advance in "
                                           "lockstep and share one clock; a resumed run adds to it)", units="s")
             _label_axes(wall, "epoch")
-            div = f.create_dataset("diverged_step", data=self.diverged_step)
+            div = f.create_dataset("diverged_step", fletcher32=True, data=self.diverged_step)
             div.attrs["description"] = "first step whose loss was not finite, per run; -1 if the run never diverged"
             _label_axes(div, "run")
-            stop = f.create_dataset("stopped_epoch", data=self.stopped_epoch)
+            stop = f.create_dataset("stopped_epoch", fletcher32=True, data=self.stopped_epoch)
             stop.attrs["description"] = ("epoch (from 1) after which early stopping ended the run; -1 if it was not "
                                          "stopped early")
             _label_axes(stop, "run")
@@ -255,10 +297,11 @@ class RunWriter:
             "sharpness: the top Hessian eigenvalues of the mean training loss over a fixed, seeded subset of "
             "training images (attribute images), by Lanczos (attribute iterations, fixed), BatchNorm with batch "
             "statistics, dropout off; measured before the step's update")
-        step = group.create_dataset("step", data=self.sharpness["step"], maxshape=(None,), chunks=(256,))
+        step = group.create_dataset("step", fletcher32=True, data=self.sharpness["step"], maxshape=(None,),
+                                    chunks=(256,))
         step.attrs["description"] = "training step (index into /train/loss) of each measurement"
         _label_axes(step, "measurement")
-        top = group.create_dataset("top", data=np.asarray(self.sharpness["top"], dtype=np.float64),
+        top = group.create_dataset("top", fletcher32=True, data=np.asarray(self.sharpness["top"], dtype=np.float64),
                                    maxshape=(runs, None, self.sharpness["top"].shape[2]),
                                    chunks=(runs, 256, self.sharpness["top"].shape[2]))
         top.attrs["description"] = "largest Hessian eigenvalues of each run at each measured step, descending"
@@ -272,15 +315,16 @@ class RunWriter:
             "Santurkar et al. (2018) probes: at each probed step, with w the weights before the step, "
             "d the probe direction ('update': w_next - w; 'gradient': -lr * grad) and m_j the multipliers, "
             "the loss and gradient at p_j = w + m_j d on the same batch")
-        step = group.create_dataset("step", data=self.probe["step"], maxshape=(None,), chunks=(256,))
+        step = group.create_dataset("step", fletcher32=True, data=self.probe["step"], maxshape=(None,),
+                                    chunks=(256,))
         step.attrs["description"] = "training step (index into /train/loss) of each probe"
         _label_axes(step, "probe")
-        mult = group.create_dataset("multipliers", data=self.probe["multipliers"])
+        mult = group.create_dataset("multipliers", fletcher32=True, data=self.probe["multipliers"])
         mult.attrs["description"] = "step multipliers m_j"
         _label_axes(mult, "multiplier")
         for name, (axes, text) in PROBE_DATASETS.items():
             data = np.asarray(self.probe[name], dtype=np.float64)
-            d = group.create_dataset(name, data=data, maxshape=(runs, None, *data.shape[2:]),
+            d = group.create_dataset(name, fletcher32=True, data=data, maxshape=(runs, None, *data.shape[2:]),
                                      chunks=(runs, 256, *data.shape[2:]))
             d.attrs["description"] = text
             _label_axes(d, "run", *axes)
@@ -347,15 +391,75 @@ def read_run(path: str | Path) -> Run:
                 sharpness = {"step": group["step"][...], "top": group["top"][...],
                              "attrs": {k: v for k, v in group.attrs.items() if k != "description"}}
                 sharpness["images"] = int(sharpness["attrs"].get("images", 0))
-            return Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
-                       train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
-                       diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe,
-                       sharpness=sharpness)
+            run = Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
+                      train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
+                      diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe,
+                      sharpness=sharpness)
+        check_consistent(run)
+        return run
     except UsageError:
         raise
     except Exception as exc:  # h5py reports damage as OSError, KeyError, ValueError, RuntimeError...
         raise UsageError(f"{path}: unreadable run file, it may be truncated or corrupt "
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+
+def check_consistent(run: Run) -> None:
+    """Raise UsageError if a run file's parts disagree (hand-edited or written by something else)."""
+    problem = None
+    runs, steps = len(run.lrs), run.train_loss.shape[-1] if run.train_loss.ndim == 2 else -1
+    epochs = run.epoch["test_acc"].shape[1] if run.epoch["test_acc"].ndim == 2 else -1
+    if not isinstance(run.config, dict):
+        problem = "its config attribute is not a JSON object"
+    elif runs == 0 or run.lrs.ndim != 1:
+        problem = "it holds no learning rate (/lrs is empty)"
+    elif run.train_loss.ndim != 2 or run.train_loss.shape[0] != runs:
+        problem = f"/train/loss has shape {run.train_loss.shape}, not [{runs} runs, steps]"
+    elif run.train_epoch.shape != (steps,):
+        problem = f"/train/epoch has {run.train_epoch.shape} entries for {steps} steps"
+    elif any(v.shape != ((epochs,) if name == "wall_time" else (runs, epochs)) for name, v in run.epoch.items()):
+        problem = "the /epoch datasets disagree in shape"
+    elif run.diverged_step.shape != (runs,) or run.stopped_epoch.shape != (runs,):
+        problem = "/diverged_step or /stopped_epoch does not have one entry per run"
+    if problem:
+        raise UsageError(f"{run.path}: inconsistent run file: {problem}; it was damaged or edited, "
+                         f"rerun `landscape run` to recreate it")
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a process holds the run's writer lock (`RUN.h5.lock`, flock) right now; touches nothing."""
+    import fcntl
+
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        handle = open(lock, "r")
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        handle.close()
+    return False
+
+
+def shown_status(run: Run) -> str:
+    """The status to show: a file that says `running` while no process writes it was interrupted (killed)."""
+    if run.status == "running" and not writer_alive(run.path):
+        return f"interrupted (writer gone; resume with: landscape run --resume {run.path})"
+    return run.status
+
+
+def never_completed(path: Path) -> bool:
+    """True for a run file that no process writes and that holds no completed epoch (safe to replace)."""
+    try:
+        run = read_run(path)
+    except UsageError:
+        return False
+    return run.epochs_done == 0 and run.status != "complete" and not writer_alive(path)
 
 
 def read_runs(paths, need_steps: bool = False) -> tuple[list[Run], list[str]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from landscape.errors import RunFailed, UsageError
+from landscape.progress import bar
 from landscape.evaluation import (BN_MODES, ImageSet, Params, evaluate_points, expand_points, flatten, module_buffers,
                                   prepared_module, recompute_statistics, snapshot_model, unflatten)
 from landscape.snapshots import Weights, resolve_epoch, resolve_run, weights_of_run
@@ -266,14 +266,15 @@ def compute_surface(run_path: str | Path, options: SurfaceOptions, out: str | Pa
         surface.attrs["points_per_pass"] = per_pass
         todo = np.flatnonzero(~surface.done.reshape(-1))
         started, flushed, elapsed = time.perf_counter(), time.perf_counter(), float(surface.attrs.get("seconds", 0))
+        points = bar(len(todo), "surface", "point", progress)
         for start in range(0, len(todo), per_pass):
             chunk = todo[start:start + per_pass]
             loss, acc = evaluate_chunk(setup, chunk, options.bn, batches, bn_batches, autocast)
             surface.loss.reshape(-1)[chunk], surface.acc.reshape(-1)[chunk] = loss, acc
             surface.done.reshape(-1)[chunk] = True
             now = time.perf_counter()
-            if progress:
-                report_progress(start + len(chunk), len(todo), now - started)
+            points.update(len(chunk))
+            report_progress(start + len(chunk), len(todo), now - started)
             if signals.received is not None and start + len(chunk) < len(todo):
                 surface.attrs.update(status="interrupted", seconds=elapsed + now - started)
                 write_surface(surface)
@@ -285,8 +286,7 @@ def compute_surface(run_path: str | Path, options: SurfaceOptions, out: str | Pa
                 flushed = now
         surface.attrs.update(status="complete", seconds=elapsed + time.perf_counter() - started)
         write_surface(surface)
-    if progress:
-        sys.stderr.write("\n" if sys.stderr.isatty() else "")
+        points.close()
     return out
 
 
@@ -300,11 +300,7 @@ def stored_options(options: SurfaceOptions, index: int, epoch: int) -> dict:
 
 
 def report_progress(done: int, total: int, seconds: float) -> None:
-    rate = done / max(seconds, 1e-9)
-    left = (total - done) / max(rate, 1e-9)
-    line = f"surface: {done}/{total} points, {rate:.2f} points/s, {left:.0f}s left"
-    sys.stderr.write(f"\r{line}\033[K" if sys.stderr.isatty() else "")
-    sys.stderr.flush()
+    """Called after every pass (points done of the total); the progress bar draws itself, tests hook in here."""
 
 
 def prepare_surface(run: Run, weights: Weights, index: int, epoch: int, options: SurfaceOptions,

@@ -58,8 +58,8 @@ class Surface:
 def write_surface(surface: Surface) -> None:
     """Write `surface` to its path atomically (a new copy, fsynced, renamed into place)."""
 
-    def write(temp: Path) -> None:
-        with h5py.File(temp, "w") as f:
+    def write(target) -> None:
+        with h5py.File(target, "w") as f:
             f.attrs.update({"format": SURFACE_FORMAT, "schema_version": SURFACE_SCHEMA_VERSION,
                             "landscape_version": __version__,
                             **{k: (str(v) if isinstance(v, str) else v) for k, v in surface.attrs.items()}})
@@ -67,7 +67,7 @@ def write_surface(surface: Surface) -> None:
             for name, values in (("x", surface.x), ("y", surface.y)):
                 if values is None:
                     continue
-                axis = f.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+                axis = f.create_dataset(name, fletcher32=True, data=np.asarray(values, dtype=np.float64))
                 axis.attrs["description"] = f"coordinate along direction {name} (units of the direction)"
                 axis.make_scale(name)
                 scales.append(axis)
@@ -76,20 +76,20 @@ def write_surface(surface: Surface) -> None:
                     ("loss", surface.loss, "mean cross-entropy over the images at each point; NaN if not computed"),
                     ("acc", surface.acc, "fraction of the images classified correctly at each point"),
                     ("done", surface.done.astype(np.uint8), "1 where the point has been computed")):
-                dset = f.create_dataset(name, data=values)
+                dset = f.create_dataset(name, fletcher32=True, data=values)
                 dset.attrs["description"] = text
                 for axis, scale in enumerate(scales):
                     dset.dims[axis].attach_scale(scale)
                     dset.dims[axis].label = scale.name.strip("/")
             if surface.explained_variance is not None:
-                ev = f.create_dataset("explained_variance", data=surface.explained_variance)
+                ev = f.create_dataset("explained_variance", fletcher32=True, data=surface.explained_variance)
                 ev.attrs["description"] = "fraction of the trajectory's variance along each PCA direction"
             if surface.trajectory is not None:
                 group = f.create_group("trajectory")
                 group.attrs["description"] = ("the run's snapshots projected onto the directions (least squares), "
                                               "relative to the centre snapshot")
                 for name, values in surface.trajectory.items():
-                    group.create_dataset(name, data=values)
+                    group.create_dataset(name, fletcher32=True, data=values)
 
     write_atomically(surface.path, write)
 

@@ -10,7 +10,6 @@ checks for divergence there, evaluates after each epoch, appends to the run file
 from __future__ import annotations
 
 import copy
-import os
 import platform
 import signal
 import sys
@@ -33,9 +32,12 @@ from landscape.hessian import SharpnessTracker
 from landscape.models import build_model, check_model_options, count_parameters, model_size_mb
 from landscape.optim import lr_at_epoch, make_optimizer
 from landscape.loop import LockstepRuns
+from landscape.memory import check_model_fits
 from landscape.probe import ModelProbe
+from landscape.progress import bar, duration, live
 from landscape.snapshots import SnapshotWriter, weights_path
-from landscape.store import PROBE_FIELDS, RunWriter, read_run, remove_stale_temporaries
+from landscape.store import (PROBE_FIELDS, RunWriter, check_writable_folder, never_completed, read_run,
+                             remove_stale_temporaries)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,11 +55,7 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out} is a folder: give a file path such as {out / 'run.h5'}")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
-    ancestor = out.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to {out.parent}: {ancestor} is not a writable folder; choose another --out")
+    check_writable_folder(out.parent, "--out")
 
 
 Engine = LockstepRuns | FusedRuns
@@ -90,25 +88,37 @@ def choose_engine(config: RunConfig) -> str:
 
 
 class Progress:
-    """One status line on stderr: rewritten in place on a terminal, one line per epoch otherwise."""
+    """On a terminal, a bar per epoch (steps, losses, images per second, the epoch's and the run's time left);
+    otherwise one line per epoch; nothing with --quiet."""
 
-    def __init__(self, config: RunConfig, steps: int, enabled: bool = True):
+    def __init__(self, config: RunConfig, steps: int, enabled: bool = True, epochs_done: int = 0):
         self.config, self.steps, self.enabled = config, steps, enabled
-        self.live = enabled and sys.stderr.isatty()
+        self.live = live(enabled)
+        self.bar = None
+        self.epochs_done = epochs_done
+        self.started = time.perf_counter()
 
     def step(self, epoch: int, step: int, last_losses: np.ndarray) -> None:
-        if self.live:
-            losses = " ".join(f"{v:.3f}" for v in last_losses)
-            sys.stderr.write(f"\repoch {epoch + 1}/{self.config.epochs} step {step}/{self.steps} "
-                             f"loss[{format_lrs(self.config.lrs)}] {losses}\033[K")
-            sys.stderr.flush()
+        if not self.live:
+            return
+        if self.bar is None:
+            self.bar = bar(self.steps, f"epoch {epoch + 1}/{self.config.epochs}", "step")
+        self.bar.update(step - self.bar.n)
+        rate = self.bar.format_dict.get("rate") or 0.0  # steps per second
+        left = ((self.config.epochs - epoch) * self.steps - step) / rate if rate else float("nan")
+        images = rate * self.config.batch_size * int(np.isfinite(last_losses).sum())
+        losses = " ".join(f"{v:.3f}" for v in last_losses)
+        self.bar.set_postfix_str(f"loss[{format_lrs(self.config.lrs)}] {losses} | {images:,.0f} img/s | run "
+                                 f"{duration(left) if np.isfinite(left) else '?'} left", refresh=True)
 
     def epoch(self, epoch: int, test_acc: np.ndarray, seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if self.enabled:
             accs = " ".join(f"{a:.3f}" for a in test_acc)
-            line = (f"epoch {epoch + 1}/{self.config.epochs} done in {seconds:.1f}s, "
-                    f"test acc[{format_lrs(self.config.lrs)}] {accs}")
-            sys.stderr.write(f"\r{line}\033[K\n" if self.live else f"{line}\n")
+            sys.stderr.write(f"epoch {epoch + 1}/{self.config.epochs} done in {seconds:.1f}s, "
+                             f"test acc[{format_lrs(self.config.lrs)}] {accs}\n")
             sys.stderr.flush()
 
 
@@ -263,10 +273,29 @@ def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, E
     dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
                            download=download, seed=config.seed, image_size=config.image_size,
                            imagenette_size=config.imagenette_size)
+    check_runs_fit(config, dataset, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     runs, base = build_runs(config, dataset, device)
     return device, dataset, runs, base
+
+
+def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) -> None:
+    """Refuse, before building anything, runs that cannot train: BatchNorm on batches of one image, or
+    weights, optimizer state and activations larger than the device's memory."""
+    batch = min(config.batch_size, len(dataset.train))
+    uses_batchnorm = config.model.startswith("vgg_bn") or (config.model.startswith("resnet") and config.norm == "bn")
+    if uses_batchnorm and batch < 2:
+        raise UsageError(f"{config.model} normalises with BatchNorm, which needs at least 2 images per batch "
+                         f"(got {batch}): raise --batch-size or --train-subset, or use a model without BatchNorm")
+
+    def build() -> nn.Module:
+        return build_model(config.model, width=config.width, num_classes=dataset.num_classes,
+                           image_size=dataset.image_size, **{**config.model_options(), "pretrained": False})
+
+    check_model_fits(build, name=f"{config.model} at --width {config.width:g}", runs=len(config.lrs),
+                     batch_size=config.batch_size, image_size=dataset.image_size, device=device,
+                     stacked=choose_engine(config) == "fused")
 
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
@@ -279,11 +308,15 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     """
     out = Path(out)
     config.validate()
+    ignore_file_size_signal()
+    overwrite = overwrite or (out.is_file() and never_completed(out))  # a failed start blocks no retry
     check_output(out, overwrite)
     device, dataset, runs, base = prepare(config, download)
     out.parent.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         check_output(out, overwrite)  # again, now that no other writer can slip in
+        for leftover in (out, checkpoint_path(out), weights_path(out)):
+            remove_stale_temporaries(leftover)
         writer = RunWriter(out, config_json=config.to_json(), lrs=list(config.lrs), attrs={
             "model": config.model, "dataset": config.dataset, "device": str(device),
             "torch_version": torch.__version__, "parameters": count_parameters(base),
@@ -298,10 +331,15 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
         checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
         weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
         snapshots = snapshot_writer(config, out)
-        if snapshots is not None:
-            save_snapshot(snapshots, runs, epoch=0, step=0)
         return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots,
                      progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint)
+
+
+def ignore_file_size_signal() -> None:
+    """Over a file-size limit (RLIMIT_FSIZE), let writes fail with EFBIG, which we report, instead of SIGXFSZ
+    killing the process (main thread only; elsewhere the signal keeps its action)."""
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def snapshot_writer(config: RunConfig, out: Path) -> SnapshotWriter | None:
@@ -331,6 +369,7 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
     `overrides` are options the user gave again: any that differs from the run's is refused.
     """
     path = Path(path)
+    ignore_file_size_signal()
     run = read_run(path)
     config = RunConfig.from_json(run.attrs["config"])
     differing = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})"
@@ -346,6 +385,10 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
         for leftover in (path, checkpoint_path(path)):
             remove_stale_temporaries(leftover)
         saved = load_checkpoint(path)
+        if saved is None and run.epochs_done:
+            raise UsageError(f"{checkpoint_path(path)} is missing: resuming would restart from epoch 0 and drop the "
+                             f"{run.epochs_done} epoch(s) recorded; to start over, rerun the same options with "
+                             f"--out {path} --overwrite")
         state = TrainingState.fresh(len(config.lrs))
         if saved is not None:
             if saved.get("config") != run.attrs["config"]:
@@ -355,11 +398,8 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
             restore_random_state(saved["random"], device)
         writer = RunWriter.continuing(run, epochs=state.epoch)
         writer.set_status("running")
+        remove_stale_temporaries(weights_path(path))
         snapshots = snapshot_writer(config, path)
-        if snapshots is not None:
-            remove_stale_temporaries(weights_path(path))
-            if state.epoch == 0 and state.partial is None:
-                save_snapshot(snapshots, runs, epoch=0, step=0)
         return drive(config, dataset, runs, writer, state, device, snapshots, progress=progress,
                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint), True
 
@@ -373,28 +413,41 @@ def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, 
         save_checkpoint(out, {"config": writer.attrs["config"], "state": state.to_checkpoint(),
                               "engine": runs.state_dict(), "random": random_state(device)})
 
+    resume_line = f"resume with: landscape run --resume {out}"
     try:
+        if snapshots is not None and state.epoch == 0 and state.partial is None:
+            save_snapshot(snapshots, runs, epoch=0, step=0)  # the shared initialisation
         with StopSignals() as signals:
             outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
                                     save if checkpoint_every else None, checkpoint_every, snapshots)
+        writer.set_status("complete", outcome)
     except Interrupted as stop:
-        save(stop.state)
-        writer.set_status("interrupted", str(stop))
-        raise RunFailed(f"{stop}; resume with: landscape run --resume {out}") from None
-    except OSError as exc:
         try:
-            writer.attrs.update(status="failed", message=str(exc))
-            writer.flush()
-        except OSError:
-            pass
-        raise RunFailed(f"could not write {out} ({exc}); the epochs saved before are intact") from None
+            save(stop.state)
+            writer.set_status("interrupted", str(stop))
+        except OSError as exc:
+            mark_failed(writer, f"{stop}, then {exc}")
+            raise RunFailed(f"{stop}, but could not save: {exc}; the last good files are kept, free space and "
+                            f"{resume_line}") from None
+        raise RunFailed(f"{stop}; {resume_line}") from None
+    except OSError as exc:
+        mark_failed(writer, str(exc))
+        raise RunFailed(f"could not go on: {exc}; the epochs saved before are intact, free space and "
+                        f"{resume_line}") from None
     except BaseException as exc:
-        writer.set_status("failed", f"{type(exc).__name__}: {exc}")
+        mark_failed(writer, f"{type(exc).__name__}: {exc}")
         raise
-    writer.set_status("complete", outcome)
     if not keep_checkpoint:
         checkpoint_path(out).unlink(missing_ok=True)
     return out
+
+
+def mark_failed(writer: RunWriter, message: str) -> None:
+    """Best effort: record status failed and why (the disk may be the problem; then the file keeps its last state)."""
+    try:
+        writer.set_status("failed", message)
+    except OSError:
+        pass
 
 
 class Interrupted(Exception):
@@ -417,7 +470,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
     steps = steps_per_epoch(len(dataset.train), config.batch_size)
     early = EarlyStopping(len(runs), config.patience, config.min_delta)
     early.best, early.waited = state.early_best, state.early_waited
-    progress = Progress(config, steps, progress_on)
+    progress = Progress(config, steps, progress_on, state.epoch)
     start = time.perf_counter() - state.elapsed
     for epoch in range(state.epoch, config.epochs):
         if not any(runs.active):

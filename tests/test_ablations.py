@@ -117,9 +117,19 @@ def test_quick_spec_runs_resumes_and_tables_read_back(tmp_path, cifar_root):
         assert float(row["final_test_acc_mean"]) == pytest.approx(100 * acc[-1], abs=1e-4)
     silu = next(r for r in rows if r["activation"] == "silu")
     assert float(silu["best_test_acc_reported"]) == 89.57
-    assert float(silu["best_test_acc_difference"]) == pytest.approx(float(silu["best_test_acc_mean"]) - 89.57)
+    assert silu["best_test_acc_difference"] == "nan"  # a quick run is not compared with the report's full one
+    assert silu["best_test_acc_std"] == "nan" and silu["best_test_acc_n"] == "1"
+    from ablations.tables import collect, table_cells
+
+    header, shown, machine = table_cells(spec, collect(spec, "quick", results), "full")
+    first_metric = len(spec.axes) + 5 * spec.metrics.index("best_test_acc")  # reported, mean, std, n, difference
+    difference = machine[[r[0] for r in machine].index("silu")][first_metric + 4]
+    assert difference == pytest.approx(float(silu["best_test_acc_mean"]) - 89.57)  # shown for the full preset
     table = (results / "small" / "quick" / "table.md").read_text()
     assert "| silu | 89.57 |" in table and "3 of 3 cells done" in table
+    rows_and_header = [line for line in table.splitlines() if line.startswith("| ")]
+    assert "preset `quick` (changes" in table and "not a landscape run" not in table
+    assert "difference" not in rows_and_header[0] and not any("±" in line for line in rows_and_header)
     assert r"\toprule" in (results / "small" / "quick" / "table.tex").read_text()
     assert (results / "index_quick.md").exists()
 

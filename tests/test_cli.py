@@ -120,7 +120,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, args, capsys
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "{run}"], ["info", "{run}"],
-                                  ["ablate", "list"], ["ablate", "table", "cifar10_resnet18_stem", "--results", "abl"]])
+                                  ["ablate", "list"], ["ablate", "table", "cifar10_resnet18_stem", "--results", "abl"],
+                                  ["report", "{run}", "--out", "r.html"], ["report", "{run}", "--markdown", "--out", "r.md"]])
 def test_reading_commands_do_not_import_torch(tmp_path, tiny_run, argv):
     argv = [a.format(run=tiny_run) for a in argv]
     code = ("import sys\nfrom cli.main import main\n"
