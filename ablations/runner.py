@@ -65,8 +65,10 @@ def plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: str | None 
     return jobs
 
 
-def run_job(job: Job, threads: int | None = None) -> str:
-    """Train or resume one job; returns 'trained', 'resumed' or 'skipped'. Raises on failure."""
+def run_job(job: Job, threads: int | None = None, on_checkpoint=None) -> str:
+    """Train or resume one job; returns 'trained', 'resumed' or 'skipped'. Raises on failure.
+
+    `on_checkpoint(path, epochs_done)` is called after every epoch's checkpoint."""
     status = cell_status(job.path)
     if status == "complete":
         return "skipped"
@@ -79,9 +81,9 @@ def run_job(job: Job, threads: int | None = None) -> str:
     from landscape.train import resume, train
 
     if status == "incomplete":
-        resume(job.path, progress=False)
+        resume(job.path, progress=False, on_checkpoint=on_checkpoint)
         return "resumed"
-    train(job.config, job.path, progress=False)
+    train(job.config, job.path, progress=False, on_checkpoint=on_checkpoint)
     return "trained"
 
 

@@ -387,8 +387,21 @@ def ablate_list(results: Path) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="auto, cpu or cuda for every cell (default: each spec's own).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the line per cell stays).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (--jobs processes on CPU); ray: Ray tasks on a local Ray or a cluster.")
+@click.option("--address", default=None,
+              help="ray: the cluster (host:port, or auto for the running one) [default: a local Ray for this command].")
+@click.option("--cpus-per-cell", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="ray: CPUs each cell asks the scheduler for (and torch threads it uses).")
+@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="ray: GPUs per cell; fractions pack small cells onto one GPU (0.25: four at a time).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="ray: retries of a cell whose worker or node died (it resumes from its last checkpoint).")
+@click.option("--shared-results", is_flag=True,
+              help="ray: --results is on storage every node sees; tasks write there directly.")
 def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
-               data_root: str | None, device: str | None, quiet: bool) -> None:
+               data_root: str | None, device: str | None, quiet: bool, executor: str, address: str | None,
+               cpus_per_cell: float, gpus_per_cell: float, max_retries: int, shared_results: bool) -> None:
     """Run the cells (and seeds) whose results are missing or incomplete; safe to interrupt and rerun."""
     from dataclasses import replace
 
@@ -404,7 +417,17 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
         resolve_device(device)  # no GPU: one line now, not one failure per cell
     for job in todo:
         job.config.validate()
-    counts = run_jobs(todo, jobs, report=print_err, progress=not quiet)
+    if executor == "ray":
+        from ablations.ray_executor import import_ray, run_jobs_on_ray
+
+        import_ray()
+        counts = run_jobs_on_ray(todo, address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
+                                 max_retries=max_retries, shared_results=shared_results, report=print_err,
+                                 progress=not quiet, init_options=ray_test_options())
+    else:
+        if address or shared_results:
+            raise UsageError("--address and --shared-results apply to --executor ray")
+        counts = run_jobs(todo, jobs, report=print_err, progress=not quiet)
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
     if counts["failed"]:
         sys.exit(1)
@@ -424,6 +447,15 @@ def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: 
     if missing:
         click.echo(f"{missing} of {done + missing} cells have no results yet under {results} (preset {preset}): "
                    f"run `landscape ablate run ... --preset {preset}` to fill them", err=True)
+
+
+def ray_test_options() -> dict:
+    """Resources declared to the local Ray a command starts: LANDSCAPE_RAY_NUM_GPUS lets the tests give a
+    GPU-less machine a GPU resource, to check that fractional requests reach the scheduler."""
+    import os
+
+    gpus = os.environ.get("LANDSCAPE_RAY_NUM_GPUS")
+    return {"num_gpus": float(gpus)} if gpus else {}
 
 
 def report_skipped(problems: list[str]) -> None:

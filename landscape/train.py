@@ -299,12 +299,14 @@ def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) ->
 
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
-          progress: bool = True, checkpoint_every: int = 1, keep_checkpoint: bool = False) -> Path:
+          progress: bool = True, checkpoint_every: int = 1, keep_checkpoint: bool = False,
+          on_checkpoint=None) -> Path:
     """Train one run per learning rate in lockstep and record them in the HDF5 file `out`.
 
     Bad options, data or output paths raise UsageError before anything is written. A checkpoint
     is saved beside `out` every `checkpoint_every` epochs (0: never) and on SIGINT/SIGTERM, and
-    removed when the run completes unless `keep_checkpoint`.
+    removed when the run completes unless `keep_checkpoint`. `on_checkpoint(out, epochs_done)` is called after
+    every checkpoint (the ablation executors ship the files to where the results live).
     """
     out = Path(out)
     config.validate()
@@ -332,7 +334,8 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
         weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
         snapshots = snapshot_writer(config, out)
         return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots,
-                     progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint)
+                     progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
+                     on_checkpoint=on_checkpoint)
 
 
 def ignore_file_size_signal() -> None:
@@ -363,7 +366,7 @@ def snapshot_due(config: RunConfig, epochs_done: int, runs: "Engine") -> bool:
 
 
 def resume(path: str | Path, overrides: dict | None = None, *, download: bool = False, progress: bool = True,
-           checkpoint_every: int = 1, keep_checkpoint: bool = False) -> tuple[Path, bool]:
+           checkpoint_every: int = 1, keep_checkpoint: bool = False, on_checkpoint=None) -> tuple[Path, bool]:
     """Continue the run in `path` from its checkpoint; return (path, False) if it was already complete.
 
     `overrides` are options the user gave again: any that differs from the run's is refused.
@@ -401,17 +404,21 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
         remove_stale_temporaries(weights_path(path))
         snapshots = snapshot_writer(config, path)
         return drive(config, dataset, runs, writer, state, device, snapshots, progress=progress,
-                     checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint), True
+                     checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
+                     on_checkpoint=on_checkpoint), True
 
 
 def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
-          device: torch.device, snapshots: SnapshotWriter | None, *, progress: bool, checkpoint_every: int, keep_checkpoint: bool) -> Path:
+          device: torch.device, snapshots: SnapshotWriter | None, *, progress: bool, checkpoint_every: int,
+          keep_checkpoint: bool, on_checkpoint=None) -> Path:
     """Run the remaining epochs under signal handling; set the final status; translate failures."""
     out = writer.path
 
     def save(state: TrainingState) -> None:
         save_checkpoint(out, {"config": writer.attrs["config"], "state": state.to_checkpoint(),
                               "engine": runs.state_dict(), "random": random_state(device)})
+        if on_checkpoint is not None:
+            on_checkpoint(out, state.epoch)
 
     resume_line = f"resume with: landscape run --resume {out}"
     try:

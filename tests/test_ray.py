@@ -1,0 +1,138 @@
+"""Ablation grids on Ray (a local Ray with 2 CPUs): same results as in-process, retries, Ctrl-C, resources."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from ablations.runner import cell_status, plan
+from ablations.spec import load_spec
+from tests.test_cli import checksums, landscape
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
+
+SPEC = '''
+title = "test: widths on the synthetic set"
+source = "test"
+metrics = ["best_test_acc"]
+[base]
+model = "vgg_bn"
+dataset = "synthetic"
+train_subset = 256
+batch_size = 32
+lrs = [1e-3]
+epochs = 3
+device = "cpu"
+[[axes]]
+name = "width"
+values = [0.0625, 0.125]
+'''
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def command(spec_file, results, *extra):
+    return [sys.executable, "-m", "landscape", "ablate", "run", str(spec_file), "--preset", "quick", "--results",
+            str(results), "--quiet", *extra]
+
+
+def losses(results, spec_file):
+    out = {}
+    for job in plan(load_spec(spec_file), "quick", 1, results):
+        with h5py.File(job.path, "r") as f:
+            out[job.cell] = f["train/loss"][...]
+    return out
+
+
+@pytest.fixture
+def reference(spec_file, tmp_path):
+    """The same grid with the in-process executor, one cell after another (2 torch threads each)."""
+    results = tmp_path / "local"
+    subprocess.run(command(spec_file, results), check=True, capture_output=True, timeout=300)
+    return losses(results, spec_file)
+
+
+def test_ray_gives_the_in_process_results_with_fractional_gpus_passed_on(spec_file, tmp_path, reference):
+    results = tmp_path / "ray"
+    env = {**os.environ, "LANDSCAPE_RAY_NUM_GPUS": "1"}  # a GPU resource on this GPU-less machine
+    done = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2",
+                                  "--gpus-per-cell", "0.25"), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("[CPU 2, GPU 0.25]") == 2  # what the scheduler gave each task
+    assert "cells: 2 done, 0 running, 0 waiting, 0 failed" in done.stderr
+    mine = losses(results, spec_file)
+    assert all(np.array_equal(mine[cell], reference[cell]) for cell in reference)
+    assert not list(results.rglob("*.ckpt")) and not list(results.rglob(".*.tmp"))
+
+
+def test_a_killed_worker_is_retried_and_resumes_to_the_identical_result(spec_file, tmp_path, reference):
+    results = tmp_path / "ray"
+    process = subprocess.Popen(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    killed = None
+    while killed is None:  # wait for the first epoch's checkpoint to reach the results, then kill that worker
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        if list(results.rglob("*.ckpt")):
+            workers = subprocess.run(["pgrep", "-f", "ray::cell_task"], capture_output=True, text=True).stdout.split()
+            if workers:
+                killed = int(workers[0])
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert "resumed" in err  # the retry went on from the shipped checkpoint, it did not start over
+    mine = losses(results, spec_file)
+    assert all(np.array_equal(mine[cell], reference[cell]) for cell in reference)
+
+
+def test_ctrl_c_keeps_finished_cells_and_a_rerun_trains_the_rest(spec_file, tmp_path):
+    results = tmp_path / "ray"
+    paths = [job.path for job in plan(load_spec(spec_file), "quick", 1, results)]
+    process = subprocess.Popen(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not any(cell_status(p) == "complete" for p in paths):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode != 0 and "Traceback" not in err
+    finished = [p for p in paths if cell_status(p) == "complete"]
+    kept = checksums(finished[0].parent)
+    rerun = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{len(finished)} skipped" in rerun.stdout
+    assert all(cell_status(p) == "complete" for p in paths)
+    after = checksums(finished[0].parent)
+    assert all(after[p.name] == kept[p.name] for p in finished)  # finished cells untouched
+
+
+def test_shared_results_are_written_by_the_tasks(spec_file, tmp_path):
+    results = tmp_path / "shared"
+    done = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "1", "--shared-results"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(cell_status(job.path) == "complete" for job in plan(load_spec(spec_file), "quick", 1, results))
+
+
+def test_missing_ray_and_bad_addresses_are_one_line(spec_file, tmp_path, monkeypatch, capsys):
+    for address, message in (("not-an-address", "not host:port"), ("127.0.0.1:9", "no Ray cluster answers")):
+        code, _, err = landscape("ablate", "run", spec_file, "--preset", "quick", "--results", tmp_path / "r",
+                                 "--executor", "ray", "--address", address, capsys=capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code, _, err = landscape("ablate", "run", spec_file, "--preset", "quick", "--results", tmp_path / "r",
+                             "--executor", "ray", capsys=capsys)
+    assert code == 2 and "pip install" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
