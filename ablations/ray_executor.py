@@ -11,11 +11,9 @@ cancels the tasks and leaves every finished cell and every last checkpoint in pl
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 

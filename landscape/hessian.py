@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch.func import functional_call, grad, jvp
 
 from landscape.errors import UsageError
 from landscape.evaluation import Params, flatten, unflatten
+from landscape.memory import available_bytes
 from landscape.progress import bar
 
 HVP_METHODS = ("double-backward", "forward-over-reverse")
@@ -83,7 +83,7 @@ class HessianOperator:
 
             with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
                 first = self.first_order(*self.batches[0])
-            self.reuse_graph = saved[0] * len(self.batches) < 0.25 * free_memory(self.device)
+            self.reuse_graph = saved[0] * len(self.batches) < 0.25 * available_bytes(self.device)
             self.graphs = [first] if self.reuse_graph else None
         if self.reuse_graph:
             self.graphs = (self.graphs or [])[:1] + [self.first_order(*batch) for batch in self.batches[1:]]
@@ -108,16 +108,6 @@ class HessianOperator:
             total += share * flatten(self.batch_product(as_params, images, labels, index), list(self.params))
         self.products += 1
         return total
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free on the device (CUDA), or physical memory available (CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 2 ** 30
 
 
 @dataclass

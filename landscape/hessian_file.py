@@ -18,8 +18,7 @@ import h5py
 import numpy as np
 
 from landscape import __version__
-from landscape.errors import UsageError
-from landscape.store import write_atomically
+from landscape.store import read_versioned, write_atomically
 
 HESSIAN_FORMAT = "landscape-hessian"
 HESSIAN_SCHEMA_VERSION = 1
@@ -83,24 +82,12 @@ def write_hessian(result: HessianResult) -> None:
 
 def read_hessian(path: str | Path) -> HessianResult:
     """Read a Hessian file; UsageError if it is missing, damaged, not ours or too new."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; give a file written by `landscape hessian`")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("format") != HESSIAN_FORMAT:
-                raise UsageError(f"{path}: not a landscape Hessian file (no format={HESSIAN_FORMAT!r} attribute)")
-            if int(attrs["schema_version"]) > HESSIAN_SCHEMA_VERSION:
-                raise UsageError(f"{path}: Hessian schema {attrs['schema_version']} is newer than this landscape "
-                                 f"({__version__}); upgrade landscape to read it")
-            arrays = {name: f[name][...] for name in DESCRIPTIONS if name in f}
-            return HessianResult(path=path, attrs=attrs, arrays=arrays)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"{path}: unreadable Hessian file, it may be truncated or corrupt "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+    def read(f, attrs: dict) -> HessianResult:
+        return HessianResult(path=Path(path), attrs=attrs, arrays={name: f[name][...] for name in DESCRIPTIONS
+                                                                   if name in f})
+
+    return read_versioned(path, HESSIAN_FORMAT, HESSIAN_SCHEMA_VERSION, "landscape hessian", read)
 
 
 def file_format(path: str | Path) -> str | None:

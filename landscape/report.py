@@ -412,7 +412,7 @@ def write_markdown(paths: list[Path], out: Path) -> Path:
         pngs += plot_surfaces(inputs.surfaces, folder)
     if inputs.hessians:
         pngs += plot_hessians(inputs.hessians, folder)
-    lines = [f"# landscape report", ""] + [f"> skipped: {note}" for note in inputs.notes]
+    lines = ["# landscape report", ""] + [f"> skipped: {note}" for note in inputs.notes]
     labels = {id(run): run_label(run, inputs.runs) for run in inputs.runs}
     if inputs.runs:
         lines += ["", "| file | model | rates | status | epochs | best test acc (%) |", "| --- | --- | --- | --- | --- | --- |"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import UsageError
-from landscape.store import write_atomically
+from landscape.store import read_versioned, write_atomically
 
 WEIGHTS_FORMAT = "landscape-weights"
 WEIGHTS_SCHEMA_VERSION = 1
@@ -153,25 +153,16 @@ def read_weights(path: str | Path) -> Weights:
     if not path.is_file():
         raise UsageError(f"{path}: no weight snapshots; rerun `landscape run` without --no-snapshots "
                          f"(snapshots are saved by default)")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("format") != WEIGHTS_FORMAT:
-                raise UsageError(f"{path}: not a landscape weights file (no format={WEIGHTS_FORMAT!r} attribute)")
-            if int(attrs["schema_version"]) > WEIGHTS_SCHEMA_VERSION:
-                raise UsageError(f"{path}: weights schema {attrs['schema_version']} is newer than this landscape "
-                                 f"({__version__}); upgrade landscape to read it")
-            groups = sorted(f["snapshots"].values(), key=lambda g: int(g.attrs["epoch"]))
-            if not groups:
-                raise UsageError(f"{path}: holds no snapshot yet; wait for the run to save one")
-            first = groups[0]
-            names = list(first.keys())
-            return Weights(path=path, attrs=attrs, lrs=f["lrs"][...], epochs=[int(g.attrs["epoch"]) for g in groups],
-                           steps=[int(g.attrs["step"]) for g in groups], names=names,
-                           kinds={n: str(first[n].attrs["kind"]) for n in names},
-                           shapes={n: tuple(first[n].shape[1:]) for n in names})
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"{path}: unreadable weights file, it may be truncated or corrupt "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+    def read(f, attrs: dict) -> Weights:
+        groups = sorted(f["snapshots"].values(), key=lambda g: int(g.attrs["epoch"]))
+        if not groups:
+            raise UsageError(f"{path}: holds no snapshot yet; wait for the run to save one")
+        first = groups[0]
+        names = list(first.keys())
+        return Weights(path=path, attrs=attrs, lrs=f["lrs"][...], epochs=[int(g.attrs["epoch"]) for g in groups],
+                       steps=[int(g.attrs["step"]) for g in groups], names=names,
+                       kinds={n: str(first[n].attrs["kind"]) for n in names},
+                       shapes={n: tuple(first[n].shape[1:]) for n in names})
+
+    return read_versioned(path, WEIGHTS_FORMAT, WEIGHTS_SCHEMA_VERSION, "landscape run", read)

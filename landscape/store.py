@@ -404,6 +404,29 @@ def read_run(path: str | Path) -> Run:
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
 
 
+def read_versioned(path: str | Path, format_name: str, version: int, writer: str, read):
+    """Open one of our HDF5 files, check its `format` and `schema_version`, and return `read(file, attrs)`;
+    UsageError (one line) when it is missing, foreign, too new, or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; give a file written by `{writer}`")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if attrs.get("format") != format_name:
+                raise UsageError(f"{path}: not a {format_name} file (no format={format_name!r} attribute); give a "
+                                 f"file written by `{writer}`")
+            if int(attrs.get("schema_version", 0)) > version:
+                raise UsageError(f"{path}: schema version {attrs['schema_version']} of {format_name} is newer than "
+                                 f"this landscape ({__version__}); upgrade landscape to read it")
+            return read(f, attrs)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: unreadable {format_name} file, it may be truncated or corrupt "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+
 def check_consistent(run: Run) -> None:
     """Raise UsageError if a run file's parts disagree (hand-edited or written by something else)."""
     problem = None

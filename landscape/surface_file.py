@@ -17,8 +17,7 @@ import h5py
 import numpy as np
 
 from landscape import __version__
-from landscape.errors import UsageError
-from landscape.store import write_atomically
+from landscape.store import read_versioned, write_atomically
 
 SURFACE_FORMAT = "landscape-surface"
 SURFACE_SCHEMA_VERSION = 1
@@ -96,27 +95,14 @@ def write_surface(surface: Surface) -> None:
 
 def read_surface(path: str | Path) -> Surface:
     """Read a surface file; UsageError if it is missing, damaged, not a surface or too new."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; give a file written by `landscape surface`")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("format") != SURFACE_FORMAT:
-                raise UsageError(f"{path}: not a landscape surface file (no format={SURFACE_FORMAT!r} attribute)")
-            if int(attrs["schema_version"]) > SURFACE_SCHEMA_VERSION:
-                raise UsageError(f"{path}: surface schema {attrs['schema_version']} is newer than this landscape "
-                                 f"({__version__}); upgrade landscape to read it")
-            trajectory = ({k: v[...] for k, v in f["trajectory"].items()} if "trajectory" in f else None)
-            return Surface(path=path, attrs=attrs, x=f["x"][...], y=f["y"][...] if "y" in f else None,
-                           loss=f["loss"][...], acc=f["acc"][...], done=f["done"][...].astype(bool),
-                           trajectory=trajectory,
-                           explained_variance=f["explained_variance"][...] if "explained_variance" in f else None)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"{path}: unreadable surface file, it may be truncated or corrupt "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+    def read(f, attrs: dict) -> Surface:
+        trajectory = ({k: v[...] for k, v in f["trajectory"].items()} if "trajectory" in f else None)
+        return Surface(path=Path(path), attrs=attrs, x=f["x"][...], y=f["y"][...] if "y" in f else None,
+                       loss=f["loss"][...], acc=f["acc"][...], done=f["done"][...].astype(bool), trajectory=trajectory,
+                       explained_variance=f["explained_variance"][...] if "explained_variance" in f else None)
+
+    return read_versioned(path, SURFACE_FORMAT, SURFACE_SCHEMA_VERSION, "landscape surface", read)
 
 
 def is_surface_file(path: str | Path) -> bool:

@@ -1,5 +1,4 @@
 """Weight snapshots and loss surfaces, each checked against an independent computation."""
-import copy
 import signal
 
 import h5py
