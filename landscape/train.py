@@ -422,8 +422,11 @@ def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, 
 
     resume_line = f"resume with: landscape run --resume {out}"
     try:
-        if snapshots is not None and state.epoch == 0 and state.partial is None:
-            save_snapshot(snapshots, runs, epoch=0, step=0)  # the shared initialisation
+        if state.epoch == 0 and state.partial is None:
+            if snapshots is not None:
+                save_snapshot(snapshots, runs, epoch=0, step=0)  # the shared initialisation
+            if checkpoint_every:
+                save(state)  # a run killed before its first epoch's checkpoint resumes from the start
         with StopSignals() as signals:
             outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
                                     save if checkpoint_every else None, checkpoint_every, snapshots)

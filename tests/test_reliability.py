@@ -77,7 +77,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, cifar_root, reference):
     assert_same_as_reference(out, reference)
 
 
-@pytest.mark.parametrize("target", ["run.h5:3", "run.h5.ckpt:2"])
+@pytest.mark.parametrize("target", ["run.h5:3", "run.h5.ckpt:3"])  # checkpoint writes: epoch 0, 1, 2
 def test_sigkill_during_a_write(tmp_path, cifar_root, reference, target):
     out = tmp_path / "run.h5"
     process = start(cifar_root, out, env={"LANDSCAPE_TEST_KILL_BEFORE_RENAME": target})
