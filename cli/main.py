@@ -28,9 +28,9 @@ def cli() -> None:
     landscape info artifacts/vgg_bn.h5                      summarise a run file
     landscape ablate run --all --preset quick               run the reports' ablation tables
     landscape ablate table --all --preset quick             regenerate their tables and figures
-    landscape surface artifacts/vgg_bn.h5 --lr 1e-3           Li et al. loss surface around a snapshot
-    landscape hessian artifacts/vgg_bn.h5 --lr all            Hessian eigenvalues, trace, density
-    landscape report artifacts/vgg.h5 artifacts/vgg_bn.h5     one interactive HTML page
+    landscape surface artifacts/vgg_bn.h5 --lr 1e-3         Li et al. loss surface around a snapshot
+    landscape hessian artifacts/vgg_bn.h5 --lr all          Hessian eigenvalues, trace, density
+    landscape report artifacts/vgg.h5 artifacts/vgg_bn.h5   one interactive HTML page
     """
 
 

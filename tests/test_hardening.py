@@ -231,11 +231,15 @@ def test_a_file_size_limit_during_the_checkpoint_write_keeps_the_last_good_files
     line = one_line_error(1, done.stderr, 1)
     assert "no space left on the device (or a file-size limit) while writing r.h5.ckpt" in line
     assert "resume with: landscape run --resume" in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]  # no temporary, no lock, no half checkpoint
+    # the last good files: the run file and the checkpoint taken before the first epoch; no temporary, no lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5", "r.h5.ckpt"]
     from landscape.store import read_run
 
     run = read_run(tmp_path / "r.h5")
     assert run.status == "failed" and "r.h5.ckpt" in run.attrs["message"] and run.epochs_done == 1
+    resumed = subprocess.run([sys.executable, "-m", "landscape", "run", "--resume", str(tmp_path / "r.h5"), "--quiet"],
+                             capture_output=True, text=True, timeout=120)  # space again: it goes on
+    assert resumed.returncode == 0 and read_run(tmp_path / "r.h5").status == "complete"
 
 
 def test_the_index_lists_every_spec_with_results_and_list_explains_horizons(tmp_path, capsys):
