@@ -345,12 +345,15 @@ def hessian_section(page: Page, results: list[HessianResult]) -> None:
         for i, lr in enumerate(result.arrays["lrs"]):
             eig.add_trace(go.Scatter(x=result.arrays["epochs"], y=result.arrays["eigenvalues"][i, :, 0],
                                      mode="lines+markers", name=f"{result.label} lr={lr:g}",
+                                     marker=dict(size=9, symbol=("circle", "square", "diamond", "triangle-up",
+                                                                 "x", "star")[i % 6]),
                                      line=dict(color=colour, dash=("solid", "dash", "dot", "dashdot")[i % 4])))
             if "density/grid" in result.arrays:
                 density.add_trace(go.Scatter(x=result.arrays["density/grid"][i, -1],
                                              y=np.maximum(result.arrays["density/values"][i, -1], 1e-12),
                                              name=f"{result.label} lr={lr:g}", line=dict(color=colour)))
-    eig.update_layout(title="top Hessian eigenvalue per snapshot", xaxis_title="epoch", yaxis_title="eigenvalue")
+    eig.update_layout(title="top Hessian eigenvalue per snapshot: colour by file, marker by rate",
+                      xaxis_title="snapshot epoch", yaxis_title="eigenvalue")
     page.figure(eig)
     if density.data:
         density.update_layout(title="spectral density (stochastic Lanczos quadrature)", xaxis_title="eigenvalue",
