@@ -210,6 +210,3 @@ class Batches:
 
     def __iter__(self):
         return eval_batches(self.split, self.normalize, self.batch_size)
-
-    def __len__(self) -> int:
-        return len(self.split)

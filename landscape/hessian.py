@@ -266,15 +266,6 @@ def sharpness(operator: HessianOperator, k: int, steps: int, seed: int) -> torch
     return values.flip(0)[:k]
 
 
-def timed(function, *args, **kwargs):
-    """(result, seconds) of a call, the device synchronised before reading the clock."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
-
-
 # ---------------------------------------------------------------- `landscape hessian`
 
 

@@ -9,6 +9,7 @@ and `landscape plot` can read a run that is still training.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -56,6 +57,17 @@ def _label_axes(dset: h5py.Dataset, *labels: str) -> None:
         dset.dims[axis].label = label
 
 
+def _growing(group: h5py.Group, name: str, data: np.ndarray, description: str, *labels: str) -> None:
+    """A checksummed dataset that grows along the axis labelled by `labels[1]` (or the only one), described."""
+    data = np.asarray(data)
+    grows = 1 if data.ndim > 1 else 0
+    maxshape = tuple(None if axis == grows else size for axis, size in enumerate(data.shape))
+    chunks = tuple(256 if axis == grows else size for axis, size in enumerate(data.shape))
+    dset = group.create_dataset(name, fletcher32=True, data=data, maxshape=maxshape, chunks=chunks)
+    dset.attrs["description"] = description
+    _label_axes(dset, *labels)
+
+
 _writes: dict[str, int] = {}
 
 
@@ -92,12 +104,10 @@ def remove_stale_temporaries(path: Path) -> None:
 class WriteFailed(OSError):
     """Writing a file failed (no space left, a file-size limit, an I/O error); the old file is untouched."""
 
-    def __init__(self, path: Path, cause: BaseException):
-        text = " ".join(str(cause).split())[:200]
-        full = any(word in text.lower() for word in ("no space", "file too large", "quota", "write failed",
-                                                         "file write", "errno = 27", "errno = 28"))
-        reason = "no space left on the device (or a file-size limit)" if full or getattr(cause, "errno", None) in (
-            27, 28, 122) else f"{type(cause).__name__}: {text}"
+    def __init__(self, path: Path, cause: OSError):
+        full = cause.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        reason = "no space left on the device (or a file-size limit)" if full else \
+            f"{type(cause).__name__}: {' '.join(str(cause).split())[:200]}"
         super().__init__(f"{reason} while writing {Path(path).name}")
         self.path = Path(path)
 
@@ -297,15 +307,10 @@ class RunWriter:
             "sharpness: the top Hessian eigenvalues of the mean training loss over a fixed, seeded subset of "
             "training images (attribute images), by Lanczos (attribute iterations, fixed), BatchNorm with batch "
             "statistics, dropout off; measured before the step's update")
-        step = group.create_dataset("step", fletcher32=True, data=self.sharpness["step"], maxshape=(None,),
-                                    chunks=(256,))
-        step.attrs["description"] = "training step (index into /train/loss) of each measurement"
-        _label_axes(step, "measurement")
-        top = group.create_dataset("top", fletcher32=True, data=np.asarray(self.sharpness["top"], dtype=np.float64),
-                                   maxshape=(runs, None, self.sharpness["top"].shape[2]),
-                                   chunks=(runs, 256, self.sharpness["top"].shape[2]))
-        top.attrs["description"] = "largest Hessian eigenvalues of each run at each measured step, descending"
-        _label_axes(top, "run", "measurement", "k")
+        _growing(group, "step", self.sharpness["step"], "training step (index into /train/loss) of each measurement",
+                 "measurement")
+        _growing(group, "top", np.asarray(self.sharpness["top"], dtype=np.float64),
+                 "largest Hessian eigenvalues of each run at each measured step, descending", "run", "measurement", "k")
 
     def _write_probes(self, f: h5py.File, runs: int) -> None:
         """The /probe group: probed steps, multipliers and one dataset per measure."""
@@ -315,19 +320,12 @@ class RunWriter:
             "Santurkar et al. (2018) probes: at each probed step, with w the weights before the step, "
             "d the probe direction ('update': w_next - w; 'gradient': -lr * grad) and m_j the multipliers, "
             "the loss and gradient at p_j = w + m_j d on the same batch")
-        step = group.create_dataset("step", fletcher32=True, data=self.probe["step"], maxshape=(None,),
-                                    chunks=(256,))
-        step.attrs["description"] = "training step (index into /train/loss) of each probe"
-        _label_axes(step, "probe")
+        _growing(group, "step", self.probe["step"], "training step (index into /train/loss) of each probe", "probe")
         mult = group.create_dataset("multipliers", fletcher32=True, data=self.probe["multipliers"])
         mult.attrs["description"] = "step multipliers m_j"
         _label_axes(mult, "multiplier")
         for name, (axes, text) in PROBE_DATASETS.items():
-            data = np.asarray(self.probe[name], dtype=np.float64)
-            d = group.create_dataset(name, fletcher32=True, data=data, maxshape=(runs, None, *data.shape[2:]),
-                                     chunks=(runs, 256, *data.shape[2:]))
-            d.attrs["description"] = text
-            _label_axes(d, "run", *axes)
+            _growing(group, name, np.asarray(self.probe[name], dtype=np.float64), text, "run", *axes)
 
 
 @dataclass

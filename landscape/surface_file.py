@@ -103,12 +103,3 @@ def read_surface(path: str | Path) -> Surface:
                        explained_variance=f["explained_variance"][...] if "explained_variance" in f else None)
 
     return read_versioned(path, SURFACE_FORMAT, SURFACE_SCHEMA_VERSION, "landscape surface", read)
-
-
-def is_surface_file(path: str | Path) -> bool:
-    """True if `path` is an HDF5 file whose format attribute says it is a surface."""
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("format") in (SURFACE_FORMAT, SURFACE_FORMAT.encode())
-    except Exception:
-        return False
