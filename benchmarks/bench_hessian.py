@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from landscape.config import RunConfig
-from landscape.evaluation import ImageSet, module_buffers, prepared_module, snapshot_model
-from landscape.hessian import HVP_METHODS, HessianOperator, HessianOptions, compute_hessian
-from landscape.hessian_file import read_hessian
-from landscape.snapshots import weights_of_run
-from landscape.store import read_run
-from landscape.train import resolve_device, train
+from landscape.training.config import RunConfig
+from landscape.engine.functional import ImageSet, module_buffers, prepared_module, snapshot_model
+from landscape.engine.curvature import HVP_METHODS, HessianOperator, HessianOptions, compute_hessian
+from landscape.files.hessian_file import read_hessian
+from landscape.files.weights_file import weights_of_run
+from landscape.files.run_file import read_run
+from landscape.training.runner import resolve_device, train
 
 
 def pyhessian_top(run_path: Path, batches, device: torch.device, tol: float) -> tuple[float, int, float]:

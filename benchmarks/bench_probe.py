@@ -7,7 +7,7 @@ J / (K * (1 + eval share)) of the training time; this prints the measured one.
 """
 from __future__ import annotations
 
-from landscape.config import RunConfig, parse_lrs, parse_multipliers
+from landscape.training.config import RunConfig, parse_lrs, parse_multipliers
 
 from common import run_arguments, time_landscape_run
 

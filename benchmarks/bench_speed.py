@@ -29,11 +29,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from landscape.config import RunConfig, parse_lrs
-from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Normalizer, cifar_folder, eval_batches, load_dataset,
+from landscape.training.config import RunConfig, parse_lrs
+from landscape.training.data import (CIFAR10_MEAN, CIFAR10_STD, Normalizer, cifar_folder, eval_batches, load_dataset,
                             read_cifar10, train_batches)
-from landscape.models import build_model
-from landscape.train import build_runs, resolve_device, trained_images
+from landscape.training.models import build_model
+from landscape.training.runner import build_runs, resolve_device, trained_images
 
 from common import run_arguments, time_landscape_run
 

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from landscape.config import RunConfig
-from landscape.data import CIFAR10_MEAN, CIFAR10_STD, cifar_folder, read_cifar10
-from landscape.snapshots import read_weights, weights_path
-from landscape.store import read_run
-from landscape.surface import SurfaceOptions, compute_surface, normalize_direction, parse_grid, random_direction
-from landscape.surface_file import read_surface
-from landscape.train import resolve_device, train
+from landscape.training.config import RunConfig
+from landscape.training.data import CIFAR10_MEAN, CIFAR10_STD, cifar_folder, read_cifar10
+from landscape.files.weights_file import read_weights, weights_path
+from landscape.files.run_file import read_run
+from landscape.engine.surface import SurfaceOptions, compute_surface, normalize_direction, parse_grid, random_direction
+from landscape.files.surface_file import read_surface
+from landscape.training.runner import resolve_device, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_speed import CourseCIFAR  # noqa: E402
@@ -40,7 +40,7 @@ from common import repeated_cifar  # noqa: E402
 def reference_surface(run_path: Path, options: SurfaceOptions, data_root: str, device: torch.device,
                       workers: int) -> tuple[np.ndarray, float]:
     """The reference implementation's loop; returns the loss grid [ny, nx] and the seconds it took."""
-    from landscape.evaluation import snapshot_model
+    from landscape.engine.functional import snapshot_model
 
     start = time.perf_counter()
     run = read_run(run_path)

@@ -7,12 +7,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from landscape.config import RunConfig
-from landscape.train import train
+from landscape.training.config import RunConfig
+from landscape.training.runner import train
 
 
 def time_landscape_run(config: RunConfig) -> float:
-    """Seconds for `landscape.train.train(config)` into a temporary HDF5 file (recording included)."""
+    """Seconds for `landscape.training.runner.train(config)` into a temporary HDF5 file (recording included)."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         train(config, Path(folder) / "bench.h5", progress=False)
@@ -41,7 +41,7 @@ def repeated_cifar(root: str | Path, train_images: int, dest: str | Path) -> Pat
 
     import numpy as np
 
-    from landscape.data import cifar_folder, read_cifar10
+    from landscape.training.data import cifar_folder, read_cifar10
 
     train_x, train_y, test_x, test_y = read_cifar10(cifar_folder(root, False))
     reps = -(-train_images // len(train_y))

@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from landscape.config import RunConfig  # noqa: E402
-from landscape.store import read_run  # noqa: E402
-from landscape.train import resume, train  # noqa: E402
+from landscape.training.config import RunConfig  # noqa: E402
+from landscape.files.run_file import read_run  # noqa: E402
+from landscape.training.runner import resume, train  # noqa: E402
 
 FP32 = {"first": 1e-4, "mean": 0.02}
 BF16 = {"first": 0.02, "mean": 0.05}
@@ -114,7 +114,7 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
     checks.run("probes looped, batched, fused", probes)
 
     def sigterm_resume() -> str:
-        import landscape.train as training
+        import landscape.training.runner as training
 
         whole = runs["loop"]
         original = training.LockstepRuns.train_step
@@ -152,8 +152,8 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
     checks.run("sharpness tracking", sharpness)
 
     def surface(precision: str, tolerance: float) -> str:
-        from landscape.surface import SurfaceOptions, compute_surface
-        from landscape.surface_file import read_surface
+        from landscape.engine.surface import SurfaceOptions, compute_surface
+        from landscape.files.surface_file import read_surface
 
         options = dict(lr=base.lrs[0], grid="-1:1:3", images=min(512, base.train_subset))
         gpu = read_surface(compute_surface(folder / "loop.h5", SurfaceOptions(**options, device=base.device,
@@ -171,8 +171,8 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
     checks.run("surface bf16 vs CPU", lambda: surface("bf16", BF16["first"]))
 
     def hessian() -> str:
-        from landscape.hessian import HessianOptions, compute_hessian
-        from landscape.hessian_file import read_hessian
+        from landscape.engine.curvature import HessianOptions, compute_hessian
+        from landscape.files.hessian_file import read_hessian
 
         values = {}
         for device in dict.fromkeys((base.device, "cpu")):

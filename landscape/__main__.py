@@ -1,5 +1,5 @@
 """`python -m landscape` runs the command line."""
-from cli.main import main
+from landscape.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ def cifar_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_config():
     """A run that takes about a second on CPU: synthetic data, width 1/16, 2 rates, 2 epochs."""
-    from landscape.config import RunConfig
+    from landscape.training.config import RunConfig
 
     def make(**overrides) -> RunConfig:
         base = dict(model="vgg_bn", lrs=(1e-3, 3e-4), width=1 / 16, dataset="synthetic", train_subset=256,
@@ -44,6 +44,6 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_config) -> Path:
     """A finished run file of `tiny_config()`, made once per session."""
-    from landscape.train import train
+    from landscape.training.runner import train
 
     return train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny.h5", progress=False)

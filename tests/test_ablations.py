@@ -9,10 +9,10 @@ import time
 import h5py
 import pytest
 
-from ablations.runner import cell_status, plan
-from ablations.spec import load_spec, spec_paths
-from ablations.tables import regenerate
-from cli.main import main
+from landscape.ablations.runner import cell_status, plan
+from landscape.ablations.spec import load_spec, spec_paths
+from landscape.ablations.tables import regenerate
+from landscape.cli.main import main
 from landscape.errors import UsageError
 
 SPECS = spec_paths()
@@ -119,7 +119,7 @@ def test_quick_spec_runs_resumes_and_tables_read_back(tmp_path, cifar_root):
     assert float(silu["best_test_acc_reported"]) == 89.57
     assert silu["best_test_acc_difference"] == "nan"  # a quick run is not compared with the report's full one
     assert silu["best_test_acc_std"] == "nan" and silu["best_test_acc_n"] == "1"
-    from ablations.tables import collect, table_cells
+    from landscape.ablations.tables import collect, table_cells
 
     header, shown, machine = table_cells(spec, collect(spec, "quick", results), "full")
     first_metric = len(spec.axes) + 5 * spec.metrics.index("best_test_acc")  # reported, mean, std, n, difference

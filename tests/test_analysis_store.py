@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape.analysis import envelope, moving_average
+from landscape.views.analysis import envelope, moving_average
 from landscape.errors import UsageError
-from landscape.store import EPOCH_METRICS, SCHEMA_VERSION, RunWriter, read_run
+from landscape.files.run_file import EPOCH_METRICS, SCHEMA_VERSION, RunWriter, read_run
 
 
 def test_envelope_against_numpy_with_nans():

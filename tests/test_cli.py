@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cli.main import main
+from landscape.cli.main import main
 
 
 def landscape(*args, capsys=None):
@@ -124,7 +124,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, args, capsys
                                   ["report", "{run}", "--out", "r.html"], ["report", "{run}", "--markdown", "--out", "r.md"]])
 def test_reading_commands_do_not_import_torch(tmp_path, tiny_run, argv):
     argv = [a.format(run=tiny_run) for a in argv]
-    code = ("import sys\nfrom cli.main import main\n"
+    code = ("import sys\nfrom landscape.cli.main import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.config import RunConfig, parse_lrs
-from landscape.config import parse_augment
-from landscape.data import (Augmenter, Normalizer, eval_batches, load_dataset, read_cifar10,
+from landscape.training.config import RunConfig, parse_lrs
+from landscape.training.config import parse_augment
+from landscape.training.data import (Augmenter, Normalizer, eval_batches, load_dataset, read_cifar10,
                             steps_per_epoch, train_batches)
 from landscape.errors import UsageError
 

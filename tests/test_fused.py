@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from landscape.errors import UsageError
-from landscape.train import train
+from landscape.training.runner import train
 
 
 def run_file(tmp_path, tiny_config, name, **overrides):
@@ -73,10 +73,10 @@ def test_compile_gives_the_same_losses(tmp_path, tiny_config):
 def test_fused_run_resumes_to_the_identical_result(tmp_path, tiny_config, monkeypatch, optimizer):
     import errno
 
-    import landscape.store as store
+    import landscape.files.run_file as store
     from landscape.errors import RunFailed
-    from landscape.store import read_run
-    from landscape.train import resume
+    from landscape.files.run_file import read_run
+    from landscape.training.runner import resume
 
     config = tiny_config(engine="fused", optimizer=optimizer, lrs=(0.01, 0.002), epochs=3)
     reference = read_run(train(config, tmp_path / "whole.h5", progress=False))

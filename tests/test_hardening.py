@@ -183,7 +183,7 @@ def test_ablate_run_with_an_unknown_device_fails_once_up_front(tmp_path, capsys)
 
 
 def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_retry(tmp_path, capsys):
-    from landscape.store import RunWriter, read_run
+    from landscape.files.run_file import RunWriter, read_run
 
     path = tmp_path / "r.h5"
     writer = RunWriter(path, config_json="{}", lrs=[1e-3], attrs={})
@@ -194,8 +194,8 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_retry(tmp_p
 
 
 def test_resume_without_a_checkpoint_refuses_to_drop_epochs(tmp_path, tiny_config, capsys):
-    from landscape.checkpoint import checkpoint_path
-    from landscape.train import train
+    from landscape.training.checkpoint import checkpoint_path
+    from landscape.training.runner import train
 
     path = train(tiny_config(epochs=2), tmp_path / "r.h5", progress=False, keep_checkpoint=True)
     with h5py.File(path, "a") as f:
@@ -233,7 +233,7 @@ def test_a_file_size_limit_during_the_checkpoint_write_keeps_the_last_good_files
     assert "resume with: landscape run --resume" in line
     # the last good files: the run file and the checkpoint taken before the first epoch; no temporary, no lock
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5", "r.h5.ckpt"]
-    from landscape.store import read_run
+    from landscape.files.run_file import read_run
 
     run = read_run(tmp_path / "r.h5")
     assert run.status == "failed" and "r.h5.ckpt" in run.attrs["message"] and run.epochs_done == 1
@@ -247,8 +247,8 @@ def test_the_index_lists_every_spec_with_results_and_list_explains_horizons(tmp_
         folder = tmp_path / name / "quick"
         folder.mkdir(parents=True)
         (folder / "table.md").write_text(f"# Study {name}\n\n1 of 2 cells done.\n")
-    from ablations.spec import load_spec, spec_paths
-    from ablations.tables import regenerate
+    from landscape.ablations.spec import load_spec, spec_paths
+    from landscape.ablations.tables import regenerate
 
     spec = load_spec(next(p for p in spec_paths() if p.stem == "cifar10_resnet18_stem"))
     regenerate([spec], "quick", tmp_path)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from landscape.analysis import stability_threshold
-from landscape.evaluation import flatten, module_buffers, prepared_module
-from landscape.hessian import (HessianOperator, hutchinson_trace, lanczos, smoothed_density, spectral_density,
+from landscape.views.analysis import stability_threshold
+from landscape.engine.functional import flatten, module_buffers, prepared_module
+from landscape.engine.curvature import (HessianOperator, hutchinson_trace, lanczos, smoothed_density, spectral_density,
                                top_eigenvalues)
 from tests.test_cli import checksums, landscape
 
@@ -119,8 +119,8 @@ def test_a_call_leaves_the_model_its_mode_and_buffers():
 @pytest.mark.parametrize("overrides", [dict(), dict(model="resnet20", dropout=0.2, width=1 / 8, engine="loop"),
                                        dict(engine="fused")])
 def test_training_is_bit_identical_with_and_without_sharpness(tmp_path, tiny_config, overrides):
-    from landscape.store import read_run
-    from landscape.train import train
+    from landscape.files.run_file import read_run
+    from landscape.training.runner import train
 
     plain = read_run(train(tiny_config(**overrides), tmp_path / "plain.h5", progress=False))
     tracked = read_run(train(tiny_config(sharpness_every=3, sharpness_images=64, sharpness_iters=4,
@@ -140,9 +140,9 @@ def test_training_is_bit_identical_with_and_without_sharpness(tmp_path, tiny_con
 def test_sharpness_survives_an_interruption_and_resume(tmp_path, tiny_config, monkeypatch):
     import signal
 
-    import landscape.train as training
+    import landscape.training.runner as training
     from landscape.errors import RunFailed
-    from landscape.store import read_run
+    from landscape.files.run_file import read_run
 
     config = tiny_config(sharpness_every=2, sharpness_images=32, sharpness_iters=3)
     whole = read_run(training.train(config, tmp_path / "whole.h5", progress=False))
@@ -177,8 +177,8 @@ def test_thresholds_are_the_formulas():
 def test_hessian_command_plot_and_info(tmp_path, tiny_config, capsys):
     import csv
 
-    from landscape.hessian_file import read_hessian
-    from landscape.train import train
+    from landscape.files.hessian_file import read_hessian
+    from landscape.training.runner import train
 
     run = train(tiny_config(optimizer="sgd", momentum=0.0, lrs=(0.05, 0.01), sharpness_every=4,
                             sharpness_images=64, sharpness_iters=5), tmp_path / "sgd.h5", progress=False)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from landscape.errors import UsageError
-from landscape.models import build_model, count_parameters, model_names
+from landscape.training.models import build_model, count_parameters, model_names
 
 
 def vgg_a_parameter_count(width: float, batch_norm: bool, batch_norm_fc: bool, classes: int = 10) -> int:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landscape.optim import Ranger, lr_at_epoch, make_optimizer
-from landscape.loop import LockstepRuns
-from landscape.train import EarlyStopping
+from landscape.training.optim import Ranger, lr_at_epoch, make_optimizer
+from landscape.training.loop import LockstepRuns
+from landscape.training.runner import EarlyStopping
 
 
 def rates(n, **kw):

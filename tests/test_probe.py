@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.config import parse_multipliers
+from landscape.training.config import parse_multipliers
 from landscape.errors import UsageError
-from landscape.probe import ModelProbe, probe_along
-from landscape.loop import LockstepRuns
-from landscape.train import train
+from landscape.engine.probe import ModelProbe, probe_along
+from landscape.training.loop import LockstepRuns
+from landscape.training.runner import train
 
 MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)
 
@@ -181,9 +181,9 @@ def test_batched_multipliers_give_the_same_probe_and_leave_training_alone(dropou
 def test_interrupted_mid_epoch_with_probes_resumes_to_the_identical_file(tmp_path, tiny_config, monkeypatch):
     import signal
 
-    import landscape.train as training
+    import landscape.training.runner as training
     from landscape.errors import RunFailed
-    from landscape.store import read_run
+    from landscape.files.run_file import read_run
 
     config = tiny_config(probe_every=3, probe_multipliers=(0.5, 2.0), epochs=2)
     reference = read_run(train(config, tmp_path / "whole.h5", progress=False))

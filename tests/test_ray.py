@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ablations.runner import cell_status, plan
-from ablations.spec import load_spec
+from landscape.ablations.runner import cell_status, plan
+from landscape.ablations.spec import load_spec
 from tests.test_cli import checksums, landscape
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")

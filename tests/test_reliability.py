@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from cli.main import main
-from landscape.checkpoint import RunLock, checkpoint_path
+from landscape.cli.main import main
+from landscape.training.checkpoint import RunLock, checkpoint_path
 from landscape.errors import RunFailed
-from landscape.store import read_run
+from landscape.files.run_file import read_run
 
 pytestmark = pytest.mark.slow
 RUN = ["--model", "vgg_bn", "--width", "0.0625", "--lrs", "1e-3,3e-4", "--train-subset", "1536",
@@ -131,13 +131,13 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, tiny_c
     assert out.read_bytes() == b"an older run"
     # a lock file whose process is gone holds no flock: the next writer takes it over
     (tmp_path / "run.h5.lock").write_text("process 999999 on elsewhere")
-    from landscape.train import train
+    from landscape.training.runner import train
     train(tiny_config(epochs=1), out, overwrite=True, progress=False)
     assert read_run(out).status == "complete" and not (tmp_path / "run.h5.lock").exists()
 
 
 def test_full_disk_stops_cleanly_and_keeps_the_last_good_state(tmp_path, tiny_config, monkeypatch):
-    import landscape.store as store
+    import landscape.files.run_file as store
 
     real = store.write_atomically
     calls = {"n": 0}
@@ -149,9 +149,9 @@ def test_full_disk_stops_cleanly_and_keeps_the_last_good_state(tmp_path, tiny_co
         return real(path, write, replace=replace)
 
     monkeypatch.setattr(store, "write_atomically", flaky)
-    import landscape.checkpoint as checkpoint
+    import landscape.training.checkpoint as checkpoint
     monkeypatch.setattr(checkpoint, "write_atomically", flaky)
-    from landscape.train import resume, train
+    from landscape.training.runner import resume, train
     out = tmp_path / "run.h5"
     with pytest.raises(RunFailed, match="No space left"):
         train(tiny_config(epochs=3), out, progress=False)

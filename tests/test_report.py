@@ -14,7 +14,7 @@ from tests.test_cli import landscape
 @pytest.fixture(scope="module")
 def report_runs(tmp_path_factory, tiny_config):
     """vgg and vgg_bn, two rates, with probes and sharpness: everything the report draws for run files."""
-    from landscape.train import train
+    from landscape.training.runner import train
 
     folder = tmp_path_factory.mktemp("report")
     common = dict(probe_every=4, sharpness_every=4, sharpness_images=64, sharpness_iters=4, optimizer="sgd",

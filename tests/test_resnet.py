@@ -5,8 +5,8 @@ import torchvision
 from torch import nn
 
 from landscape.errors import UsageError
-from landscape.models import build_model, count_parameters, model_size_mb
-from landscape.resnet import BasicBlock
+from landscape.training.models import build_model, count_parameters, model_size_mb
+from landscape.training.resnet import BasicBlock
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])

@@ -9,17 +9,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.errors import RunFailed, UsageError
-from landscape.evaluation import evaluate_points, expand_points, prepared_module
-from landscape.surface import (Setup, SurfaceOptions, along, compute_surface, evaluate_chunk, normalize_direction,
+from landscape.engine.functional import evaluate_points, expand_points, prepared_module
+from landscape.engine.surface import (Setup, SurfaceOptions, along, compute_surface, evaluate_chunk, normalize_direction,
                                parse_grid, pca_directions)
-from landscape.surface_file import read_surface
+from landscape.files.surface_file import read_surface
 from tests.test_cli import checksums, landscape
 
 
 @pytest.fixture(scope="module")
 def snap_run(tmp_path_factory, tiny_config):
     """A tiny vgg_bn run (2 rates, 3 epochs) with a snapshot after every epoch."""
-    from landscape.train import train
+    from landscape.training.runner import train
 
     return train(tiny_config(epochs=3, snapshot_every=1), tmp_path_factory.mktemp("snap") / "snap.h5",
                  progress=False, keep_checkpoint=True)
@@ -118,7 +118,7 @@ def independent_loss(run_path, lr_index, images, labels, bn):
     """The snapshot's loss computed by hand: build the model, load the HDF5 state with h5py, plain forward."""
     import json
 
-    from landscape.models import build_model
+    from landscape.training.models import build_model
 
     with h5py.File(run_path.with_name(run_path.stem + ".weights.h5"), "r") as f:
         group = f["snapshots"]["epoch_0003"]
@@ -134,7 +134,7 @@ def independent_loss(run_path, lr_index, images, labels, bn):
 
 
 def test_centre_point_equals_an_independent_evaluation_and_bn_modes(snap_run, tmp_path):
-    from landscape.data import Normalizer, load_dataset
+    from landscape.training.data import Normalizer, load_dataset
 
     data = load_dataset("synthetic", "data", device=torch.device("cpu"), train_subset=256)
     images = Normalizer(data.mean, data.std, torch.device("cpu"))(data.train.images[:64])
@@ -171,7 +171,7 @@ def test_snapshots_start_identical_and_end_at_the_trained_weights(snap_run):
 
 
 def test_an_interrupted_surface_resumes_to_the_identical_file(snap_run, tmp_path, monkeypatch):
-    import landscape.surface as surface_module
+    import landscape.engine.surface as surface_module
 
     options = dict(lr=3e-4, grid="-1:1:4", grid_y="-1:1:3", images=64, device="cpu", points_per_pass=2)
     whole = read_surface(compute_surface(snap_run, SurfaceOptions(**options), tmp_path / "whole.h5", progress=False))
@@ -207,7 +207,7 @@ def test_pca_and_between_surfaces(snap_run, tmp_path, capsys):
     between = read_surface(compute_surface(snap_run, SurfaceOptions(
         lr=1e-3, dims=1, directions="between", to="3e-4", grid="0:1:2", images=64, device="cpu"),
         tmp_path / "between.h5", progress=False))
-    from landscape.data import Normalizer, load_dataset
+    from landscape.training.data import Normalizer, load_dataset
 
     data = load_dataset("synthetic", "data", device=torch.device("cpu"), train_subset=256)
     images = Normalizer(data.mean, data.std, torch.device("cpu"))(data.train.images[:64])
@@ -249,7 +249,7 @@ def test_bad_surface_options_exit_2_with_one_line(snap_run, extra, capsys):
 def test_runs_without_snapshots_and_foreign_weights_are_refused(tmp_path, tiny_config, snap_run, capsys):
     import shutil
 
-    from landscape.train import train
+    from landscape.training.runner import train
 
     bare = train(tiny_config(epochs=1, snapshots=False), tmp_path / "bare.h5", progress=False)
     code, _, err = landscape("surface", bare, "--lr", "1e-3", "--device", "cpu", capsys=capsys)

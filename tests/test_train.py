@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landscape.data import Normalizer, eval_batches, load_dataset, train_batches
+from landscape.training.data import Normalizer, eval_batches, load_dataset, train_batches
 from landscape.errors import UsageError
-from landscape.models import build_model
-from landscape.train import train
+from landscape.training.models import build_model
+from landscape.training.runner import train
 
 
 def plain_loop(config):

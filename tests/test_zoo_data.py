@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
-from landscape.config import RunConfig, load_config_file, parse_augment
-from landscape.data import Augmenter, load_dataset
+from landscape.cli.main import main
+from landscape.training.config import RunConfig, load_config_file, parse_augment
+from landscape.training.data import Augmenter, load_dataset
 from landscape.errors import UsageError
-from landscape.train import train
+from landscape.training.runner import train
 
 
 def write_jpeg_tree(root, classes=("cat", "dog", "emu"), per_class=4, seed=0):

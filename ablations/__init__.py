@@ -1,1 +1,0 @@
-"""Ablation study specs (ablations/specs/*.toml) and the regeneration of their tables."""

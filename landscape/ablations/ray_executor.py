@@ -1,0 +1,209 @@
+"""Running ablation cells as Ray tasks: a local Ray started for the command, or a cluster by address.
+
+Each cell is one task that trains with the same code path as `landscape run` (`runner.run_job`). The
+tasks need no shared filesystem: a task trains in a temporary folder of its node and, after every
+epoch's checkpoint and at the end, sends the run file, its checkpoint and its snapshots to a
+`ResultStore` actor pinned to the driver's node, which writes them atomically into `--results`. A task
+that is retried (its worker or node died) first fetches the cell's latest files from the store and
+resumes from the checkpoint. With `shared_results` (storage every node sees) tasks write there directly.
+The driver shows one live line of cells done / running (with their epoch) / waiting / failed; Ctrl-C
+cancels the tasks and leaves every finished cell and every last checkpoint in place.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from landscape.ablations.runner import Job, cell_status, run_job
+from landscape.errors import LandscapeError, UsageError
+
+RESULT_SUFFIXES = ("", ".ckpt")  # the run file and its checkpoint, beside the snapshots
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
+    return ray
+
+
+def check_address(address: str | None) -> None:
+    """A cluster address must be host:port (or `auto`) and answer on that port; refuse quickly, in one line."""
+    if address in (None, "auto") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r} is not host:port (e.g. 127.0.0.1:6379), auto or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+                         f"`ray start --head`, or leave --address out to use a local Ray") from None
+
+
+def start_ray(address: str | None, init_options: dict | None = None):
+    """Connect to the cluster at `address` (`auto`: the running one) or start a local one for this command."""
+    ray = import_ray()
+    check_address(address)
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(**{**options, **(init_options or {})})
+    except ConnectionError as exc:
+        raise UsageError(f"--address {address}: {' '.join(str(exc).split())[:160]}") from None
+    return ray
+
+
+def files_of(run_path: Path) -> dict[str, bytes]:
+    """The run file, its checkpoint and its snapshots, by name, as they are now."""
+    from landscape.files.weights_file import weights_path
+
+    names = [run_path.with_name(run_path.name + suffix) for suffix in RESULT_SUFFIXES] + [weights_path(run_path)]
+    return {p.name: p.read_bytes() for p in names if p.exists()}
+
+
+def make_store(ray):
+    """The ResultStore actor class (defined once Ray is imported)."""
+
+    @ray.remote(num_cpus=0)
+    class ResultStore:
+        """Writes the cells' files into the results folder (the driver's), keeps what each cell is doing."""
+
+        def __init__(self):
+            self.state: dict[str, str] = {}
+
+        def started(self, key: str) -> None:
+            self.state[key] = "running (epoch 0)"
+
+        def epoch(self, key: str, epochs: int, total: int) -> None:
+            self.state[key] = f"running (epoch {epochs}/{total})"
+
+        def save(self, folder: str, files: dict[str, bytes], remove: list[str]) -> None:
+            from landscape.files.run_file import write_atomically
+
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                write_atomically(folder / name, lambda buffer, data=data: buffer.write(data))
+            for name in remove:
+                (folder / name).unlink(missing_ok=True)
+
+        def latest(self, path: str) -> dict[str, bytes]:
+            return files_of(Path(path))
+
+        def status(self) -> dict[str, str]:
+            return dict(self.state)
+
+    return ResultStore
+
+
+def cell_task(job: Job, store, shared: bool, threads: int) -> tuple[str, str | None, dict]:
+    """One cell on a Ray worker: fetch its latest files, train or resume, ship the files after every epoch.
+
+    Returns (outcome, error, the resources the scheduler gave the task)."""
+    import shutil
+
+    import ray
+
+    key = str(job.path)
+    resources = ray.get_runtime_context().get_assigned_resources()
+    ray.get(store.started.remote(key))
+    folder = job.path.parent if shared else Path(tempfile.mkdtemp(prefix="landscape-cell-"))
+    local = replace(job, path=folder / job.path.name)
+    if not shared:
+        for name, data in ray.get(store.latest.remote(key)).items():  # a retry resumes from the last checkpoint
+            (folder / name).write_bytes(data)
+
+    def shipped(run_path: Path, epochs: int) -> None:
+        if not shared:
+            ray.get(store.save.remote(str(job.path.parent), files_of(run_path), []))
+        ray.get(store.epoch.remote(key, epochs, job.config.epochs))
+
+    try:
+        outcome = run_job(local, threads, on_checkpoint=shipped)
+        if not shared:
+            final = files_of(local.path)
+            ray.get(store.save.remote(str(job.path.parent), final,
+                                      [job.path.name + ".ckpt"] if job.path.name + ".ckpt" not in final else []))
+        return outcome, None, resources
+    except LandscapeError as exc:
+        return "failed", str(exc), resources
+    except Exception as exc:  # a bug in one cell must not stop the others
+        return "failed", f"{type(exc).__name__}: {exc}", resources
+    finally:
+        if not shared:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_jobs_on_ray(jobs: list[Job], *, address: str | None = None, cpus_per_cell: float = 1.0,
+                    gpus_per_cell: float = 0.0, max_retries: int = 3, shared_results: bool = False, report=print,
+                    progress: bool = True, init_options: dict | None = None) -> dict[str, int]:
+    """Run the jobs as Ray tasks; report one line per finished cell and a live status line; return counts."""
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    todo = [job for job in jobs if cell_status(job.path) != "complete"]
+    counts["skipped"] = len(jobs) - len(todo)
+    if not todo:
+        return counts
+    ray = start_ray(address, init_options)
+    pending: dict = {}
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        store = make_store(ray).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()
+        threads = max(1, int(cpus_per_cell))
+        task = ray.remote(cell_task).options(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries,
+                                             retry_exceptions=False)
+        pending = {task.remote(job, store, shared_results, threads): job for job in todo}
+        drive_tasks(ray, pending, store, counts, report, progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        for ref in list(pending):
+            ray.cancel(ref, force=True)
+        report(f"interrupted: {len(pending)} cell(s) cancelled; finished cells and the last checkpoints are kept, "
+               f"rerun the same command to go on")
+        raise
+    finally:
+        ray.shutdown()
+    return counts
+
+
+def drive_tasks(ray, pending: dict, store, counts: dict, report, live: bool) -> None:
+    """Wait for the tasks, report each as it ends, keep a live line of what the others do."""
+    total = len(pending)
+    last = ""
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        for ref in done:
+            job = pending.pop(ref)
+            try:
+                outcome, error, resources = ray.get(ref)
+            except Exception as exc:  # retries exhausted: the worker or node kept dying
+                outcome, error, resources = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}", {}
+            counts[outcome] += 1
+            where = f"{job.spec} / {job.cell} / seed {job.seed}"
+            given = ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()))
+            if live:
+                sys.stderr.write("\r\033[K")
+            report(f"{outcome:>8}  {where}" + (f": {error}" if error else f"  -> {job.path}") +
+                   (f"  [{given}]" if given else ""))
+        state = ray.get(store.status.remote())
+        running = [state[str(job.path)] for job in pending.values() if str(job.path) in state]
+        finished = total - len(pending)
+        line = (f"cells: {finished - counts['failed']} done, {len(running)} running"
+                + (f" ({', '.join(s.split('(')[1].rstrip(')') for s in running)})" if running else "")
+                + f", {len(pending) - len(running)} waiting, {counts['failed']} failed")
+        if live and line != last:
+            sys.stderr.write(f"\r{line}\033[K")
+            sys.stderr.flush()
+            last = line
+    if live:
+        sys.stderr.write("\r\033[K")
+    report(f"cells: {total - counts['failed']} done, 0 running, 0 waiting, {counts['failed']} failed")

@@ -1,0 +1,131 @@
+"""Running the cells of ablation specs: only those (and seeds) whose run files are missing or incomplete.
+
+Each cell and seed is one `landscape run` into `<root>/<spec>/<preset>/<cell>_seed<k>.h5`. A
+complete file is left alone; an incomplete one (interrupted, failed, killed) is resumed from its
+checkpoint; a missing one is trained. A failing cell is reported and the others go on. With
+`jobs` > 1 cells run in parallel processes (CPU), each with its share of the cores; on a GPU they
+run one after another.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import h5py
+
+from tqdm import tqdm
+
+from landscape.ablations.spec import Spec
+from landscape.training.config import RunConfig
+from landscape.errors import LandscapeError
+from landscape.progress import bar
+
+DEFAULT_ROOT = Path("artifacts/ablations")
+
+
+@dataclass
+class Job:
+    """One run file to produce."""
+
+    spec: str
+    cell: str
+    seed: int
+    path: Path
+    config: RunConfig
+
+
+def cell_status(path: Path) -> str:
+    """'missing', 'complete', 'incomplete' (resumable) or 'damaged', read with h5py alone."""
+    if not path.exists():
+        return "missing"
+    try:
+        with h5py.File(path, "r") as f:
+            return "complete" if f.attrs.get("status") == "complete" else "incomplete"
+    except Exception:
+        return "damaged"
+
+
+def plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: str | None = None) -> list[Job]:
+    """Every run file the spec needs under `preset` (cells sharing a file, as horizons do, listed once)."""
+    jobs, seen = [], set()
+    for cell in spec.cells:
+        for seed in range(seeds):
+            path = spec.result_path(root, preset, cell, seed)
+            if path in seen:
+                continue
+            seen.add(path)
+            config = spec.config(cell, preset, seed)
+            if data_root is not None:
+                config = replace(config, data_root=str(data_root))
+            jobs.append(Job(spec.name, cell.label, seed, path, config))
+    return jobs
+
+
+def run_job(job: Job, threads: int | None = None, on_checkpoint=None) -> str:
+    """Train or resume one job; returns 'trained', 'resumed' or 'skipped'. Raises on failure.
+
+    `on_checkpoint(path, epochs_done)` is called after every epoch's checkpoint."""
+    status = cell_status(job.path)
+    if status == "complete":
+        return "skipped"
+    if status == "damaged":
+        raise LandscapeError(f"{job.path} is damaged; delete it to train the cell again")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from landscape.training.runner import resume, train
+
+    if status == "incomplete":
+        resume(job.path, progress=False, on_checkpoint=on_checkpoint)
+        return "resumed"
+    train(job.config, job.path, progress=False, on_checkpoint=on_checkpoint)
+    return "trained"
+
+
+def _worker(job: Job, threads: int) -> tuple[str, str | None]:
+    try:
+        return run_job(job, threads), None
+    except LandscapeError as exc:
+        return "failed", str(exc)
+    except Exception as exc:  # a bug in one cell must not stop the others; say what it was
+        return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = True) -> dict[str, int]:
+    """Run the jobs (in `workers` processes if > 1); report one line per job; return counts per outcome."""
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    todo = [job for job in jobs if cell_status(job.path) != "complete"]
+    counts["skipped"] = len(jobs) - len(todo)
+    if any(job.config.device == "cuda" for job in todo):
+        workers = 1  # one GPU: cells one after another
+    workers = max(1, min(workers, len(todo)))
+
+    cells = bar(len(todo), "cells", "cell", progress)
+
+    def record(job: Job, outcome: str, error: str | None) -> None:
+        counts[outcome] += 1
+        where = f"{job.spec} / {job.cell} / seed {job.seed}"
+        cells.update(1)
+        report(f"{outcome:>8}  {where}" + (f": {error}" if error else f"  -> {job.path}"))
+
+    if workers == 1:
+        for job in todo:
+            record(job, *_worker(job, 0))
+        cells.close()
+        return counts
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, job, threads): job for job in todo}
+        for future in as_completed(futures):
+            record(futures[future], *future.result())
+    cells.close()
+    return counts
+
+
+def print_err(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)  # above a live bar, or a plain line

@@ -1,0 +1,499 @@
+"""The `landscape` command: parses arguments and calls the library; nothing else.
+
+Heavy imports (torch, seaborn) happen inside the commands that need them, so `landscape --help`,
+`landscape info` and `landscape plot` never import torch. Every error the user can fix is printed
+as one line (`landscape <command>: error: ...`) with exit status 2; a failure during a run exits 1.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from landscape import __version__
+from landscape.errors import LandscapeError, UsageError
+
+DEFAULT_LRS = "1e-3,2e-3,5e-4,1e-4"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="landscape")
+def cli() -> None:
+    """Loss-landscape and ablation analysis of image classifiers.
+
+    \b
+    landscape run --model vgg_bn --lrs 1e-3,2e-3,5e-4,1e-4   train one model per rate into HDF5
+    landscape plot artifacts/vgg.h5 artifacts/vgg_bn.h5     draw loss envelopes and ranges
+    landscape info artifacts/vgg_bn.h5                      summarise a run file
+    landscape ablate run --all --preset quick               run the reports' ablation tables
+    landscape ablate table --all --preset quick             regenerate their tables and figures
+    landscape surface artifacts/vgg_bn.h5 --lr 1e-3         Li et al. loss surface around a snapshot
+    landscape hessian artifacts/vgg_bn.h5 --lr all          Hessian eigenvalues, trace, density
+    landscape report artifacts/vgg.h5 artifacts/vgg_bn.h5   one interactive HTML page
+    """
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file of run options (keys as the flags); flags given here override it.")
+@click.option("--model", default="vgg_bn", show_default=True,
+              help="vgg, vgg_bn, vgg_bn_fc, resnet18|34|50|101|152, resnet20|32|44|56|110.")
+@click.option("--lrs", default=DEFAULT_LRS, show_default=True, help="Learning rates, comma-separated: one run each.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="Channel and hidden width multiplier.")
+@click.option("--stem", default="auto", show_default=True, help="ResNets: imagenet (7x7/2 + max-pool) or cifar (3x3/1).")
+@click.option("--norm", default="bn", show_default=True, help="ResNets: bn, in (InstanceNorm) or none.")
+@click.option("--residual/--no-residual", default=True, show_default=True, help="ResNets: keep the skip connections.")
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="ResNets: dropout before the classifier.")
+@click.option("--activation", default="relu", show_default=True, help="ResNets: relu, leaky_relu or silu.")
+@click.option("--pretrained", is_flag=True, help="ResNet-18..152: start from torchvision's ImageNet weights.")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="cifar10, cifar100, imagenette, imagefolder (train/ and val/ under --data-root) or synthetic.")
+@click.option("--data-root", default="data", show_default=True, help="Folder holding the dataset.")
+@click.option("--download", is_flag=True, help="Download the dataset with torchvision if it is missing.")
+@click.option("--image-size", type=int, default=0, show_default=True,
+              help="Resize images to this size (0: the dataset's own; 224 Imagenette, 64 image folders).")
+@click.option("--imagenette-size", default="320", show_default=True, help="Imagenette variant: 160, 320 or full.")
+@click.option("--train-subset", type=int, default=0, show_default=True, help="Train on the first N images (0: all).")
+@click.option("--augment", default="none", show_default=True,
+              help="none, crop-flip, rrc-flip, report004, or switches: crop:4,hflip:0.5,vflip:0.1,rrc:0.08,"
+                   "jitter:0.2,autoaugment,erasing:0.5.")
+@click.option("--optimizer", default="adam", show_default=True, help="sgd, adam, adamw, radam or ranger.")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--nesterov", is_flag=True, help="SGD with Nesterov momentum.")
+@click.option("--eps", type=float, default=None, help="Adam-family epsilon [default: the optimizer's].")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Weight decay.")
+@click.option("--schedule", default="constant", show_default=True, help="constant, step, multistep or cosine (per epoch).")
+@click.option("--step-size", type=int, default=10, show_default=True, help="step: epochs between decays.")
+@click.option("--gamma", type=float, default=0.1, show_default=True, help="step, multistep: decay factor.")
+@click.option("--milestones", default="", help="multistep: epochs where the rate decays, e.g. 90,135.")
+@click.option("--cosine-extra", type=int, default=0, show_default=True, help="cosine: T_max = epochs + this.")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warmup over this many epochs.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="Early stopping: stop a run after this many epochs without test-accuracy gain (0: off).")
+@click.option("--min-delta", type=float, default=0.0, show_default=True,
+              help="Early stopping: accuracy gain (fraction, 0.001 = 0.1%) that counts as improvement.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--eval-batch-size", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and data order.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--engine", default="auto", show_default=True,
+              help="loop (one model after another) or fused (all runs as one stacked model; sgd/adam/adamw).")
+@click.option("--precision", default="auto", show_default=True, help="fp32 or bf16 (autocast); auto: bf16 on CUDA.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format (loop engine).")
+@click.option("--compile", is_flag=True, help="torch.compile each model (loop engine).")
+@click.option("--log-every", type=int, default=50, show_default=True,
+              help="Steps between copies of the losses from the device.")
+@click.option("--probe-every", type=int, default=0, show_default=True,
+              help="Probe the loss and gradient along the step every K steps (0: off).")
+@click.option("--probe-multipliers", default="0.5:4:8", show_default=True,
+              help="Step multipliers: start:stop:count or a comma list.")
+@click.option("--probe-direction", default="update", show_default=True,
+              help="update (the optimizer's step) or gradient (-lr * grad, as the paper).")
+@click.option("--probe-batch", is_flag=True,
+              help="Probe all multipliers in one vmapped forward/backward (loop engine; J times the memory).")
+@click.option("--snapshots/--no-snapshots", default=True, show_default=True,
+              help="Save weight snapshots to <run>.weights.h5 (epoch 0, every --snapshot-every epochs, the end).")
+@click.option("--snapshot-every", type=int, default=0, show_default=True,
+              help="Epochs between weight snapshots (0: only the initial and the final weights).")
+@click.option("--sharpness-every", type=int, default=0, show_default=True,
+              help="Track the top Hessian eigenvalue(s) of every run every K steps (0: off).")
+@click.option("--sharpness-images", type=int, default=2048, show_default=True,
+              help="Training images (a fixed seeded subset) the sharpness is measured on.")
+@click.option("--sharpness-top-k", type=int, default=1, show_default=True, help="Eigenvalues tracked per run.")
+@click.option("--sharpness-iters", type=int, default=20, show_default=True,
+              help="Lanczos iterations per measurement (warm-started from the previous top eigenvector).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue this run file from its checkpoint (options, if given, must match the run's).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Save a checkpoint beside the run file every N epochs (0: never; always on SIGINT/SIGTERM).")
+@click.option("--keep-checkpoint", is_flag=True, help="Keep the checkpoint (final weights) when the run completes.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrite: bool, resume: Path | None,
+        checkpoint_every: int, keep_checkpoint: bool, download: bool, quiet: bool, **options) -> None:
+    """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
+    from landscape.training.config import RunConfig, config_values, default_out_path, load_config_file
+
+    from_file = load_config_file(config_file) if config_file else {}
+    on_command_line = {k: v for k, v in options.items()
+                       if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    runtime = dict(download=download, progress=not quiet, checkpoint_every=checkpoint_every,
+                   keep_checkpoint=keep_checkpoint)
+    if resume is not None:
+        if out is not None or overwrite:
+            raise UsageError("--resume continues the given file: drop --out and --overwrite")
+        from landscape.training.runner import resume as resume_run
+
+        path, resumed = resume_run(resume, {**from_file, **config_values(on_command_line, where="command line")},
+                                   **runtime)
+        click.echo(f"wrote {path}" if resumed else f"nothing to resume: {path} is complete")
+        return
+    given = on_command_line if from_file else options
+    config = RunConfig(**{**from_file, **config_values(given, where="command line")}).validate()
+    from landscape.training.runner import train
+
+    path = train(config, out or default_out_path(config.model), overwrite=overwrite, **runtime)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the figures [default: the first file's folder].")
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Moving-average window in steps, applied to each run before the envelope.")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True, help="Plot every k-th step.")
+@click.option("--log-y", is_flag=True, help="Logarithmic loss axis.")
+def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int, log_y: bool) -> None:
+    """Draw per-rate curves, the min-max loss envelope and its range; several files are overlaid.
+
+    Surface files (`landscape surface`) are redrawn: lines overlaid, planes one by one and side by side;
+    Hessian files (`landscape hessian`) give eigenvalues and densities, overlaid across files.
+    """
+    from landscape.files.hessian_file import file_format, read_hessian
+    from landscape.files.run_file import check_writable_folder, read_runs
+    from landscape.files.surface_file import read_surface
+
+    check_writable_folder(out_dir or runs[0].parent, "--out")
+
+    formats = {path: file_format(path) for path in runs}
+    readers = {"landscape-surface": read_surface, "landscape-hessian": read_hessian}
+    loaded, problems = read_runs([p for p in runs if formats[p] not in readers], need_steps=True)
+    others: dict[str, list] = {name: [] for name in readers}
+    for path in runs:
+        if formats[path] in readers:
+            try:
+                others[formats[path]].append(readers[formats[path]](path))
+            except UsageError as exc:
+                problems.append(str(exc))
+    if not loaded and not any(others.values()):
+        raise UsageError(" | ".join(problems))
+    written = []
+    folder = out_dir or runs[0].parent
+    if loaded:
+        from landscape.views.plots import plot_runs
+
+        written += plot_runs(loaded, folder, smooth=smooth, stride=stride, log_y=log_y)
+    if others["landscape-surface"]:
+        from landscape.views.surface_plots import plot_surfaces
+
+        written += plot_surfaces(others["landscape-surface"], folder)
+    if others["landscape-hessian"]:
+        from landscape.views.curvature_plots import plot_hessians
+
+        written += plot_hessians(others["landscape-hessian"], folder)
+    for path in written:
+        click.echo(str(path))
+    report_skipped(problems)
+
+
+@cli.command()
+@click.argument("run_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def info(run_files: tuple[Path, ...]) -> None:
+    """Summarise run files: model, options, progress, status, accuracy per learning rate."""
+    from landscape.views.analysis import describe
+    from landscape.files.run_file import read_runs
+
+    loaded, problems = read_runs(run_files)
+    if not loaded:
+        raise UsageError(" | ".join(problems))
+    click.echo("\n\n".join(describe(run) for run in loaded))
+    report_skipped(problems)
+
+
+def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its learning rate."):
+    """--lr/--run/--epoch, --device, --data-root, --out, --overwrite, --quiet: which snapshot, and where."""
+
+    def decorate(command):
+        for decorator in reversed([
+            click.option("--lr", type=lr_type, default=None, help=lr_help),
+            click.option("--run", "run_index", type=int, default=None, help="The run to look at, by its index."),
+            click.option("--epoch", type=str if lr_type is str else int, default=None,
+                         help="The snapshot's epoch [default: the last saved]" + (" or all." if lr_type is str else ".")),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+            click.option("--data-root", default=None, help="Dataset folder [default: the run's]."),
+            click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file."),
+            click.option("--overwrite", is_flag=True, help="Replace --out if it exists."),
+            click.option("--quiet", is_flag=True, help="No progress output."),
+        ]):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+@cli.command()
+@click.argument("run_file", type=click.Path(path_type=Path))
+@snapshot_options()
+@click.option("--dims", type=int, default=2, show_default=True, help="1: a line; 2: a plane.")
+@click.option("--grid", default=None, help="x coordinates start:stop:count [default: -1:1:51; between "
+                                           "-0.25:1.25:31; pca: around the trajectory].")
+@click.option("--grid-y", default=None, help="y coordinates start:stop:count [default: as --grid].")
+@click.option("--directions", default="random", show_default=True,
+              help="random (Gaussian, normalised), pca (of the trajectory) or between (towards --to).")
+@click.option("--norm", default="filter", show_default=True, help="random: filter, layer or none.")
+@click.option("--ignore", default="biasbn", show_default=True,
+              help="biasbn: zero direction on biases and BatchNorm (1-D tensors); none.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random directions.")
+@click.option("--to", default="", help="between: end points, rates of the same file or init, e.g. 2e-3 or 2e-3,init.")
+@click.option("--data", default="train", show_default=True, help="train or test images.")
+@click.option("--images", type=int, default=None, help="Images per point [default: 10,000 or the whole split].")
+@click.option("--bn", default="eval", show_default=True,
+              help="BatchNorm: eval (snapshot's statistics), train (batch statistics) or recompute.")
+@click.option("--bn-images", type=int, default=2048, show_default=True, help="recompute: training images used.")
+@click.option("--batch-size", type=int, default=0, show_default=True,
+              help="Images per batch (0: 1000 on CUDA, 128 on CPU; with --bn train, the run's batch size).")
+@click.option("--points-per-pass", type=int, default=0, show_default=True,
+              help="Grid points evaluated together (0: 1 on CPU, from free memory on CUDA).")
+@click.option("--precision", default="auto", show_default=True, help="fp32 or bf16; auto: bf16 on CUDA.")
+@click.option("--resume", is_flag=True, help="Finish the surface in --out (or the default path), same options.")
+def surface(run_file: Path, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool, resume: bool,
+            **options) -> None:
+    """Loss and accuracy around a snapshot along filter-normalised random, PCA or interpolation directions."""
+    from landscape.engine.surface import SurfaceOptions, compute_surface
+
+    path = compute_surface(run_file, SurfaceOptions(run=run_index, **options), out, overwrite=overwrite,
+                           resume=resume, progress=not quiet)
+    from landscape.files.surface_file import read_surface
+    from landscape.views.surface_plots import plot_surfaces
+
+    for written in plot_surfaces([read_surface(path)], path.parent):
+        click.echo(str(written))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run_file", type=click.Path(path_type=Path))
+@snapshot_options(str, "The run to measure, by its learning rate, or all.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Largest eigenvalues to find (Lanczos).")
+@click.option("--tol", type=float, default=1e-3, show_default=True,
+              help="Stop when every residual estimate is below tol x |eigenvalue|.")
+@click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
+@click.option("--trace", is_flag=True, help="Also estimate the trace (Hutchinson, with its standard error).")
+@click.option("--trace-samples", type=int, default=100, show_default=True, help="Rademacher vectors for --trace.")
+@click.option("--density", is_flag=True, help="Also the spectral density (stochastic Lanczos quadrature).")
+@click.option("--density-probes", type=int, default=1, show_default=True, help="Probe vectors for --density.")
+@click.option("--density-steps", type=int, default=80, show_default=True, help="Lanczos steps per probe.")
+@click.option("--images", type=int, default=4096, show_default=True,
+              help="Training images (the first N) whose mean loss is differentiated.")
+@click.option("--batch-size", type=int, default=0, show_default=True, help="Images per batch (0: the run's).")
+@click.option("--bn", default="train", show_default=True,
+              help="BatchNorm: train (batch statistics, as the training loss) or eval (running statistics).")
+@click.option("--hvp", default="auto", show_default=True,
+              help="double-backward, forward-over-reverse (torch.func jvp of grad); auto: double-backward.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the Lanczos and Hutchinson vectors.")
+def hessian(run_file: Path, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
+            **options) -> None:
+    """Top Hessian eigenvalues, trace and spectral density of snapshots of a run file."""
+    from landscape.engine.curvature import HessianOptions, compute_hessian
+
+    path = compute_hessian(run_file, HessianOptions(run=run_index, **options), out, overwrite=overwrite,
+                           progress=not quiet)
+    from landscape.views.curvature_plots import plot_hessians
+    from landscape.files.hessian_file import read_hessian
+
+    for written in plot_hessians([read_hessian(path)], path.parent):
+        click.echo(str(written))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--ablations", type=click.Path(path_type=Path), default=None,
+              help="Folder of ablation results (as `ablate run --results`) to include.")
+@click.option("--preset", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="Which preset's ablation results to include.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The page [default: report.html beside the first file, or in --ablations].")
+@click.option("--markdown", is_flag=True, help="Write a GitHub-renderable report.md with static PNGs instead.")
+def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Path | None, markdown: bool) -> None:
+    """One self-contained interactive HTML page of runs, probes, curvature, surfaces and ablation tables."""
+    from landscape.views.report import write_markdown, write_report
+    from landscape.files.run_file import check_writable_folder
+
+    if not files and ablations is None:
+        raise UsageError("give run, surface or Hessian files, or --ablations FOLDER, to report on")
+    if ablations is not None and not ablations.is_dir():
+        raise UsageError(f"--ablations {ablations} is not a folder; give the --results folder of `ablate run`")
+    default = (files[0].parent if files else ablations) / ("report.md" if markdown else "report.html")
+    out = out or default
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file such as {out / 'report.html'}")
+    check_writable_folder(out.parent, "--out")
+    path = write_markdown(list(files), out) if markdown else \
+        write_report(list(files), out, ablations=ablations, preset=preset)
+    click.echo(f"wrote {path}")
+
+
+@cli.group()
+def ablate() -> None:
+    """Ablation studies: every table of the reference reports as a spec (landscape/ablations/specs/*.toml).
+
+    \b
+    landscape ablate list
+    landscape ablate run cifar10_resnet18_label_smoothing --preset quick --data-root data
+    landscape ablate table --all --preset quick
+    """
+
+
+def spec_arguments(command):
+    """SPEC... or --all, --preset and --results, shared by the ablate commands."""
+    command = click.argument("specs", nargs=-1)(command)
+    command = click.option("--all", "all_specs", is_flag=True, help="Every spec in ablations/specs.")(command)
+    command = click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+                           help="full: the report's configuration; quick: the same cells, CPU-sized.")(command)
+    return click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"),
+                        show_default=True, help="Folder of the cells' run files and the tables.")(command)
+
+
+def load_specs(specs: tuple[str, ...], all_specs: bool):
+    from landscape.ablations.spec import load_spec, spec_paths
+
+    if bool(specs) == all_specs:
+        raise UsageError("name one or more specs (see `landscape ablate list`), or pass --all")
+    return [load_spec(path) for path in spec_paths(list(specs) if specs else None)]
+
+
+@ablate.command(name="list")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"), show_default=True)
+def ablate_list(results: Path) -> None:
+    """Each spec, its cells, and how many are done per preset."""
+    from landscape.ablations.runner import cell_status
+    from landscape.ablations.spec import PRESETS, load_spec, spec_paths
+
+    for path in spec_paths():
+        spec = load_spec(path)
+        done = []
+        for preset in PRESETS:
+            files = {spec.result_path(results, preset, cell, 0) for cell in spec.cells}
+            done.append(f"{preset} {sum(cell_status(f) == 'complete' for f in files)}/{len(files)}")
+        shared = any(cell.horizons for cell in spec.cells)
+        click.echo(f"{spec.name:<44} {len(spec.cells):>3} cells  done: {', '.join(done):<22} {spec.title}"
+                   + (f" [{len(spec.cells)} cells read {len(files)} run file(s): the horizon cells are epochs of one "
+                      f"long run]" if shared else ""))
+
+
+@ablate.command(name="run")
+@spec_arguments
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds per cell.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells in parallel processes (CPU); on a GPU cells run one after another.")
+@click.option("--data-root", default=None, help="Dataset folder for every cell (default: each spec's own).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto, cpu or cuda for every cell (default: each spec's own).")
+@click.option("--quiet", is_flag=True, help="No progress bar (the line per cell stays).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (--jobs processes on CPU); ray: Ray tasks on a local Ray or a cluster.")
+@click.option("--address", default=None,
+              help="ray: the cluster (host:port, or auto for the running one) [default: a local Ray for this command].")
+@click.option("--cpus-per-cell", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="ray: CPUs each cell asks the scheduler for (and torch threads it uses).")
+@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="ray: GPUs per cell; fractions pack small cells onto one GPU (0.25: four at a time).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="ray: retries of a cell whose worker or node died (it resumes from its last checkpoint).")
+@click.option("--shared-results", is_flag=True,
+              help="ray: --results is on storage every node sees; tasks write there directly.")
+def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
+               data_root: str | None, device: str | None, quiet: bool, executor: str, address: str | None,
+               cpus_per_cell: float, gpus_per_cell: float, max_retries: int, shared_results: bool) -> None:
+    """Run the cells (and seeds) whose results are missing or incomplete; safe to interrupt and rerun."""
+    from dataclasses import replace
+
+    from landscape.ablations.runner import plan, print_err, run_jobs
+
+    todo = []
+    for spec in load_specs(specs, all_specs):
+        for job in plan(spec, preset, seeds, results, data_root):
+            todo.append(replace(job, config=replace(job.config, device=device)) if device else job)
+    if device == "cuda":
+        from landscape.training.runner import resolve_device
+
+        resolve_device(device)  # no GPU: one line now, not one failure per cell
+    for job in todo:
+        job.config.validate()
+    if executor == "ray":
+        from landscape.ablations.ray_executor import import_ray, run_jobs_on_ray
+
+        import_ray()
+        counts = run_jobs_on_ray(todo, address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
+                                 max_retries=max_retries, shared_results=shared_results, report=print_err,
+                                 progress=not quiet, init_options=ray_test_options())
+    else:
+        if address or shared_results:
+            raise UsageError("--address and --shared-results apply to --executor ray")
+        counts = run_jobs(todo, jobs, report=print_err, progress=not quiet)
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+    if counts["failed"]:
+        sys.exit(1)
+
+
+@ablate.command(name="table")
+@spec_arguments
+def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path) -> None:
+    """Write each spec's tables (Markdown, CSV, LaTeX) and figures from the stored runs; never trains."""
+    from landscape.ablations.tables import regenerate
+    from landscape.files.run_file import check_writable_folder
+
+    check_writable_folder(results, "--results")
+    written, done, missing = regenerate(load_specs(specs, all_specs), preset, results)
+    for path in written:
+        click.echo(str(path))
+    if missing:
+        click.echo(f"{missing} of {done + missing} cells have no results yet under {results} (preset {preset}): "
+                   f"run `landscape ablate run ... --preset {preset}` to fill them", err=True)
+
+
+def ray_test_options() -> dict:
+    """Resources declared to the local Ray a command starts: LANDSCAPE_RAY_NUM_GPUS lets the tests give a
+    GPU-less machine a GPU resource, to check that fractional requests reach the scheduler."""
+    import os
+
+    gpus = os.environ.get("LANDSCAPE_RAY_NUM_GPUS")
+    return {"num_gpus": float(gpus)} if gpus else {}
+
+
+def report_skipped(problems: list[str]) -> None:
+    """One line per file that could not be used; exit 1 when some were skipped."""
+    for problem in problems:
+        click.echo(f"landscape: skipped {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def fail(message: str, code: int) -> None:
+    """Print one line to stderr and exit with `code`."""
+    click.echo(" ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: one-line errors, exit 2 for usage errors, 1 for run failures."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = cli.main(args=args, prog_name="landscape", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        code = 0
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "landscape"
+        fail(f"{where}: error: {exc.format_message()} (see '{where} --help')", 2)
+    except click.ClickException as exc:
+        fail(f"landscape: error: {exc.format_message()}", exc.exit_code)
+    except click.exceptions.Abort:
+        fail("landscape: aborted", 130)
+    except LandscapeError as exc:
+        command = args[0] if args and not args[0].startswith("-") else ""
+        fail(f"landscape {command}: error: {exc}".replace("  ", " "), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("landscape: interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The files: run, weights, surface and Hessian schemas, the atomic writer and the writer's lock (no torch)."""

@@ -1,0 +1,623 @@
+"""Training R runs (one per learning rate) in lockstep and recording them into one HDF5 file.
+
+All runs start from the same initial weights and see the same batch at every step, so they
+differ only by learning rate. An engine (`loop.LockstepRuns`, or `fused.FusedRuns`) advances
+every run by one step and returns the step's losses as a device tensor [R]; `record_epochs`
+drives it over epochs, copies losses to the host in blocks of `log_every` steps (never per step),
+checks for divergence there, evaluates after each epoch, appends to the run file and checkpoints.
+`train` starts a run, `resume` continues one from its checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.training.checkpoint import (RunLock, checkpoint_path, load_checkpoint, random_state, restore_random_state,
+                                  save_checkpoint)
+from landscape.training.config import RunConfig, format_lrs
+from landscape.training.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
+from landscape.errors import RunFailed, UsageError
+from landscape.training.fused import FusedRuns
+from landscape.engine.curvature import SharpnessTracker
+from landscape.training.models import build_model, check_model_options, count_parameters, model_size_mb
+from landscape.training.optim import lr_at_epoch, make_optimizer
+from landscape.training.loop import LockstepRuns
+from landscape.engine.memory import check_model_fits
+from landscape.engine.probe import ModelProbe
+from landscape.progress import bar, duration, live
+from landscape.files.weights_file import SnapshotWriter, weights_path
+from landscape.files.run_file import (PROBE_FIELDS, RunWriter, check_writable_folder, never_completed, read_run,
+                             remove_stale_temporaries)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cuda' without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU: use --device cpu or auto")
+    return torch.device(name)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Raise UsageError if `out` cannot be written, without touching the disk."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file path such as {out / 'run.h5'}")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    check_writable_folder(out.parent, "--out")
+
+
+Engine = LockstepRuns | FusedRuns
+
+
+def build_runs(config: RunConfig, dataset: Dataset, device: torch.device) -> tuple[Engine, nn.Module]:
+    """The engine holding R identical copies of the model (initialised from `config.seed`), and that model."""
+    torch.manual_seed(config.seed)
+    base = build_model(config.model, width=config.width, num_classes=dataset.num_classes,
+                       image_size=dataset.image_size, **config.model_options()).to(device)
+    probe = ModelProbe(config.probe_multipliers, config.probe_direction, config.probe_batch) \
+        if config.probe_every else None
+    precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    if choose_engine(config) == "fused":
+        return FusedRuns(base, list(config.lrs), config.optimizer, momentum=config.momentum,
+                         weight_decay=config.weight_decay, nesterov=config.nesterov, eps=config.eps,
+                         label_smoothing=config.label_smoothing, probe=probe, autocast_dtype=autocast_dtype), base
+    models = [copy.deepcopy(base) for _ in config.lrs]
+    optimizers = [make_optimizer(config.optimizer, m.parameters(), lr=lr, momentum=config.momentum,
+                                 weight_decay=config.weight_decay, nesterov=config.nesterov, eps=config.eps)
+                  for m, lr in zip(models, config.lrs)]
+    return LockstepRuns(models, optimizers, probe, config.label_smoothing, autocast_dtype=autocast_dtype,
+                        channels_last=config.channels_last, compile=config.compile), base
+
+
+def choose_engine(config: RunConfig) -> str:
+    """`--engine auto` is the loop: on CPU it measured faster than fused (benchmarks/bench_speed.py)."""
+    return "loop" if config.engine == "auto" else config.engine
+
+
+class Progress:
+    """On a terminal, a bar per epoch (steps, losses, images per second, the epoch's and the run's time left);
+    otherwise one line per epoch; nothing with --quiet."""
+
+    def __init__(self, config: RunConfig, steps: int, enabled: bool = True, epochs_done: int = 0):
+        self.config, self.steps, self.enabled = config, steps, enabled
+        self.live = live(enabled)
+        self.bar = None
+        self.epochs_done = epochs_done
+        self.started = time.perf_counter()
+
+    def step(self, epoch: int, step: int, last_losses: np.ndarray) -> None:
+        if not self.live:
+            return
+        if self.bar is None:
+            self.bar = bar(self.steps, f"epoch {epoch + 1}/{self.config.epochs}", "step")
+        self.bar.update(step - self.bar.n)
+        rate = self.bar.format_dict.get("rate") or 0.0  # steps per second
+        left = ((self.config.epochs - epoch) * self.steps - step) / rate if rate else float("nan")
+        images = rate * self.config.batch_size * int(np.isfinite(last_losses).sum())
+        losses = " ".join(f"{v:.3f}" for v in last_losses)
+        self.bar.set_postfix_str(f"loss[{format_lrs(self.config.lrs)}] {losses} | {images:,.0f} img/s | run "
+                                 f"{duration(left) if np.isfinite(left) else '?'} left", refresh=True)
+
+    def epoch(self, epoch: int, test_acc: np.ndarray, seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.enabled:
+            accs = " ".join(f"{a:.3f}" for a in test_acc)
+            sys.stderr.write(f"epoch {epoch + 1}/{self.config.epochs} done in {seconds:.1f}s, "
+                             f"test acc[{format_lrs(self.config.lrs)}] {accs}\n")
+            sys.stderr.flush()
+
+
+class StepLosses:
+    """Step losses on their way to the host: stacked in blocks, copied without waiting, read when landed.
+
+    On CUDA each block is copied into pinned memory with `non_blocking=True` and an event marks its
+    arrival, so the training loop never waits for the GPU inside an epoch; `landed()` hands over the
+    blocks whose copy has finished, `drain()` waits for the rest (at the epoch's end). On CPU the
+    copies are immediate.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[torch.Tensor] = []
+        self.in_flight: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.pending.append(losses)
+
+    def send(self) -> None:
+        """Start copying the pending steps to the host as one [R, k] block."""
+        if not self.pending:
+            return
+        block = torch.stack(self.pending, dim=1)
+        self.pending.clear()
+        host = torch.empty(block.shape, dtype=block.dtype, pin_memory=self.cuda)
+        host.copy_(block, non_blocking=self.cuda)
+        event = torch.cuda.Event() if self.cuda else None
+        if event is not None:
+            event.record()
+        self.in_flight.append((host, event))
+
+    def landed(self) -> list[np.ndarray]:
+        """Blocks whose copy has finished, oldest first, as numpy [R, k]."""
+        done = []
+        while self.in_flight and (self.in_flight[0][1] is None or self.in_flight[0][1].query()):
+            done.append(self.in_flight.pop(0)[0].numpy())
+        return done
+
+    def drain(self) -> list[np.ndarray]:
+        """Send what is pending and wait for every block."""
+        self.send()
+        for _, event in self.in_flight:
+            if event is not None:
+                event.synchronize()
+        return self.landed()
+
+
+class EarlyStopping:
+    """Per-run early stopping on test accuracy: stop after `patience` epochs without a gain above `min_delta`.
+
+    Report 004: patience 5, min_delta 0.1% (0.001). patience 0 never stops.
+    """
+
+    def __init__(self, runs: int, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best = np.full(runs, -np.inf)
+        self.waited = np.zeros(runs, dtype=np.int64)
+
+    def update(self, test_acc: np.ndarray) -> np.ndarray:
+        """Take one epoch's accuracies; return a bool mask of runs to stop now (NaN never improves)."""
+        improved = np.nan_to_num(test_acc, nan=-np.inf) > self.best + self.min_delta
+        self.best = np.where(improved, test_acc, self.best)
+        self.waited = np.where(improved, 0, self.waited + 1)
+        return (self.waited >= self.patience) if self.patience else np.zeros_like(improved)
+
+
+@dataclass
+class TrainingState:
+    """The loop's counters: what a checkpoint stores besides the engine and the random state.
+
+    `epoch` epochs are complete ("global_step" steps). After an interruption, `partial` holds the
+    part of epoch `epoch` already done: its step count, step losses, correct counts and probes.
+    """
+
+    epoch: int
+    global_step: int
+    diverged_step: np.ndarray
+    stopped_epoch: np.ndarray
+    best_acc: np.ndarray
+    best_epoch: np.ndarray
+    early_best: np.ndarray
+    early_waited: np.ndarray
+    elapsed: float = 0.0
+    partial: dict | None = None
+
+    @classmethod
+    def fresh(cls, runs: int) -> "TrainingState":
+        return cls(epoch=0, global_step=0, diverged_step=np.full(runs, -1, dtype=np.int64),
+                   stopped_epoch=np.full(runs, -1, dtype=np.int64), best_acc=np.full(runs, np.nan),
+                   best_epoch=np.zeros(runs, dtype=np.int32), early_best=np.full(runs, -np.inf),
+                   early_waited=np.zeros(runs, dtype=np.int64))
+
+    def to_checkpoint(self) -> dict:
+        """Tensors and plain values only (checkpoints load with weights_only=True)."""
+        return as_tensors(dict(self.__dict__))
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> "TrainingState":
+        return cls(**as_arrays(saved))
+
+
+def as_tensors(value):
+    """numpy arrays, at any depth of dicts and lists, as torch tensors."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        return {k: as_tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_tensors(v) for v in value]
+    return value
+
+
+def as_arrays(value):
+    """The inverse of `as_tensors`."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: as_arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_arrays(v) for v in value]
+    return value
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (context manager; main thread only)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, Engine, nn.Module]:
+    """Check the options, load the data and build the engine; touches nothing on disk."""
+    config.validate()
+    check_model_options(config.model, config.model_options())
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
+                           download=download, seed=config.seed, image_size=config.image_size,
+                           imagenette_size=config.imagenette_size)
+    check_runs_fit(config, dataset, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    runs, base = build_runs(config, dataset, device)
+    return device, dataset, runs, base
+
+
+def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) -> None:
+    """Refuse, before building anything, runs that cannot train: BatchNorm on batches of one image, or
+    weights, optimizer state and activations larger than the device's memory."""
+    batch = min(config.batch_size, len(dataset.train))
+    uses_batchnorm = config.model.startswith("vgg_bn") or (config.model.startswith("resnet") and config.norm == "bn")
+    if uses_batchnorm and batch < 2:
+        raise UsageError(f"{config.model} normalises with BatchNorm, which needs at least 2 images per batch "
+                         f"(got {batch}): raise --batch-size or --train-subset, or use a model without BatchNorm")
+
+    def build() -> nn.Module:
+        return build_model(config.model, width=config.width, num_classes=dataset.num_classes,
+                           image_size=dataset.image_size, **{**config.model_options(), "pretrained": False})
+
+    check_model_fits(build, name=f"{config.model} at --width {config.width:g}", runs=len(config.lrs),
+                     batch_size=config.batch_size, image_size=dataset.image_size, device=device,
+                     stacked=choose_engine(config) == "fused")
+
+
+def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
+          progress: bool = True, checkpoint_every: int = 1, keep_checkpoint: bool = False,
+          on_checkpoint=None) -> Path:
+    """Train one run per learning rate in lockstep and record them in the HDF5 file `out`.
+
+    Bad options, data or output paths raise UsageError before anything is written. A checkpoint
+    is saved beside `out` every `checkpoint_every` epochs (0: never) and on SIGINT/SIGTERM, and
+    removed when the run completes unless `keep_checkpoint`. `on_checkpoint(out, epochs_done)` is called after
+    every checkpoint (the ablation executors ship the files to where the results live).
+    """
+    out = Path(out)
+    config.validate()
+    ignore_file_size_signal()
+    overwrite = overwrite or (out.is_file() and never_completed(out))  # a failed start blocks no retry
+    check_output(out, overwrite)
+    device, dataset, runs, base = prepare(config, download)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        check_output(out, overwrite)  # again, now that no other writer can slip in
+        for leftover in (out, checkpoint_path(out), weights_path(out)):
+            remove_stale_temporaries(leftover)
+        writer = RunWriter(out, config_json=config.to_json(), lrs=list(config.lrs), attrs={
+            "model": config.model, "dataset": config.dataset, "device": str(device),
+            "torch_version": torch.__version__, "parameters": count_parameters(base),
+            "model_size_mb": model_size_mb(base), "engine": type(runs).__name__, "image_size": dataset.image_size,
+            "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
+            "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
+            **({"weights_file": weights_path(out).name} if config.snapshots else {}),
+        }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
+            probe_direction=config.probe_direction, sharpness=sharpness_tracker(config, dataset).attrs
+            if config.sharpness_every else None)
+        writer.create(overwrite)
+        checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
+        weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
+        snapshots = snapshot_writer(config, out)
+        return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots,
+                     progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
+                     on_checkpoint=on_checkpoint)
+
+
+def ignore_file_size_signal() -> None:
+    """Over a file-size limit (RLIMIT_FSIZE), let writes fail with EFBIG, which we report, instead of SIGXFSZ
+    killing the process (main thread only; elsewhere the signal keeps its action)."""
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def snapshot_writer(config: RunConfig, out: Path) -> SnapshotWriter | None:
+    """The writer of `out`'s weight snapshots, or None with --no-snapshots."""
+    if not config.snapshots:
+        return None
+    return SnapshotWriter(weights_path(out), run_file=out.name, lrs=list(config.lrs), config_json=config.to_json(),
+                          model=config.model)
+
+
+def save_snapshot(snapshots: SnapshotWriter, runs: "Engine", *, epoch: int, step: int) -> None:
+    """Copy every run's parameters and buffers to the host and add them to the weights file."""
+    tensors = {name: value.detach().cpu().numpy() for name, value in runs.snapshot().items()}
+    snapshots.add(epoch, step, tensors, runs.parameter_names())
+
+
+def snapshot_due(config: RunConfig, epochs_done: int, runs: "Engine") -> bool:
+    """After this epoch: every --snapshot-every epochs, and at the end (last epoch, or every run stopped)."""
+    every = config.snapshot_every
+    return epochs_done == config.epochs or not any(runs.active) or bool(every and epochs_done % every == 0)
+
+
+def resume(path: str | Path, overrides: dict | None = None, *, download: bool = False, progress: bool = True,
+           checkpoint_every: int = 1, keep_checkpoint: bool = False, on_checkpoint=None) -> tuple[Path, bool]:
+    """Continue the run in `path` from its checkpoint; return (path, False) if it was already complete.
+
+    `overrides` are options the user gave again: any that differs from the run's is refused.
+    """
+    path = Path(path)
+    ignore_file_size_signal()
+    run = read_run(path)
+    config = RunConfig.from_json(run.attrs["config"])
+    differing = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})"
+                 for k, v in (overrides or {}).items() if getattr(config, k) != v]
+    if differing:
+        raise UsageError(f"cannot resume {path} with changed options: {'; '.join(differing)}; "
+                         f"drop them, or start a new run with another --out")
+    if run.status == "complete":
+        return path, False
+    device, dataset, runs, _ = prepare(config, download)
+    with RunLock(path):
+        run = read_run(path)  # as it is now that we hold the lock
+        for leftover in (path, checkpoint_path(path)):
+            remove_stale_temporaries(leftover)
+        saved = load_checkpoint(path)
+        if saved is None and run.epochs_done:
+            raise UsageError(f"{checkpoint_path(path)} is missing: resuming would restart from epoch 0 and drop the "
+                             f"{run.epochs_done} epoch(s) recorded; to start over, rerun the same options with "
+                             f"--out {path} --overwrite")
+        state = TrainingState.fresh(len(config.lrs))
+        if saved is not None:
+            if saved.get("config") != run.attrs["config"]:
+                raise UsageError(f"{checkpoint_path(path)} belongs to another run; delete it to restart {path}")
+            state = TrainingState.from_checkpoint(saved["state"])
+            runs.load_state_dict(saved["engine"])
+            restore_random_state(saved["random"], device)
+        writer = RunWriter.continuing(run, epochs=state.epoch)
+        writer.set_status("running")
+        remove_stale_temporaries(weights_path(path))
+        snapshots = snapshot_writer(config, path)
+        return drive(config, dataset, runs, writer, state, device, snapshots, progress=progress,
+                     checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
+                     on_checkpoint=on_checkpoint), True
+
+
+def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
+          device: torch.device, snapshots: SnapshotWriter | None, *, progress: bool, checkpoint_every: int,
+          keep_checkpoint: bool, on_checkpoint=None) -> Path:
+    """Run the remaining epochs under signal handling; set the final status; translate failures."""
+    out = writer.path
+
+    def save(state: TrainingState) -> None:
+        save_checkpoint(out, {"config": writer.attrs["config"], "state": state.to_checkpoint(),
+                              "engine": runs.state_dict(), "random": random_state(device)})
+        if on_checkpoint is not None:
+            on_checkpoint(out, state.epoch)
+
+    resume_line = f"resume with: landscape run --resume {out}"
+    try:
+        if state.epoch == 0 and state.partial is None:
+            if snapshots is not None:
+                save_snapshot(snapshots, runs, epoch=0, step=0)  # the shared initialisation
+            if checkpoint_every:
+                save(state)  # a run killed before its first epoch's checkpoint resumes from the start
+        with StopSignals() as signals:
+            outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
+                                    save if checkpoint_every else None, checkpoint_every, snapshots)
+        writer.set_status("complete", outcome)
+    except Interrupted as stop:
+        try:
+            save(stop.state)
+            writer.set_status("interrupted", str(stop))
+        except OSError as exc:
+            mark_failed(writer, f"{stop}, then {exc}")
+            raise RunFailed(f"{stop}, but could not save: {exc}; the last good files are kept, free space and "
+                            f"{resume_line}") from None
+        raise RunFailed(f"{stop}; {resume_line}") from None
+    except OSError as exc:
+        mark_failed(writer, str(exc))
+        raise RunFailed(f"could not go on: {exc}; the epochs saved before are intact, free space and "
+                        f"{resume_line}") from None
+    except BaseException as exc:
+        mark_failed(writer, f"{type(exc).__name__}: {exc}")
+        raise
+    if not keep_checkpoint:
+        checkpoint_path(out).unlink(missing_ok=True)
+    return out
+
+
+def mark_failed(writer: RunWriter, message: str) -> None:
+    """Best effort: record status failed and why (the disk may be the problem; then the file keeps its last state)."""
+    try:
+        writer.set_status("failed", message)
+    except OSError:
+        pass
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; `state` is where the loop stopped (mid-epoch)."""
+
+    def __init__(self, message: str, state: TrainingState):
+        super().__init__(message)
+        self.state = state
+
+
+def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
+                  progress_on: bool, signals: StopSignals, save, checkpoint_every: int,
+                  snapshots: SnapshotWriter | None = None) -> str:
+    """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
+
+    Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
+    """
+    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
+    tracker = sharpness_tracker(config, dataset) if config.sharpness_every else None
+    steps = steps_per_epoch(len(dataset.train), config.batch_size)
+    early = EarlyStopping(len(runs), config.patience, config.min_delta)
+    early.best, early.waited = state.early_best, state.early_waited
+    progress = Progress(config, steps, progress_on, state.epoch)
+    start = time.perf_counter() - state.elapsed
+    for epoch in range(state.epoch, config.epochs):
+        if not any(runs.active):
+            break
+        epoch_start = time.perf_counter()
+        lrs = runs.set_learning_rates([lr_at_epoch(lr, epoch, schedule=config.schedule, epochs=config.epochs,
+                                                   step_size=config.step_size, gamma=config.gamma,
+                                                   milestones=config.milestones, cosine_extra=config.cosine_extra,
+                                                   warmup_epochs=config.warmup_epochs) for lr in config.lrs])
+        partial, state.partial = state.partial or {}, None
+        step_losses = StepLosses(dataset.train.device)
+        blocks: list[np.ndarray] = [partial["losses"]] if "losses" in partial else []
+        correct = torch.as_tensor(partial.get("correct", np.zeros(len(runs))), dtype=torch.float32,
+                                  device=dataset.train.device)
+        probe_steps: list[int] = list(partial.get("probe_steps", []))
+        probe_values: list[dict[str, torch.Tensor]] = [
+            {k: torch.from_numpy(v[:, i]).to(dataset.train.device) for k, v in partial["probes"].items()}
+            for i in range(len(probe_steps))
+        ] if probe_steps else []
+        done = int(partial.get("step", 0))
+        sharp_steps: list[int] = list(partial.get("sharpness_steps", []))
+        sharp_values: list[torch.Tensor] = [torch.from_numpy(v).to(dataset.train.device)
+                                            for v in partial.get("sharpness", [])]
+
+        def take(landed: list[np.ndarray], blocks: list[np.ndarray] = blocks, epoch: int = epoch) -> None:
+            for block in landed:  # the only host copies of step losses
+                mark_divergence(block, state.global_step + sum(b.shape[1] for b in blocks), runs, state.diverged_step)
+                blocks.append(block)
+                progress.step(epoch, sum(b.shape[1] for b in blocks), block[:, -1])
+
+        batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.seed,
+                                epoch=epoch, augment=config.augment)
+        for step, (images, labels) in enumerate(batches):
+            if step < done:
+                continue  # already trained before an interruption; the batch stream stays in step
+            if tracker is not None and (state.global_step + step) % config.sharpness_every == 0:
+                sharp_steps.append(state.global_step + step)
+                sharp_values.append(tracker.measure(runs, state.global_step + step))
+            probing = bool(config.probe_every) and (state.global_step + step) % config.probe_every == 0
+            losses, hits, probes = runs.train_step(images, labels, probe=probing)
+            if probes is not None:
+                probe_steps.append(state.global_step + step)
+                probe_values.append(probes)
+            step_losses.add(losses)
+            correct += hits
+            if (step + 1) % config.log_every == 0:
+                step_losses.send()
+                take(step_losses.landed())
+            if signals.received is not None and step + 1 < steps:
+                take(step_losses.drain())
+                state.elapsed = time.perf_counter() - start
+                state.partial = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
+                                 "correct": correct.cpu().numpy(), "probe_steps": probe_steps,
+                                 "probes": {k: v for k, v in probes_to_host(probe_steps, probe_values).items()
+                                            if k != "step" and v is not None},
+                                 "sharpness_steps": sharp_steps,
+                                 "sharpness": [v.cpu().numpy() for v in sharp_values]}
+                name = signal.Signals(signals.received).name
+                raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)
+        take(step_losses.drain())
+        epoch_losses = np.concatenate(blocks, axis=1)
+        trained = np.array(runs.active)  # runs that trained through this epoch
+        test_loss, test_correct = runs.evaluate(eval_batches(dataset.test, normalize, config.eval_batch_size))
+        test_acc = test_correct.cpu().numpy() / len(dataset.test)
+        stop_now = early.update(test_acc) & trained
+        for run in np.flatnonzero(stop_now):
+            runs.stop(run)
+            state.stopped_epoch[run] = epoch + 1
+        better = np.nan_to_num(test_acc, nan=-np.inf) > np.nan_to_num(state.best_acc, nan=-np.inf)
+        state.best_acc = np.where(better, test_acc, state.best_acc)
+        state.best_epoch = np.where(better, epoch + 1, state.best_epoch)
+        metrics = {
+            "lr": np.where(trained, lrs, np.nan),
+            "train_loss": epoch_losses.mean(axis=1),
+            "train_acc": np.where(trained, correct.cpu().numpy() / trained_images(len(dataset.train), config.batch_size),
+                                  np.nan),
+            "test_loss": test_loss.cpu().numpy() / len(dataset.test),
+            "test_acc": test_acc,
+            "best_test_acc": state.best_acc,
+            "best_epoch": state.best_epoch,
+        }
+        state.global_step += epoch_losses.shape[1]
+        state.epoch = epoch + 1
+        state.elapsed = time.perf_counter() - start
+        state.early_best, state.early_waited = early.best, early.waited
+        writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics, wall_time=state.elapsed,
+                            diverged_step=state.diverged_step, stopped_epoch=state.stopped_epoch,
+                            probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None,
+                            sharpness=sharpness_to_host(sharp_steps, sharp_values) if tracker is not None else None)
+        if snapshots is not None and snapshot_due(config, state.epoch, runs):
+            save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
+        if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
+            save(state)
+        progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)
+        if signals.received is not None and state.epoch < config.epochs:
+            name = signal.Signals(signals.received).name
+            raise Interrupted(f"stopped by {name} after epoch {epoch + 1}", state)
+    notes = [f"diverged: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.diverged_step >= 0))}"
+             if (state.diverged_step >= 0).any() else "",
+             f"stopped early: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.stopped_epoch >= 0))}"
+             if (state.stopped_epoch >= 0).any() else ""]
+    return "; ".join(n for n in notes if n)
+
+
+def probes_to_host(steps: list[int], values: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """An epoch's probes, one device-to-host copy per measure: step [P] and name -> [R, P(, J)]."""
+    host = {"step": np.asarray(steps, dtype=np.int64)}
+    for name in PROBE_FIELDS:
+        host[name] = torch.stack([v[name] for v in values], dim=1).cpu().numpy() if values else None
+    return host
+
+
+def sharpness_tracker(config: RunConfig, dataset: Dataset) -> SharpnessTracker:
+    """The sharpness measurement of `--sharpness-every`, on its fixed subset of training images."""
+    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
+    return SharpnessTracker(dataset.train, normalize, images=config.sharpness_images, batch_size=config.batch_size,
+                            top_k=config.sharpness_top_k, iterations=config.sharpness_iters, seed=config.seed)
+
+
+def sharpness_to_host(steps: list[int], values: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """An epoch's sharpness measurements: step [M] and top [R, M, k], one device-to-host copy."""
+    top = torch.stack(values, dim=1).cpu().numpy() if values else None
+    return {"step": np.asarray(steps, dtype=np.int64), "top": top}
+
+
+def trained_images(n: int, batch_size: int) -> int:
+    """Images seen per epoch (all of them, less a dropped trailing batch of one)."""
+    return min(n, steps_per_epoch(n, batch_size) * batch_size)
+
+
+def mark_divergence(block: np.ndarray, first_step: int, runs: Engine, diverged_step: np.ndarray) -> None:
+    """Find runs whose loss turned non-finite in `block`, stop them, and NaN their later losses (in place)."""
+    for run in range(block.shape[0]):
+        bad = np.flatnonzero(~np.isfinite(block[run]))
+        if runs.active[run] and bad.size:
+            diverged_step[run] = first_step + bad[0]
+            runs.stop(run)
+        if diverged_step[run] >= 0:
+            block[run, max(0, diverged_step[run] - first_step):] = np.nan
+

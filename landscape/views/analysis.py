@@ -1,0 +1,267 @@
+"""Numbers derived from stored runs: loss envelopes, smoothing, summaries (numpy only, no torch).
+
+The envelope of a run file is, at every step, the minimum and maximum loss over its learning-rate
+runs and their difference (report 004's band and Figure 13's range). Every function ignores NaN
+(diverged runs, steps not reached yet) without warnings: a step where all runs are NaN gives NaN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from landscape.files.run_file import Run, shown_status
+
+
+@dataclass
+class Envelope:
+    """Per-step band over runs: `steps` [S'], and `low`, `high`, `range` [S'] (NaN where no run has a value)."""
+
+    steps: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def range(self) -> np.ndarray:
+        return self.high - self.low
+
+
+def envelope(losses: np.ndarray, *, smooth: int = 1, stride: int = 1) -> Envelope:
+    """Min and max over axis 0 of `losses` [R, S], after optional per-run smoothing, every `stride` steps."""
+    losses = np.atleast_2d(np.asarray(losses, dtype=np.float64))
+    if smooth > 1:
+        losses = moving_average(losses, smooth)
+    steps = np.arange(losses.shape[1])[::stride]
+    losses = losses[:, ::stride]
+    return Envelope(steps=steps, low=np.fmin.reduce(losses, axis=0), high=np.fmax.reduce(losses, axis=0))
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over the last axis, NaN-aware (mean of the finite values in each window).
+
+    The first `window - 1` steps average what is there so far, so the curve starts at step 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    sums = np.cumsum(np.where(finite, values, 0.0), axis=-1)
+    counts = np.cumsum(finite, axis=-1)
+    sums[..., window:] = sums[..., window:] - sums[..., :-window]
+    counts[..., window:] = counts[..., window:] - counts[..., :-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+@dataclass
+class ProbeBands:
+    """One run's probes as bands over the multipliers: per probed step, min and max of each measure."""
+
+    steps: np.ndarray
+    loss_low: np.ndarray
+    loss_high: np.ndarray
+    grad_low: np.ndarray
+    grad_high: np.ndarray
+    beta: np.ndarray
+
+
+def probe_bands(run: Run, index: int) -> ProbeBands:
+    """Bands over the multipliers of run `index` of a file with probes (Santurkar et al., Fig. 4)."""
+    probe = run.probe
+    loss, grad = probe["loss"][index], probe["grad_dist"][index]  # [P, J]
+    return ProbeBands(steps=probe["step"], loss_low=np.fmin.reduce(loss, axis=1), loss_high=np.fmax.reduce(loss, axis=1),
+                      grad_low=np.fmin.reduce(grad, axis=1), grad_high=np.fmax.reduce(grad, axis=1),
+                      beta=probe["beta"][index])
+
+
+def probe_medians(run: Run) -> list[tuple[float, float, float]]:
+    """Per run: medians over probes of the loss variation (max - min), the largest gradient distance, beta."""
+    out = []
+    for r in range(len(run.lrs)):
+        b = probe_bands(run, r)
+        out.append((finite_median(b.loss_high - b.loss_low), finite_median(b.grad_high), finite_median(b.beta)))
+    return out
+
+
+def finite_median(values: np.ndarray) -> float:
+    """Median of the finite values; NaN if there are none."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
+
+
+def run_label(run: Run, others: list[Run] | None = None) -> str:
+    """A short label for plots: the model name, plus the file stem where model names collide."""
+    label = run.model
+    if others and sum(o.model == run.model for o in others) > 1:
+        label = f"{label} ({run.path.stem})"
+    return label
+
+
+def best_accuracy(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Best test accuracy per run and the epoch (from 1) it was reached; NaN / 0 for runs without a value."""
+    acc = run.epoch["test_acc"]
+    if acc.shape[1] == 0:
+        return np.full(acc.shape[0], np.nan), np.zeros(acc.shape[0], dtype=int)
+    filled = np.where(np.isfinite(acc), acc, -np.inf)
+    best_epoch = np.argmax(filled, axis=1)  # the first epoch reaching the best
+    best = filled[np.arange(acc.shape[0]), best_epoch]
+    return np.where(np.isfinite(best), best, np.nan), np.where(np.isfinite(best), best_epoch + 1, 0)
+
+
+def final_accuracy(run: Run) -> np.ndarray:
+    """Test accuracy after the last completed epoch, per run (NaN before the first epoch ends)."""
+    acc = run.epoch["test_acc"]
+    return acc[:, -1] if acc.shape[1] else np.full(acc.shape[0], np.nan)
+
+
+def describe(run: Run) -> str:
+    """`landscape info`: model, options, progress, status and per-rate accuracies as plain text."""
+    config = run.config
+    best, best_epoch = best_accuracy(run)
+    final = final_accuracy(run)
+    epochs_planned = config.get("epochs", "?")
+    lines = [
+        f"file        {run.path}",
+        f"model       {run.model}  (width {config.get('width', 1)}, {run.attrs.get('parameters', '?')} parameters, "
+        f"{float(run.attrs.get('model_size_mb', float('nan'))):.1f} MB per run)",
+        f"data        {config.get('dataset')}  ({run.attrs.get('train_images', '?')} train / "
+        f"{run.attrs.get('test_images', '?')} test images, augment {config.get('augment')})",
+        f"training    {config.get('optimizer')}, schedule {config.get('schedule', 'constant')}, batch "
+        f"{config.get('batch_size')}, weight decay {config.get('weight_decay')}, seed {config.get('seed')}, "
+        f"device {run.attrs.get('device')}",
+        f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
+        f"status      {shown_status(run)}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
+        f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "
+        f"torch {run.attrs.get('torch_version')}, schema {run.attrs.get('schema_version')})",
+        "",
+        f"{'lr':>10}  {'final test acc':>14}  {'best test acc':>13}  {'best epoch':>10}  {'diverged at step':>16}"
+        f"  {'stopped early':>13}",
+    ]
+    for r, lr in enumerate(run.lrs):
+        div = str(int(run.diverged_step[r])) if run.diverged_step[r] >= 0 else "-"
+        stop = f"epoch {int(run.stopped_epoch[r])}" if run.stopped_epoch[r] >= 0 else "-"
+        epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
+        lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}  {stop:>13}")
+    if run.probe is not None:
+        probe = run.probe
+        lines += ["", f"probes      {len(probe['step'])} probed steps, multipliers "
+                      f"{','.join(f'{m:g}' for m in probe['multipliers'])}, direction "
+                      f"{run.config.get('probe_direction', 'update')}; medians over probes:",
+                  f"{'lr':>10}  {'loss variation':>14}  {'max grad dist':>13}  {'beta':>10}"]
+        for lr, (variation, grad, beta) in zip(run.lrs, probe_medians(run)):
+            lines.append(f"{lr:>10g}  {variation:>14.4g}  {grad:>13.4g}  {beta:>10.4g}")
+    if run.sharpness is not None and len(run.sharpness["step"]):
+        lines += ["", f"sharpness   {len(run.sharpness['step'])} measurements on {run.sharpness['images']} images "
+                      f"(top Hessian eigenvalue); threshold: {threshold_formula(config)}",
+                  f"{'lr':>10}  {'last':>10}  {'max':>10}  {'threshold':>10}  {'last/thr':>8}  {'max/thr':>8}"]
+        for r, lr in enumerate(run.lrs):
+            top = run.sharpness["top"][r, :, 0]
+            last = top[np.isfinite(top)][-1] if np.isfinite(top).any() else np.nan
+            peak = np.nanmax(top) if np.isfinite(top).any() else np.nan
+            threshold = stability_threshold(config, float(lr))
+            ratio = (lambda v: f"{v / threshold:.2f}") if threshold else (lambda v: "-")
+            lines.append(f"{lr:>10g}  {last:>10.4g}  {peak:>10.4g}  {threshold or float('nan'):>10.4g}  "
+                         f"{ratio(last):>8}  {ratio(peak):>8}")
+    return "\n".join(lines)
+
+
+def stability_threshold(config: dict, lr: float) -> float | None:
+    """The edge of stability at rate `lr` (Cohen et al. 2021): 2/lr for SGD, (2 + 2b)/lr with heavy-ball momentum
+    b, (2 + 2b)/(lr (1 + 2b)) with Nesterov; None for Adam-family optimizers, where it does not apply."""
+    if config.get("optimizer") != "sgd":
+        return None
+    b = float(config.get("momentum", 0.0))
+    if config.get("nesterov") and b:
+        return (2 + 2 * b) / (lr * (1 + 2 * b))
+    return (2 + 2 * b) / lr
+
+
+def threshold_formula(config: dict) -> str:
+    """The threshold's formula in words, as `stability_threshold` computes it."""
+    if config.get("optimizer") != "sgd":
+        return f"none for {config.get('optimizer')} (adaptive steps: 2/lr does not apply)"
+    b = float(config.get("momentum", 0.0))
+    if not b:
+        return "2/lr"
+    return f"(2 + 2b)/(lr (1 + 2b)), Nesterov b={b:g}" if config.get("nesterov") else f"(2 + 2b)/lr, b={b:g}"
+
+
+def fmt_pct(value: float) -> str:
+    """A fraction as a percentage with two decimals, '-' for NaN."""
+    return "-" if not np.isfinite(value) else f"{100 * value:.2f}%"
+
+
+# measure -> how it is read from a run file; each gives one value per (run, step) or per (run, probe)
+SMOOTHNESS_MEASURES = {
+    "across-rate loss range": "max - min training loss over the learning rates at each step (report 004, Fig. 13)",
+    "gradient predictiveness": "largest ||grad(p_j) - grad(w)|| along the step, per probe (Santurkar et al.)",
+    "relative gradient predictiveness": "the same divided by ||grad(w)||",
+    "beta-smoothness": "max_j ||grad(p_j) - grad(w)|| / ||p_j - w||, per probe",
+    "sharpness": "top Hessian eigenvalue, per measurement (Cohen et al.)",
+}
+
+
+def smoothness_values(run: Run) -> dict[str, np.ndarray]:
+    """Every smoothness measure the file holds, as a flat array of values (all rates, all steps or probes)."""
+    out = {"across-rate loss range": envelope(run.train_loss).range} if len(run.lrs) > 1 else {}
+    if run.probe is not None and len(run.probe["step"]):
+        largest = np.fmax.reduce(run.probe["grad_dist"], axis=2)  # [R, P]
+        out["gradient predictiveness"] = largest.ravel()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["relative gradient predictiveness"] = (largest / run.probe["grad_norm"]).ravel()
+        out["beta-smoothness"] = run.probe["beta"].ravel()
+    if run.sharpness is not None and len(run.sharpness["step"]):
+        out["sharpness"] = run.sharpness["top"][:, :, 0].ravel()
+    return {k: v[np.isfinite(v)] for k, v in out.items()}
+
+
+@dataclass
+class Comparison:
+    """One measure of a plain model against its BatchNorm variant, by the median and by the maximum."""
+
+    measure: str
+    plain: tuple[float, float]  # (median, max)
+    batchnorm: tuple[float, float]
+
+    def smoother(self, which: int) -> str:
+        """'BatchNorm', 'plain' or 'tie' by the median (0) or the maximum (1); smaller is smoother."""
+        a, b = self.plain[which], self.batchnorm[which]
+        if not (np.isfinite(a) and np.isfinite(b)) or np.isclose(a, b, rtol=1e-9, atol=0):
+            return "tie"
+        return "BatchNorm" if b < a else "plain"
+
+
+def compare_smoothness(plain: Run, batchnorm: Run) -> list[Comparison]:
+    """Every measure both files hold, plain against BatchNorm, by median and maximum over steps, probes and rates."""
+    a, b = smoothness_values(plain), smoothness_values(batchnorm)
+    out = []
+    for measure in SMOOTHNESS_MEASURES:
+        if measure in a and measure in b and a[measure].size and b[measure].size:
+            out.append(Comparison(measure, (float(np.median(a[measure])), float(a[measure].max())),
+                                  (float(np.median(b[measure])), float(b[measure].max()))))
+    return out
+
+
+def batchnorm_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """(plain, BatchNorm) pairs among `runs`: vgg with vgg_bn or vgg_bn_fc, a ResNet with --norm none against bn,
+    the other options equal where both give them."""
+    def key(run: Run) -> tuple:
+        config = dict(run.config)
+        model = str(config.get("model", ""))
+        config["model"] = model.replace("_bn_fc", "").replace("_bn", "")
+        config.pop("norm", None)
+        return tuple(sorted((k, json_key(v)) for k, v in config.items()
+                            if k not in ("data_root", "device", "engine", "precision", "compile", "channels_last")))
+
+    def has_batchnorm(run: Run) -> bool:
+        model = str(run.config.get("model", ""))
+        return "_bn" in model or (model.startswith("resnet") and run.config.get("norm", "bn") == "bn")
+
+    pairs = []
+    for plain in (r for r in runs if not has_batchnorm(r)):
+        for normed in (r for r in runs if has_batchnorm(r)):
+            if key(plain) == key(normed):
+                pairs.append((plain, normed))
+    return pairs
+
+
+def json_key(value):
+    return tuple(value) if isinstance(value, list) else value
