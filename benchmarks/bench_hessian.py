@@ -21,12 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from landscape.training.config import RunConfig
-from landscape.engine.functional import ImageSet, module_buffers, prepared_module, snapshot_model
-from landscape.engine.curvature import HVP_METHODS, HessianOperator, HessianOptions, compute_hessian
+from landscape.commands.hessian import HessianOptions, compute_hessian
+from landscape.commands.sources import ImageSet, snapshot_model
+from landscape.engine.batches import BatchSet
+from landscape.engine.curvature import HVP_METHODS, HessianOperator
+from landscape.engine.devices import resolve_device
+from landscape.engine.functional import module_buffers, prepared_module, state_of
 from landscape.files.hessian_file import read_hessian
 from landscape.files.weights_file import weights_of_run
 from landscape.files.run_file import read_run
-from landscape.training.runner import resolve_device, train
+from landscape.training.runner import train
 
 
 def pyhessian_top(run_path: Path, batches, device: torch.device, tol: float) -> tuple[float, int, float]:
@@ -35,8 +39,7 @@ def pyhessian_top(run_path: Path, batches, device: torch.device, tol: float) -> 
 
     run = read_run(run_path)
     weights = weights_of_run(run)
-    model, params, buffers = snapshot_model(run, weights, 0, weights.epochs[-1], device)
-    model.load_state_dict({**params, **buffers})
+    model = snapshot_model(run, weights, 0, weights.epochs[-1], device)
     start = time.perf_counter()
     computer = PyHessian(model, F.cross_entropy, dataloader=batches, cuda=device.type == "cuda")
     counted = {"hvps": 0}
@@ -54,11 +57,12 @@ def pyhessian_top(run_path: Path, batches, device: torch.device, tol: float) -> 
 def seconds_per_hvp(run_path: Path, batches, device: torch.device, repeats: int = 3) -> dict[str, float]:
     run = read_run(run_path)
     weights = weights_of_run(run)
-    model, params, buffers = snapshot_model(run, weights, 0, weights.epochs[-1], device)
+    model = snapshot_model(run, weights, 0, weights.epochs[-1], device)
+    params, buffers = state_of(model)
     module = prepared_module(model, "train")
     out = {}
     for method in HVP_METHODS:
-        operator = HessianOperator(module, params, module_buffers(module, buffers), batches, method)
+        operator = HessianOperator(module, params, module_buffers(module, buffers), BatchSet(batches), method=method)
         v = torch.randn(operator.size, dtype=torch.float64, device=device)
         operator(v)
         start = time.perf_counter()
@@ -92,7 +96,7 @@ def main() -> None:
         config = RunConfig(model=args.model, lrs=(1e-3,), width=args.width, data_root=args.data_root, epochs=1,
                            train_subset=max(args.images, 1024), device=str(device))
         run_path = train(config, Path(folder) / "bench.h5", progress=False)
-        images = ImageSet(read_run(run_path), device)
+        images = ImageSet.of_run(read_run(run_path), device)
         batches = list(images.batches(images.split("train", args.images), 128))
         print(f"{args.model} width {args.width}, {args.images} images in batches of 128, {where}")
         if "pyhessian" not in skip:
@@ -100,7 +104,7 @@ def main() -> None:
             start = time.perf_counter()
             result = read_hessian(compute_hessian(run_path, options, Path(folder) / "h.h5", progress=False))
             ours_s = time.perf_counter() - start
-            ours, ours_hvps = float(result.arrays["eigenvalues"][0, 0, 0]), int(result.arrays["hvps"][0, 0])
+            ours, ours_hvps = float(result.arrays["eigenvalues"][0, 0, 0]), int(result.arrays["eigen_hvps"][0, 0])
             try:
                 theirs, their_hvps, their_s = pyhessian_top(run_path, batches, device, args.tol)
             except ImportError:

@@ -28,9 +28,13 @@ from landscape.training.config import RunConfig
 from landscape.training.data import CIFAR10_MEAN, CIFAR10_STD, cifar_folder, read_cifar10
 from landscape.files.weights_file import read_weights, weights_path
 from landscape.files.run_file import read_run
-from landscape.engine.surface import SurfaceOptions, compute_surface, normalize_direction, parse_grid, random_direction
+from landscape.commands.surface import SurfaceOptions, compute_surface
+from landscape.engine.devices import resolve_device
+from landscape.engine.directions import normalize_direction, random_direction
+from landscape.engine.functional import state_of
+from landscape.engine.surface import parse_grid
 from landscape.files.surface_file import read_surface
-from landscape.training.runner import resolve_device, train
+from landscape.training.runner import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_speed import CourseCIFAR  # noqa: E402
@@ -40,13 +44,13 @@ from common import repeated_cifar  # noqa: E402
 def reference_surface(run_path: Path, options: SurfaceOptions, data_root: str, device: torch.device,
                       workers: int) -> tuple[np.ndarray, float]:
     """The reference implementation's loop; returns the loss grid [ny, nx] and the seconds it took."""
-    from landscape.engine.functional import snapshot_model
+    from landscape.commands.sources import snapshot_model
 
     start = time.perf_counter()
     run = read_run(run_path)
     weights = read_weights(weights_path(run_path))
-    model, origin, buffers = snapshot_model(run, weights, 0, weights.epochs[-1], device)
-    model.load_state_dict({**origin, **buffers})
+    model = snapshot_model(run, weights, 0, weights.epochs[-1], device)
+    origin = {n: p.clone() for n, p in state_of(model)[0].items()}
     generator = torch.Generator().manual_seed(options.seed)
     dx, dy = (normalize_direction(random_direction(origin, generator), origin, "filter", "biasbn") for _ in range(2))
     train_x, train_y, _, _ = read_cifar10(cifar_folder(data_root, False))

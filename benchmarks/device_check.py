@@ -152,7 +152,7 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
     checks.run("sharpness tracking", sharpness)
 
     def surface(precision: str, tolerance: float) -> str:
-        from landscape.engine.surface import SurfaceOptions, compute_surface
+        from landscape.commands.surface import SurfaceOptions, compute_surface
         from landscape.files.surface_file import read_surface
 
         options = dict(lr=base.lrs[0], grid="-1:1:3", images=min(512, base.train_subset))
@@ -171,7 +171,7 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
     checks.run("surface bf16 vs CPU", lambda: surface("bf16", BF16["first"]))
 
     def hessian() -> str:
-        from landscape.engine.curvature import HessianOptions, compute_hessian
+        from landscape.commands.hessian import HessianOptions, compute_hessian
         from landscape.files.hessian_file import read_hessian
 
         values = {}

@@ -1,8 +1,9 @@
-"""Progress with the time left for every long command: a tqdm bar on a terminal, nothing (or the caller's
-one line per epoch) otherwise, and nothing at all with --quiet."""
+"""Progress with the time left for every long command: a tqdm bar on a terminal; off a terminal (a log, a
+batch job) a line every few percent; nothing at all with --quiet."""
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -19,10 +20,47 @@ def bar(total: int, description: str, unit: str, enabled: bool = True, **options
 
 
 def duration(seconds: float) -> str:
-    """12s, 3m05s, 2h07m."""
+    """12s, 3m05s, 2h07m, 3d04h."""
     seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+class Progress:
+    """What a long command shows: a bar on a terminal, else one line per `every` share of the work done
+    (with the time taken and left); nothing when not `enabled`."""
+
+    def __init__(self, total: int, description: str, unit: str, enabled: bool = True, every: float = 0.05):
+        self.total, self.description, self.unit, self.enabled = max(total, 1), description, unit, enabled
+        self.bar = bar(total, description, unit, enabled)
+        self.started = time.perf_counter()
+        self.every, self.next_line, self.done = every, every, 0
+
+    def update(self, done: int) -> None:
+        """`done` units of the total are finished."""
+        self.bar.update(done - self.bar.n)
+        self.done = done
+        if not self.enabled or self.bar.disable is False:
+            return
+        share = done / self.total
+        if share >= self.next_line or done == self.total:
+            spent = time.perf_counter() - self.started
+            left = spent * (self.total - done) / done if done else float("nan")
+            sys.stderr.write(f"{self.description}: {done:,}/{self.total:,} {self.unit}s ({100 * share:.0f}%), "
+                             f"{duration(spent)} so far, {duration(left) if done else '?'} left\n")
+            sys.stderr.flush()
+            while self.next_line <= share:
+                self.next_line += self.every
+
+    def write(self, line: str) -> None:
+        """A line of its own, above the bar on a terminal."""
+        if self.enabled:
+            self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -10,7 +10,7 @@ from torch.func import functional_call
 from landscape.views.analysis import stability_threshold
 from landscape.engine.functional import flatten, module_buffers, prepared_module
 from landscape.engine.curvature import (HessianOperator, hutchinson_trace, lanczos, smoothed_density, spectral_density,
-                               top_eigenvalues)
+                                        top_eigenvalues)
 from tests.test_cli import checksums, landscape
 
 
@@ -33,7 +33,8 @@ def explicit_hessian(net: nn.Module, bn: str, batches) -> np.ndarray:
     """torch.autograd.functional.hessian of the batch-size-weighted mean of the batch losses."""
     module = prepared_module(net, bn)
     params = {n: p.detach().double() for n, p in net.named_parameters()}
-    buffers = {n: b.double() if b.is_floating_point() else b for n, b in module.named_buffers()}
+    buffers = {n: b.double() if b.is_floating_point() else b
+               for n, b in module_buffers(module, dict(net.named_buffers())).items()}
     module = module.double()
     total = sum(len(y) for _, y in batches)
 
@@ -51,7 +52,7 @@ def explicit_hessian(net: nn.Module, bn: str, batches) -> np.ndarray:
 def operator_for(net, bn, batches, method="auto"):
     module = prepared_module(net, bn)
     params = {n: p.detach() for n, p in net.named_parameters()}
-    return HessianOperator(module, params, module_buffers(module, dict(net.named_buffers())), batches, method)
+    return HessianOperator(module, params, module_buffers(module, dict(net.named_buffers())), batches, method=method)
 
 
 @pytest.mark.parametrize("batch_norm,bn", [(False, "eval"), (True, "eval"), (True, "train")])
@@ -149,11 +150,11 @@ def test_sharpness_survives_an_interruption_and_resume(tmp_path, tiny_config, mo
     original = training.SharpnessTracker.measure
     calls = []
 
-    def interrupting(self, runs, step):
+    def interrupting(self, runs, step, batch=None):
         calls.append(step)
         if len(calls) == 4:
             signal.raise_signal(signal.SIGTERM)
-        return original(self, runs, step)
+        return original(self, runs, step, batch)
 
     monkeypatch.setattr(training.SharpnessTracker, "measure", interrupting)
     with pytest.raises(RunFailed):
@@ -184,7 +185,7 @@ def test_hessian_command_plot_and_info(tmp_path, tiny_config, capsys):
                             sharpness_images=64, sharpness_iters=5), tmp_path / "sgd.h5", progress=False)
     code, out, _ = landscape("hessian", run, "--lr", "all", "--epoch", "all", "--top-k", "2", "--images", "64",
                              "--trace", "--trace-samples", "5", "--density", "--density-steps", "10", "--tol", "1e-2", "--device",
-                             "cpu", "--quiet", capsys=capsys)
+                             "cpu", capsys=capsys)
     assert code in (0, None) and "sgd_hessian_eigenvalues.png" in out and "sgd_hessian_density.png" in out
     result = read_hessian(tmp_path / "sgd_hessian.h5")
     assert result.arrays["eigenvalues"].shape == (2, 2, 2) and np.isfinite(result.arrays["eigenvalues"]).all()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from landscape.cli.main import main
-from landscape.training.checkpoint import RunLock, checkpoint_path
+from landscape.files.lock import WriterLock
+from landscape.training.checkpoint import checkpoint_path
 from landscape.errors import RunFailed
 from landscape.files.run_file import read_run
 
@@ -123,7 +124,7 @@ def test_resume_refuses_changed_options_and_says_when_complete(tmp_path, cifar_r
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, tiny_config, capsys):
     out = tmp_path / "run.h5"
     out.write_bytes(b"an older run")
-    with RunLock(out):
+    with WriterLock(out):
         with pytest.raises(SystemExit) as exit_info:
             main(["run", "--dataset", "synthetic", "--out", str(out), "--overwrite"])
         err = capsys.readouterr().err

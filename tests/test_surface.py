@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.errors import RunFailed, UsageError
+from landscape.commands.surface import SurfaceOptions, compute_surface
+from landscape.engine.batches import BatchSet, Objective
+from landscape.engine.directions import normalize_direction, pca_directions
 from landscape.engine.functional import evaluate_points, expand_points, prepared_module
-from landscape.engine.surface import (Setup, SurfaceOptions, along, compute_surface, evaluate_chunk, normalize_direction,
-                               parse_grid, pca_directions)
+from landscape.engine.surface import PointEvaluator, SurfacePlan, along, parse_grid
 from landscape.files.surface_file import read_surface
 from tests.test_cli import checksums, landscape
 
@@ -66,12 +68,11 @@ def linear_setup(xs, ys):
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     origin = {n: p.detach().clone() for n, p in model.named_parameters()}
     directions = [{n: torch.randn(p.shape, generator=g) for n, p in origin.items()} for _ in range(2)]
-    setup = Setup(run=None, weights=None, index=0, epoch=0, module=prepared_module(model, "eval"), origin=origin,
-                  buffers={}, directions=directions, buffer_directions=None, xs=xs, ys=ys, trajectory=None,
-                  explained=None)
+    setup = SurfacePlan(module=prepared_module(model, "eval"), origin=origin, buffers={}, directions=directions,
+                        buffer_directions=None, xs=xs, ys=ys, kind="given")
     images = torch.randn(40, 3, 2, 2, generator=g)
     labels = torch.randint(0, 3, (40,), generator=g)
-    return setup, [(images[:25], labels[:25]), (images[25:], labels[25:])], images, labels
+    return setup, BatchSet([(images[:25], labels[:25]), (images[25:], labels[25:])]), images, labels
 
 
 def test_a_softmax_regression_surface_equals_numpy_on_a_non_square_grid():
@@ -80,8 +81,10 @@ def test_a_softmax_regression_surface_equals_numpy_on_a_non_square_grid():
     loss = np.full((3, 5), np.nan)
     acc = np.full((3, 5), np.nan)
     index = np.arange(15)
+    evaluator = PointEvaluator(setup, batches, Objective())
     for chunk in (index[:4], index[4:11], index[11:]):  # uneven chunks, several points per pass
-        loss.reshape(-1)[chunk], acc.reshape(-1)[chunk] = evaluate_chunk(setup, chunk, "eval", batches, None, None)
+        values = evaluator.evaluate(chunk)
+        loss.reshape(-1)[chunk], acc.reshape(-1)[chunk] = values["loss"], values["acc"]
     X = images.reshape(40, -1).double().numpy()
     W, b = (setup.origin[n].double().numpy() for n in ("1.weight", "1.bias"))
     (DW, Db), (EW, Eb) = [(d["1.weight"].double().numpy(), d["1.bias"].double().numpy()) for d in setup.directions]
@@ -102,14 +105,15 @@ def test_batched_points_equal_one_point_at_a_time_with_batchnorm():
     origin = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     direction = {n: torch.randn(p.shape) for n, p in origin.items()}
-    batches = [(torch.randn(10, 3, 4, 4), torch.randint(0, 3, (10,))) for _ in range(2)]
+    batches = BatchSet([(torch.randn(10, 3, 4, 4), torch.randint(0, 3, (10,))) for _ in range(2)])
     coords = torch.linspace(-1, 1, 6)
     for bn in ("eval", "train"):
         module = prepared_module(model, bn)
         kept = {n: b for n, b in buffers.items() if n in dict(module.named_buffers())}
-        together, _ = evaluate_points(module, along(origin, [direction], [coords]), expand_points(kept, 6), batches)
+        together = evaluate_points(module, along(origin, [direction], [coords]), expand_points(kept, 6), batches,
+                                   Objective())["loss"]
         alone = [evaluate_points(module, along(origin, [direction], [c.view(1)]), expand_points(kept, 1),
-                                 batches)[0] for c in coords]
+                                 batches, Objective())["loss"] for c in coords]
         assert torch.allclose(together, torch.cat(alone), rtol=1e-5)
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
 
@@ -171,18 +175,18 @@ def test_snapshots_start_identical_and_end_at_the_trained_weights(snap_run):
 
 
 def test_an_interrupted_surface_resumes_to_the_identical_file(snap_run, tmp_path, monkeypatch):
-    import landscape.engine.surface as surface_module
+    import landscape.commands.surface as surface_command
 
     options = dict(lr=3e-4, grid="-1:1:4", grid_y="-1:1:3", images=64, device="cpu", points_per_pass=2)
     whole = read_surface(compute_surface(snap_run, SurfaceOptions(**options), tmp_path / "whole.h5", progress=False))
-    calls = []
 
-    def interrupt_after_two(done, total, seconds):
-        calls.append(done)
-        if len(calls) == 2:
-            signal.raise_signal(signal.SIGINT)
+    class InterruptAfterTwo(surface_command.Progress):
+        def update(self, done: int) -> None:
+            super().update(done)
+            if done == 4:
+                signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(surface_module, "report_progress", interrupt_after_two)
+    monkeypatch.setattr(surface_command, "Progress", InterruptAfterTwo)
     with pytest.raises(RunFailed, match="resume with"):
         compute_surface(snap_run, SurfaceOptions(**options), tmp_path / "part.h5", progress=True)
     part = read_surface(tmp_path / "part.h5")
@@ -200,7 +204,8 @@ def test_pca_and_between_surfaces(snap_run, tmp_path, capsys):
     code, out, _ = landscape("surface", snap_run, "--lr", "1e-3", "--directions", "pca", "--grid", "-1:1:3",
                              "--images", "32", "--device", "cpu", "--quiet", "--out", tmp_path / "pca.h5",
                              capsys=capsys)
-    assert code in (0, None) and "pca_contour.png" in out
+    assert code in (0, None) and out == ""  # --quiet: no progress, no list of files
+    assert (tmp_path / "pca_contour.png").is_file()
     pca = read_surface(tmp_path / "pca.h5")
     assert list(pca.trajectory["epoch"]) == [0, 1, 2, 3] and pca.trajectory["x"][-1] == 0
     assert 0 < pca.explained_variance.sum() <= 1 + 1e-9
@@ -257,4 +262,4 @@ def test_runs_without_snapshots_and_foreign_weights_are_refused(tmp_path, tiny_c
     other = train(tiny_config(epochs=1, width=1 / 8), tmp_path / "other.h5", progress=False)
     shutil.copy(snap_run.with_name("snap.weights.h5"), other.with_name("other.weights.h5"))
     code, _, err = landscape("surface", other, "--lr", "1e-3", "--device", "cpu", capsys=capsys)
-    assert code == 2 and "incompatible architectures" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "does not fit the model" in err and len(err.strip().splitlines()) == 1

@@ -11,54 +11,16 @@ cancels the tasks and leaves every finished cell and every last checkpoint in pl
 """
 from __future__ import annotations
 
-import socket
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from landscape.ablations.runner import Job, cell_status, run_job
-from landscape.errors import LandscapeError, UsageError
+from landscape.engine.executors import start_ray
+from landscape.errors import LandscapeError
 
 RESULT_SUFFIXES = ("", ".ckpt")  # the run file and its checkpoint, beside the snapshots
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
-    return ray
-
-
-def check_address(address: str | None) -> None:
-    """A cluster address must be host:port (or `auto`) and answer on that port; refuse quickly, in one line."""
-    if address in (None, "auto") or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--address {address!r} is not host:port (e.g. 127.0.0.1:6379), auto or ray://host:port")
-    try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
-                         f"`ray start --head`, or leave --address out to use a local Ray") from None
-
-
-def start_ray(address: str | None, init_options: dict | None = None):
-    """Connect to the cluster at `address` (`auto`: the running one) or start a local one for this command."""
-    ray = import_ray()
-    check_address(address)
-    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        if address:
-            ray.init(address=address, **options)
-        else:
-            ray.init(**{**options, **(init_options or {})})
-    except ConnectionError as exc:
-        raise UsageError(f"--address {address}: {' '.join(str(exc).split())[:160]}") from None
-    return ray
 
 
 def files_of(run_path: Path) -> dict[str, bytes]:
@@ -86,7 +48,7 @@ def make_store(ray):
             self.state[key] = f"running (epoch {epochs}/{total})"
 
         def save(self, folder: str, files: dict[str, bytes], remove: list[str]) -> None:
-            from landscape.files.run_file import write_atomically
+            from landscape.files.atomic import write_atomically
 
             folder = Path(folder)
             folder.mkdir(parents=True, exist_ok=True)
@@ -151,7 +113,7 @@ def run_jobs_on_ray(jobs: list[Job], *, address: str | None = None, cpus_per_cel
     counts["skipped"] = len(jobs) - len(todo)
     if not todo:
         return counts
-    ray = start_ray(address, init_options)
+    ray, started = start_ray(address, init_options)
     pending: dict = {}
     try:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -171,7 +133,8 @@ def run_jobs_on_ray(jobs: list[Job], *, address: str | None = None, cpus_per_cel
                f"rerun the same command to go on")
         raise
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     return counts
 
 

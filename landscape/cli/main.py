@@ -155,8 +155,10 @@ def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int,
     Surface files (`landscape surface`) are redrawn: lines overlaid, planes one by one and side by side;
     Hessian files (`landscape hessian`) give eigenvalues and densities, overlaid across files.
     """
-    from landscape.files.hessian_file import file_format, read_hessian
-    from landscape.files.run_file import check_writable_folder, read_runs
+    from landscape.files.atomic import check_writable_folder
+    from landscape.files.hdf5 import file_format
+    from landscape.files.hessian_file import read_hessian
+    from landscape.files.run_file import read_runs
     from landscape.files.surface_file import read_surface
 
     check_writable_folder(out_dir or runs[0].parent, "--out")
@@ -207,19 +209,40 @@ def info(run_files: tuple[Path, ...]) -> None:
 
 
 def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its learning rate."):
-    """--lr/--run/--epoch, --device, --data-root, --out, --overwrite, --quiet: which snapshot, and where."""
+    """Which snapshot (--lr/--run/--epoch) or which foreign model (--model-def/--weights/--dataset), where the data
+    is, the machine (--device, --threads, the Ray executor), and where the result goes."""
 
     def decorate(command):
         for decorator in reversed([
+            click.argument("run_file", required=False, type=click.Path(path_type=Path)),
             click.option("--lr", type=lr_type, default=None, help=lr_help),
             click.option("--run", "run_index", type=int, default=None, help="The run to look at, by its index."),
             click.option("--epoch", type=str if lr_type is str else int, default=None,
                          help="The snapshot's epoch [default: the last saved]" + (" or all." if lr_type is str else ".")),
-            click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-            click.option("--data-root", default=None, help="Dataset folder [default: the run's]."),
+            click.option("--model-def", default=None,
+                         help="FILE.py:FACTORY, a function returning the architecture: for a foreign model (with "
+                              "--weights) or a Recorder's run file."),
+            click.option("--weights", default=None,
+                         help="A foreign model's state dict (.pt, loaded with weights_only=True, or .safetensors)."),
+            click.option("--dataset", default=None,
+                         help="Dataset of the images [default: the run's; cifar10 for a foreign model]."),
+            click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data]."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--threads", type=int, default=0, show_default=True,
+                         help="CPU threads (0: torch's choice within the cores this process may use)."),
+            click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                         help="local: this process; ray: workers on a local Ray or a cluster."),
+            click.option("--address", default=None,
+                         help="ray: the cluster (host:port, or auto for the running one) [default: a local Ray]."),
+            click.option("--workers", type=int, default=0, show_default=True,
+                         help="ray: workers (0: as many as the cluster's resources hold)."),
+            click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
+                         help="ray: CPUs per worker (also its torch threads)."),
+            click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+                         help="ray: GPUs per worker; fractions share a GPU (0.25: four workers on one)."),
             click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file."),
-            click.option("--overwrite", is_flag=True, help="Replace --out if it exists."),
-            click.option("--quiet", is_flag=True, help="No progress output."),
+            click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs)."),
+            click.option("--quiet", is_flag=True, help="No progress, no list of the files written."),
         ]):
             command = decorator(command)
         return command
@@ -227,8 +250,26 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
     return decorate
 
 
+def make_executor(executor: str, address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float,
+                  points_per_task: int = 0):
+    """None (this process) or a RayExecutor, checked before anything is computed."""
+    if executor != "ray":
+        if address or workers or points_per_task or gpus_per_worker or cpus_per_worker != 1.0:
+            raise UsageError("--address, --workers, --cpus-per-worker, --gpus-per-worker and --points-per-task apply "
+                             "to --executor ray")
+        return None
+    from landscape.engine.executors import RayExecutor, import_ray
+
+    import_ray()
+    return RayExecutor(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker, points_per_task=points_per_task, report=print_line)
+
+
+def print_line(line: str) -> None:
+    click.echo(line, err=True)
+
+
 @cli.command()
-@click.argument("run_file", type=click.Path(path_type=Path))
 @snapshot_options()
 @click.option("--dims", type=int, default=2, show_default=True, help="1: a line; 2: a plane.")
 @click.option("--grid", default=None, help="x coordinates start:stop:count [default: -1:1:51; between "
@@ -240,7 +281,8 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
 @click.option("--ignore", default="biasbn", show_default=True,
               help="biasbn: zero direction on biases and BatchNorm (1-D tensors); none.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random directions.")
-@click.option("--to", default="", help="between: end points, rates of the same file or init, e.g. 2e-3 or 2e-3,init.")
+@click.option("--to", default="", help="between: end points, rates of the same file or init (e.g. 2e-3 or 2e-3,init); "
+                                       "for a foreign model, state-dict files.")
 @click.option("--data", default="train", show_default=True, help="train or test images.")
 @click.option("--images", type=int, default=None, help="Images per point [default: 10,000 or the whole split].")
 @click.option("--bn", default="eval", show_default=True,
@@ -250,56 +292,67 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
               help="Images per batch (0: 1000 on CUDA, 128 on CPU; with --bn train, the run's batch size).")
 @click.option("--points-per-pass", type=int, default=0, show_default=True,
               help="Grid points evaluated together (0: 1 on CPU, from free memory on CUDA).")
+@click.option("--points-per-task", type=int, default=0, show_default=True,
+              help="ray: grid points per task (0: about four tasks per worker).")
 @click.option("--precision", default="auto", show_default=True, help="fp32 or bf16; auto: bf16 on CUDA.")
 @click.option("--resume", is_flag=True, help="Finish the surface in --out (or the default path), same options.")
-def surface(run_file: Path, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool, resume: bool,
-            **options) -> None:
-    """Loss and accuracy around a snapshot along filter-normalised random, PCA or interpolation directions."""
-    from landscape.engine.surface import SurfaceOptions, compute_surface
+def surface(run_file: Path | None, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
+            resume: bool, executor: str, address: str | None, workers: int, cpus_per_worker: float,
+            gpus_per_worker: float, points_per_task: int, **options) -> None:
+    """Loss and accuracy around a snapshot (or a foreign model) along random, PCA or interpolation directions."""
+    from landscape.commands.surface import SurfaceOptions, compute_surface
 
+    pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker, points_per_task)
     path = compute_surface(run_file, SurfaceOptions(run=run_index, **options), out, overwrite=overwrite,
-                           resume=resume, progress=not quiet)
+                           resume=resume, progress=not quiet, executor=pool)
     from landscape.files.surface_file import read_surface
     from landscape.views.surface_plots import plot_surfaces
 
-    for written in plot_surfaces([read_surface(path)], path.parent):
-        click.echo(str(written))
-    click.echo(f"wrote {path}")
+    written = plot_surfaces([read_surface(path)], path.parent)
+    if not quiet:
+        for figure in written:
+            click.echo(str(figure))
+        click.echo(f"wrote {path}")
 
 
 @cli.command()
-@click.argument("run_file", type=click.Path(path_type=Path))
 @snapshot_options(str, "The run to measure, by its learning rate, or all.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Largest eigenvalues to find (Lanczos).")
 @click.option("--tol", type=float, default=1e-3, show_default=True,
-              help="Stop when every residual estimate is below tol x |eigenvalue|.")
+              help="Stop when every error bound is below tol x |eigenvalue|.")
 @click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
 @click.option("--trace", is_flag=True, help="Also estimate the trace (Hutchinson, with its standard error).")
 @click.option("--trace-samples", type=int, default=100, show_default=True, help="Rademacher vectors for --trace.")
 @click.option("--density", is_flag=True, help="Also the spectral density (stochastic Lanczos quadrature).")
 @click.option("--density-probes", type=int, default=1, show_default=True, help="Probe vectors for --density.")
 @click.option("--density-steps", type=int, default=80, show_default=True, help="Lanczos steps per probe.")
-@click.option("--images", type=int, default=4096, show_default=True,
-              help="Training images (the first N) whose mean loss is differentiated.")
+@click.option("--images", type=int, default=None,
+              help="Training images (the first N) whose mean loss is differentiated [default: 4,096, or all if fewer].")
 @click.option("--batch-size", type=int, default=0, show_default=True, help="Images per batch (0: the run's).")
 @click.option("--bn", default="train", show_default=True,
               help="BatchNorm: train (batch statistics, as the training loss) or eval (running statistics).")
 @click.option("--hvp", default="auto", show_default=True,
               help="double-backward, forward-over-reverse (torch.func jvp of grad); auto: double-backward.")
+@click.option("--params", default=None,
+              help="Only these parameters (name patterns, comma-separated, e.g. 'layer4.*'): that block's Hessian.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the Lanczos and Hutchinson vectors.")
-def hessian(run_file: Path, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
+def hessian(run_file: Path | None, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
+            executor: str, address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float,
             **options) -> None:
-    """Top Hessian eigenvalues, trace and spectral density of snapshots of a run file."""
-    from landscape.engine.curvature import HessianOptions, compute_hessian
+    """Top Hessian eigenvalues, trace and spectral density of snapshots of a run file (or of a foreign model)."""
+    from landscape.commands.hessian import HessianOptions, compute_hessian
 
+    pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)
     path = compute_hessian(run_file, HessianOptions(run=run_index, **options), out, overwrite=overwrite,
-                           progress=not quiet)
+                           progress=not quiet, executor=pool)
     from landscape.views.curvature_plots import plot_hessians
     from landscape.files.hessian_file import read_hessian
 
-    for written in plot_hessians([read_hessian(path)], path.parent):
-        click.echo(str(written))
-    click.echo(f"wrote {path}")
+    written = plot_hessians([read_hessian(path)], path.parent)
+    if not quiet:
+        for figure in written:
+            click.echo(str(figure))
+        click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -314,7 +367,7 @@ def hessian(run_file: Path, run_index: int | None, out: Path | None, overwrite: 
 def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Path | None, markdown: bool) -> None:
     """One self-contained interactive HTML page of runs, probes, curvature, surfaces and ablation tables."""
     from landscape.views.report import write_markdown, write_report
-    from landscape.files.run_file import check_writable_folder
+    from landscape.files.atomic import check_writable_folder
 
     if not files and ablations is None:
         raise UsageError("give run, surface or Hessian files, or --ablations FOLDER, to report on")
@@ -418,7 +471,8 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
     for job in todo:
         job.config.validate()
     if executor == "ray":
-        from landscape.ablations.ray_executor import import_ray, run_jobs_on_ray
+        from landscape.ablations.ray_executor import run_jobs_on_ray
+        from landscape.engine.executors import import_ray, ray_test_options
 
         import_ray()
         counts = run_jobs_on_ray(todo, address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
@@ -438,7 +492,7 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path) -> None:
     """Write each spec's tables (Markdown, CSV, LaTeX) and figures from the stored runs; never trains."""
     from landscape.ablations.tables import regenerate
-    from landscape.files.run_file import check_writable_folder
+    from landscape.files.atomic import check_writable_folder
 
     check_writable_folder(results, "--results")
     written, done, missing = regenerate(load_specs(specs, all_specs), preset, results)
@@ -447,15 +501,6 @@ def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: 
     if missing:
         click.echo(f"{missing} of {done + missing} cells have no results yet under {results} (preset {preset}): "
                    f"run `landscape ablate run ... --preset {preset}` to fill them", err=True)
-
-
-def ray_test_options() -> dict:
-    """Resources declared to the local Ray a command starts: LANDSCAPE_RAY_NUM_GPUS lets the tests give a
-    GPU-less machine a GPU resource, to check that fractional requests reach the scheduler."""
-    import os
-
-    gpus = os.environ.get("LANDSCAPE_RAY_NUM_GPUS")
-    return {"num_gpus": float(gpus)} if gpus else {}
 
 
 def report_skipped(problems: list[str]) -> None:
@@ -470,6 +515,12 @@ def fail(message: str, code: int) -> None:
     """Print one line to stderr and exit with `code`."""
     click.echo(" ".join(message.split()), err=True)
     sys.exit(code)
+
+
+def command_of(args: list[str]) -> str:
+    """The command's words (`ablate run`), as the error lines name it."""
+    words = [a for a in args[:2] if not a.startswith("-")]
+    return " ".join(words[:2] if words[:1] == ["ablate"] else words[:1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -488,8 +539,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         fail("landscape: aborted", 130)
     except LandscapeError as exc:
-        command = args[0] if args and not args[0].startswith("-") else ""
-        fail(f"landscape {command}: error: {exc}".replace("  ", " "), exc.exit_code)
+        fail(f"landscape {command_of(args)}: error: {exc}".replace("  ", " "), exc.exit_code)
+    except OSError as exc:  # a write that failed (disk full, a file-size limit): the old files are intact
+        fail(f"landscape {command_of(args)}: error: {exc}; the files written before are intact".replace("  ", " "), 1)
+    except MemoryError:
+        fail(f"landscape {command_of(args)}: error: out of memory; use fewer images, points or a smaller model"
+             .replace("  ", " "), 1)
     except KeyboardInterrupt:
         fail("landscape: interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,75 +1,105 @@
-"""Curvature of the training loss: Hessian-vector products, top eigenvalues, trace and spectral density.
+"""Curvature of any model's loss: Hessian-vector products, top eigenvalues, trace and spectral density.
 
-`HessianOperator` gives v -> H v for the mean cross-entropy over a fixed set of images split into
-batches (the batch-size-weighted sum of the batches' Hessians is the Hessian of the whole set), on
-every parameter, by forward-over-reverse (`torch.func.jvp` of `torch.func.grad`) or by double
-backward (the reference kept for tests). BatchNorm uses batch statistics (`train`, running
-statistics neither used nor changed) or the snapshot's (`eval`); dropout is off
-(`evaluation.prepared_module`). On top of it, all in float64 on the device:
+`HessianOperator` gives v -> H v for the mean loss over a fixed set of batches (the batch-size-weighted
+sum of the batches' Hessians is the Hessian of the whole set), with respect to all parameters or a chosen
+block of them (`wrt`: the others are held fixed, so its spectrum is that of the block's submatrix), by
+double backward (the default, measured faster on CPU; every batch's first-order graph is built once and
+reused while it fits in a quarter of the free memory) or forward-over-reverse (`torch.func.jvp` of
+`torch.func.grad`). BatchNorm uses batch statistics (`train`, running statistics neither used nor changed)
+or the snapshot's (`eval`); dropout is off (`functional.prepared_module`). On top, in float64 on the device:
 - `lanczos`: Lanczos with full reorthogonalisation (twice, "twice is enough");
-- `top_eigenvalues`: the k largest (algebraic) eigenvalues, to a relative residual tolerance;
+- `top_eigenvalues`: the k largest (algebraic) eigenvalues, to a relative error-bound tolerance;
 - `hutchinson_trace`: tr H ~ mean of v'Hv over Rademacher v, with its standard error;
-- `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019): per probe vector, the
-  Ritz values and the squared first components of their eigenvectors (weights summing to one).
+- `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019): per probe vector, the Ritz
+  values and the squared first components of their eigenvectors (weights summing to one).
+`measure` runs the ones asked for and counts each one's products; `hessian(model, data, ...)` is the API.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import grad, jvp
 
-from landscape.errors import UsageError
-from landscape.engine.functional import Params, flatten, unflatten
+from landscape.engine.batches import BatchSet, Objective, batch_set
+from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_module, flatten, module_buffers,
+                                         prepared_module, state_of, unflatten)
 from landscape.engine.memory import available_bytes
-from landscape.progress import bar
+from landscape.errors import UsageError
+from landscape.options import check_seed, choose, in_range, positive
 
 HVP_METHODS = ("double-backward", "forward-over-reverse")
 # `auto` is double backward: 1.25-1.4x faster than forward-over-reverse on CPU for VGG-A with BatchNorm
 # (width 1/16 and 1/4, batch 64; benchmarks/bench_hessian.py prints both on the device at hand).
 DEFAULT_HVP = "double-backward"
+BASIS_MEMORY_SHARE = 0.5  # the Lanczos basis may take at most this share of the device's free memory
+
+
+def select_parameters(params: Params, chosen) -> list[str]:
+    """Names of the parameters to differentiate: all (None), those matching a glob pattern or a list of them,
+    or those a predicate `chosen(name)` accepts; UsageError when none matches."""
+    names = list(params)
+    if chosen is None:
+        return names
+    if isinstance(chosen, str):
+        patterns = [chosen]
+    elif isinstance(chosen, (list, tuple, set)) and all(isinstance(p, str) for p in chosen):
+        patterns = list(chosen)
+    elif callable(chosen):
+        picked = [n for n in names if chosen(n)]
+        if not picked:
+            raise UsageError(f"params: the predicate accepts none of the parameters (e.g. {', '.join(names[:3])})")
+        return picked
+    else:
+        raise UsageError(f"params must be a name pattern such as 'layer4.*', a list of them, or a predicate of the "
+                         f"name, got {type(chosen).__name__}")
+    picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not picked:
+        raise UsageError(f"params {', '.join(patterns)} matches no parameter; names look like "
+                         f"{', '.join(names[:4])}")
+    return picked
 
 
 class HessianOperator:
-    """H v of the mean cross-entropy of `module` at `params` over `batches` (a fixed list of (images, labels)).
+    """H v of the mean loss of `module` at `params` over `batches`, with respect to the parameters in `wrt`."""
 
-    With double backward, the first-order graph of every batch is built once and kept (`reuse_graph`,
-    automatic: when the tensors it saves, measured on the first batch, fit in a quarter of the free
-    memory), so each product costs one backward pass instead of a forward and two backwards.
-    """
-
-    def __init__(self, module: nn.Module, params: Params, buffers: Params,
-                 batches: list[tuple[torch.Tensor, torch.Tensor]], method: str = "auto",
-                 reuse_graph: bool | None = None):
+    def __init__(self, module: nn.Module, params: Params, buffers: Params, batches: BatchSet | list,
+                 objective: Objective | None = None, method: str = "auto", reuse_graph: bool | None = None,
+                 wrt: list[str] | None = None, on_product: Callable[[], None] | None = None):
         method = DEFAULT_HVP if method == "auto" else method
-        if method not in HVP_METHODS:
-            raise UsageError(f"--hvp {method!r} is unknown: choose one of {', '.join(HVP_METHODS)}")
-        self.module, self.buffers, self.batches, self.method = module, buffers, batches, method
-        self.params = {n: p.detach() for n, p in params.items()}
-        total = sum(labels.shape[0] for _, labels in batches)
-        self.shares = [labels.shape[0] / total for _, labels in batches]
+        choose("hvp", method, HVP_METHODS)
+        if not isinstance(batches, BatchSet):
+            batches = BatchSet(list(batches))
+        self.module, self.buffers, self.method = module, buffers, method
+        self.objective = objective or Objective()
+        self.batches = batches.fixed()
+        self.shares = batches.shares
+        names = wrt or list(params)
+        self.params = {n: params[n].detach() for n in names}
+        self.frozen = {n: p.detach() for n, p in params.items() if n not in self.params}
         self.size = sum(p.numel() for p in self.params.values())
         self.device = next(iter(self.params.values())).device
         self.products = 0  # Hessian-vector products computed so far
+        self.on_product = on_product
         self.reuse_graph = reuse_graph if method == "double-backward" else False
         self.graphs: list[tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] | None = None
 
-    def loss(self, params: Params, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(self.module, (params, self.buffers), (images,)), labels)
+    def loss(self, params: Params, batch) -> torch.Tensor:
+        return self.objective.loss_only(FunctionalModel(self.module, {**self.frozen, **params}, self.buffers), batch)
 
-    def first_order(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[list[torch.Tensor], tuple]:
+    def first_order(self, batch) -> tuple[list[torch.Tensor], tuple]:
         """Leaf copies of the parameters and the batch's gradient with its graph (for a second backward)."""
         leaves = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
-        grads = torch.autograd.grad(self.loss(leaves, images, labels), list(leaves.values()), create_graph=True)
+        grads = torch.autograd.grad(self.loss(leaves, batch), list(leaves.values()), create_graph=True,
+                                    allow_unused=True)
+        grads = tuple(g if g is not None else torch.zeros_like(p) for g, p in zip(grads, leaves.values()))
         return list(leaves.values()), grads
 
     def build_graphs(self) -> None:
@@ -82,21 +112,21 @@ class HessianOperator:
                 return tensor
 
             with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-                first = self.first_order(*self.batches[0])
+                first = self.first_order(self.batches[0])
             self.reuse_graph = saved[0] * len(self.batches) < 0.25 * available_bytes(self.device)
             self.graphs = [first] if self.reuse_graph else None
         if self.reuse_graph:
-            self.graphs = (self.graphs or [])[:1] + [self.first_order(*batch) for batch in self.batches[1:]]
+            self.graphs = (self.graphs or [])[:1] + [self.first_order(batch) for batch in self.batches[1:]]
 
-    def batch_product(self, vector: Params, images: torch.Tensor, labels: torch.Tensor, index: int) -> Params:
+    def batch_product(self, vector: Params, batch, index: int) -> Params:
         """H_B v for batch `index`."""
         if self.method == "forward-over-reverse":
-            _, product = jvp(lambda p: grad(self.loss)(p, images, labels), (self.params,), (vector,))
+            _, product = jvp(lambda p: grad(self.loss)(p, batch), (self.params,), (vector,))
             return product
-        leaves, grads = self.graphs[index] if self.graphs is not None else self.first_order(images, labels)
+        leaves, grads = self.graphs[index] if self.graphs is not None else self.first_order(batch)
         products = torch.autograd.grad(grads, leaves, grad_outputs=list(vector.values()),
-                                       retain_graph=self.graphs is not None)
-        return dict(zip(self.params, products))
+                                       retain_graph=self.graphs is not None, allow_unused=True)
+        return {n: p if p is not None else torch.zeros_like(v) for (n, v), p in zip(vector.items(), products)}
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         """H v for a flat float64 vector v [P]; returns float64 [P]."""
@@ -104,9 +134,11 @@ class HessianOperator:
             self.build_graphs()
         as_params = unflatten(vector, self.params)
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        for index, (share, (images, labels)) in enumerate(zip(self.shares, self.batches)):
-            total += share * flatten(self.batch_product(as_params, images, labels, index), list(self.params))
+        for index, (share, batch) in enumerate(zip(self.shares, self.batches)):
+            total += share * flatten(self.batch_product(as_params, batch, index), list(self.params))
         self.products += 1
+        if self.on_product is not None:
+            self.on_product()
         return total
 
 
@@ -126,6 +158,16 @@ class Lanczos:
         if m > 1:
             t = t + torch.diag(self.beta, 1) + torch.diag(self.beta, -1)
         return torch.linalg.eigh(t)
+
+
+def check_basis_fits(steps: int, size: int, device: torch.device, option: str = "max_steps") -> None:
+    """Refuse a Lanczos run whose basis of `steps` float64 vectors cannot be held on the device."""
+    need, have = steps * size * 8, available_bytes(device)
+    if need > BASIS_MEMORY_SHARE * have:
+        most = max(1, int(BASIS_MEMORY_SHARE * have // (size * 8)))
+        raise UsageError(f"{option} {steps:,}: the Lanczos basis would take {need / 2 ** 30:,.1f} GiB ({steps:,} vectors "
+                         f"of {size:,} parameters), more than half of the {have / 2 ** 30:,.1f} GiB free on "
+                         f"{device.type}: give at most {most:,}")
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int,
@@ -171,19 +213,36 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
 
 @dataclass
 class Eigen:
-    """Top eigenvalues (descending), their residual estimates |beta_m s_mi|, Lanczos steps, eigenvectors."""
+    """Top eigenvalues (descending), their error bounds and residuals, whether each met the tolerance, the Lanczos
+    steps taken, and optionally the Ritz vectors [k, P]."""
 
     values: np.ndarray
     residuals: np.ndarray
+    bounds: np.ndarray
+    converged: np.ndarray
     steps: int
     vectors: torch.Tensor | None = None
 
 
+def ritz_pairs(result: Lanczos, k: int, tol: float, vectors: bool = False) -> Eigen:
+    """The k largest Ritz values of a Lanczos run, descending, with residuals, error bounds and convergence."""
+    values, vecs = result.ritz()
+    top = min(k, values.shape[0])
+    residual = (result.last_beta * vecs[-1, -top:]).abs()
+    bound = error_bound(values, vecs, result.last_beta, top)
+    converged = bound <= tol * values[-top:].abs().clamp(min=1e-12)
+    order = torch.arange(values.shape[0] - 1, values.shape[0] - 1 - top, -1, device=values.device)
+    eigvecs = (result.basis.T @ vecs[:, order]).T if vectors else None
+    return Eigen(values[order].cpu().numpy(), residual.flip(0).cpu().numpy(), bound.flip(0).cpu().numpy(),
+                 converged.flip(0).cpu().numpy(), int(result.alpha.shape[0]), eigvecs)
+
+
 def top_eigenvalues(operator: HessianOperator, k: int, *, max_steps: int = 80, tol: float = 1e-3, seed: int = 0,
-                    vectors: bool = False) -> Eigen:
-    """The k largest eigenvalues of H by Lanczos, until every error bound (`error_bound`) is within tol * |value|."""
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(operator.size, generator=generator, dtype=torch.float64).to(operator.device)
+                    vectors: bool = False, start: torch.Tensor | None = None) -> Eigen:
+    """The k largest eigenvalues of H by Lanczos, until every error bound is within tol * |value| (or max_steps)."""
+    if start is None:
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(operator.size, generator=generator, dtype=torch.float64).to(operator.device)
 
     def converged(result: Lanczos) -> bool:
         if result.alpha.shape[0] < k + 1:
@@ -191,13 +250,7 @@ def top_eigenvalues(operator: HessianOperator, k: int, *, max_steps: int = 80, t
         values, vecs = result.ritz()
         return bool((error_bound(values, vecs, result.last_beta, k) <= tol * values[-k:].abs().clamp(min=1e-12)).all())
 
-    result = lanczos(operator, start, max_steps, converged, check_every=1)
-    values, vecs = result.ritz()
-    top = min(k, values.shape[0])
-    residual = (result.last_beta * vecs[-1, -top:]).abs()
-    order = torch.arange(values.shape[0] - 1, values.shape[0] - 1 - top, -1, device=values.device)
-    eigvecs = (result.basis.T @ vecs[:, order]).T if vectors else None
-    return Eigen(values[order].cpu().numpy(), residual.flip(0).cpu().numpy(), int(result.alpha.shape[0]), eigvecs)
+    return ritz_pairs(lanczos(operator, start, max_steps, converged, check_every=1), k, tol, vectors)
 
 
 def error_bound(values: torch.Tensor, vectors: torch.Tensor, last_beta: torch.Tensor, k: int) -> torch.Tensor:
@@ -258,25 +311,11 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, points: int = 1000,
     return grid, density / len(nodes)
 
 
-def sharpness(operator: HessianOperator, k: int, steps: int, seed: int) -> torch.Tensor:
-    """The k largest eigenvalues [k] after a fixed number of Lanczos steps, left on the device (no host sync)."""
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(operator.size, generator=generator, dtype=torch.float64).to(operator.device)
-    values, _ = lanczos(operator, start, steps, sync=False).ritz()
-    return values.flip(0)[:k]
-
-
-# ---------------------------------------------------------------- `landscape hessian`
-
-
 @dataclass
-class HessianOptions:
-    """Every option of `landscape hessian` (stored as JSON in the Hessian file)."""
+class SpectrumOptions:
+    """What to measure of one Hessian, and how (the keyword arguments of `hessian`, the options of the command)."""
 
-    lr: str | None = None  # a rate of the run file, or "all"
-    run: int | None = None
-    epoch: str | None = None  # a snapshot epoch, or "all"; default the last
-    top_k: int = 5
+    top_k: int = 1
     tol: float = 1e-3
     max_steps: int = 80
     trace: bool = False
@@ -284,174 +323,159 @@ class HessianOptions:
     density: bool = False
     density_probes: int = 1
     density_steps: int = 80
-    images: int | None = 4096  # None: the whole training split
-    batch_size: int = 0  # 0: the run's training batch size
-    bn: str = "train"
-    hvp: str = "auto"
     seed: int = 0
-    device: str = "auto"
-    data_root: str | None = None
 
-    def validate(self) -> "HessianOptions":
-        from landscape.training.config import choose, in_range, positive
+    def validate(self, dash: str = "") -> "SpectrumOptions":
+        """Check every value; options are named with `dash` ("--" on the command line) and dashes or underscores."""
+        def name(option: str) -> str:
+            return dash + (option.replace("_", "-") if dash else option)
 
-        choose("--bn", self.bn, ("train", "eval"))
-        choose("--hvp", self.hvp, ("auto",) + HVP_METHODS)
-        for option, value in (("--top-k", self.top_k), ("--max-steps", self.max_steps),
-                              ("--trace-samples", self.trace_samples), ("--density-probes", self.density_probes),
-                              ("--density-steps", self.density_steps)):
-            positive(option, value)
-        if self.images is not None:
-            positive("--images", self.images)
+        for option in ("top_k", "max_steps", "trace_samples", "density_probes", "density_steps"):
+            positive(name(option), getattr(self, option))
         if self.top_k > self.max_steps:
-            raise UsageError(f"--top-k {self.top_k} needs at least as many --max-steps (got {self.max_steps})")
-        in_range("--tol", self.tol, 0, 1, low_open=True)
-        if self.batch_size < 0:
-            raise UsageError(f"--batch-size must be 0 (the run's) or positive, got {self.batch_size}")
+            raise UsageError(f"{name('top_k')} {self.top_k} needs at least as many {name('max_steps')} "
+                             f"(got {self.max_steps})")
+        in_range(name("tol"), self.tol, 0, 1, low_open=True)
+        check_seed(name("seed"), self.seed)
         return self
 
 
-def pick_runs(run, options: HessianOptions) -> list[int]:
-    """Run indices from --lr RATE|all or --run."""
-    from landscape.files.weights_file import resolve_run
+@dataclass
+class Spectrum:
+    """One Hessian's measurements (numpy): what `hessian(...)` returns; `.save(path)` writes a Hessian file."""
 
-    if options.lr == "all":
-        return list(range(len(run.lrs)))
-    rate = None
-    if options.lr is not None:
-        try:
-            rate = float(options.lr)
-        except ValueError:
-            raise UsageError(f"--lr {options.lr!r} is neither a learning rate nor all") from None
-    return [resolve_run(run.lrs, rate, options.run, run.path)]
+    eigenvalues: np.ndarray  # [k] descending
+    residuals: np.ndarray  # [k] Ritz residual norms
+    error_bounds: np.ndarray  # [k] min(r, r^2 / gap)
+    converged: np.ndarray  # [k] bool: error bound within tol x |eigenvalue|
+    lanczos_steps: int
+    eigen_hvps: int
+    trace: float = float("nan")
+    trace_stderr: float = float("nan")
+    trace_hvps: int = 0
+    density_nodes: np.ndarray | None = None  # [probes, steps]
+    density_weights: np.ndarray | None = None
+    density_grid: np.ndarray | None = None  # [1000]
+    density: np.ndarray | None = None  # [1000], the smoothed density on density_grid
+    density_hvps: int = 0
+    seconds: float = 0.0
+    parameters: int = 0  # how many parameters the Hessian is over
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def hvps(self) -> int:
+        return self.eigen_hvps + self.trace_hvps + self.density_hvps
+
+    def save(self, path) -> "object":
+        """Write this spectrum as a Hessian file (one run, one snapshot); return the path."""
+        from pathlib import Path
+
+        from landscape.files.hessian_file import hessian_result, write_hessian
+
+        result = hessian_result(Path(path), self.attrs, [float("nan")], [0], [-1], self.eigenvalues.shape[0],
+                                trace=self.trace_hvps > 0,
+                                density=self.density_nodes.shape if self.density_nodes is not None else None)
+        result.put(0, 0, self)
+        result.attrs["status"] = "complete"
+        write_hessian(result)
+        return result.path
 
 
-def pick_epochs(weights, epoch: str | None) -> list[int]:
-    """Snapshot epochs from --epoch E|all (default: the last)."""
-    from landscape.files.weights_file import resolve_epoch
-
-    if epoch == "all":
-        return list(weights.epochs)
-    if epoch is None:
-        return [weights.epochs[-1]]
-    try:
-        return [resolve_epoch(weights, int(epoch))]
-    except ValueError:
-        raise UsageError(f"--epoch {epoch!r} is neither an epoch nor all") from None
-
-
-def compute_hessian(run_path: str | Path, options: HessianOptions, out: str | Path | None = None, *,
-                    overwrite: bool = False, progress: bool = True) -> Path:
-    """Measure the chosen snapshots of `run_path` and write the Hessian file; return its path."""
-    from landscape.engine.functional import ImageSet, module_buffers, prepared_module, snapshot_model
-    from landscape.files.hessian_file import HessianResult, write_hessian
-    from landscape.files.weights_file import weights_of_run
-    from landscape.files.run_file import read_run
-    from landscape.training.runner import check_output, resolve_device
-
-    options.validate()
-    run = read_run(run_path)
-    weights = weights_of_run(run)
-    runs, epochs = pick_runs(run, options), pick_epochs(weights, options.epoch)
-    out = Path(out) if out else run.path.with_name(f"{run.path.stem}_hessian.h5")
-    check_output(out, overwrite)
-    device = resolve_device(options.device)
-    images = ImageSet(run, device, options.data_root)
-    total = len(images.dataset.train)
-    split = images.split("train", min(options.images, total) if options.images else None)
-    batches = list(images.batches(split, options.batch_size or images.batch_size))
-    shape, k = (len(runs), len(epochs)), options.top_k
-    arrays = {"lrs": run.lrs[runs], "runs": np.asarray(runs), "epochs": np.asarray(epochs),
-              "eigenvalues": np.full((*shape, k), np.nan), "residuals": np.full((*shape, k), np.nan),
-              "lanczos_steps": np.zeros(shape, dtype=np.int64), "hvps": np.zeros(shape, dtype=np.int64),
-              "seconds": np.zeros(shape)}
+def measure(operator: HessianOperator, options: SpectrumOptions) -> Spectrum:
+    """Top eigenvalues, and the trace and density if asked, of one operator; each one's products counted."""
+    started = time.perf_counter()
+    check_basis_fits(options.max_steps, operator.size, operator.device, "max_steps")
+    eigen = top_eigenvalues(operator, options.top_k, max_steps=options.max_steps, tol=options.tol, seed=options.seed)
+    counted = operator.products
+    spectrum = Spectrum(eigen.values, eigen.residuals, eigen.bounds, eigen.converged, eigen.steps, counted,
+                        parameters=operator.size)
     if options.trace:
-        arrays.update(trace=np.full(shape, np.nan), trace_stderr=np.full(shape, np.nan))
+        spectrum.trace, spectrum.trace_stderr = hutchinson_trace(operator, options.trace_samples, options.seed)
+        spectrum.trace_hvps, counted = operator.products - counted, operator.products
     if options.density:
-        arrays.update({"density/nodes": np.full((*shape, options.density_probes, options.density_steps), np.nan),
-                       "density/weights": np.zeros((*shape, options.density_probes, options.density_steps)),
-                       "density/grid": np.full((*shape, 1000), np.nan),
-                       "density/values": np.full((*shape, 1000), np.nan)})
-    stored = {k: v for k, v in options.__dict__.items() if k not in ("device", "data_root")}
-    result = HessianResult(out, attrs={
-        "options": json.dumps(stored, sort_keys=True), "run_file": run.path.name, "weights_file": weights.path.name,
-        "model": run.model, "bn": options.bn, "hvp": DEFAULT_HVP if options.hvp == "auto" else options.hvp,
-        "images": len(split),
-        "batch_size": options.batch_size or images.batch_size, "tol": options.tol, "max_steps": options.max_steps,
-        "seed": options.seed, "device": str(device), "torch_version": torch.__version__,
-        "optimizer": str(json.loads(run.attrs["config"]).get("optimizer", "")),
-        "momentum": float(json.loads(run.attrs["config"]).get("momentum", 0.0)),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, arrays=arrays)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    measurements = bar(len(runs) * len(epochs), "hessian", "snapshot", progress)
-    for i, index in enumerate(runs):
-        for j, epoch in enumerate(epochs):
-            started = time.perf_counter()
-            model, params, buffers = snapshot_model(run, weights, index, epoch, device)
-            module = prepared_module(model, options.bn)
-            operator = HessianOperator(module, params, module_buffers(module, buffers), batches, options.hvp)
-            eigen = top_eigenvalues(operator, k, max_steps=options.max_steps, tol=options.tol, seed=options.seed)
-            arrays["eigenvalues"][i, j, :len(eigen.values)] = eigen.values
-            arrays["residuals"][i, j, :len(eigen.values)] = eigen.residuals
-            arrays["lanczos_steps"][i, j] = eigen.steps
-            if options.trace:
-                arrays["trace"][i, j], arrays["trace_stderr"][i, j] = hutchinson_trace(
-                    operator, options.trace_samples, options.seed)
-            if options.density:
-                nodes, quad = spectral_density(operator, options.density_probes, options.density_steps, options.seed)
-                arrays["density/nodes"][i, j], arrays["density/weights"][i, j] = nodes, quad
-                arrays["density/grid"][i, j], arrays["density/values"][i, j] = smoothed_density(nodes, quad)
-            arrays["hvps"][i, j] = operator.products
-            arrays["seconds"][i, j] = time.perf_counter() - started
-            measurements.update(1)
-            line = (f"hessian: lr={run.lrs[index]:g} epoch {epoch}: top eigenvalue {eigen.values[0]:.4g} "
-                    f"({eigen.steps} Lanczos steps, {operator.products} HVPs, {arrays['seconds'][i, j]:.1f}s)")
-            if progress:
-                measurements.write(line, file=sys.stderr)
-            write_hessian(result)  # what is done so far is on disk
-    measurements.close()
-    return out
+        check_basis_fits(options.density_steps, operator.size, operator.device, "density_steps")
+        nodes, weights = spectral_density(operator, options.density_probes, options.density_steps, options.seed)
+        spectrum.density_nodes, spectrum.density_weights = nodes, weights
+        spectrum.density_grid, spectrum.density = smoothed_density(nodes, weights)
+        spectrum.density_hvps = operator.products - counted
+    spectrum.seconds = time.perf_counter() - started
+    return spectrum
 
 
-# ---------------------------------------------------------------- sharpness during `landscape run`
+@dataclass
+class HessianTask:
+    """One measurement, picklable for a worker: the module skeleton, its weights, batches and what to measure.
+
+    `device` "auto" is the worker's own: its GPU if it has one, else the CPU."""
+
+    module: nn.Module
+    params: Params
+    buffers: Params
+    batches: BatchSet
+    objective: Objective
+    options: SpectrumOptions
+    hvp: str = "auto"
+    wrt: list[str] | None = None
+    device: str = "auto"
+
+    def __call__(self, on_product: Callable[[], None] | None = None) -> Spectrum:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
+            else torch.device(self.device)
+        operator = HessianOperator(self.module, {n: p.to(device) for n, p in self.params.items()},
+                                   {n: b.to(device) for n, b in self.buffers.items()}, self.batches.to(device),
+                                   self.objective, self.hvp, wrt=self.wrt, on_product=on_product)
+        return measure(operator, self.options)
 
 
-class SharpnessTracker:
-    """Top Hessian eigenvalues of every run, every K steps, on a fixed seeded subset of training images.
+def products_planned(options: SpectrumOptions) -> int:
+    """Hessian-vector products a measurement takes at most (what a progress bar counts)."""
+    return options.max_steps + (options.trace_samples if options.trace else 0) + \
+        (options.density_probes * options.density_steps if options.density else 0)
 
-    Lanczos runs a fixed number of steps from a start vector seeded by (seed, step) and never waits
-    for the device; nothing of training is touched (weights are read, not written; no random stream is
-    used; BatchNorm uses batch statistics without updating running ones; dropout is off).
+
+def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top_k: int = 1, tol: float = 1e-3,
+            max_steps: int = 80, trace: bool = False, trace_samples: int = 100, density: bool = False,
+            density_probes: int = 1, density_steps: int = 80, bn: str = "train", hvp: str = "auto", seed: int = 0,
+            device=None, images: int | None = None, batch_size: int | None = None, executor=None,
+            progress: bool = False) -> Spectrum:
+    """The Hessian of the mean loss of `model` on `data`: top-k eigenvalues (Lanczos), and optionally the trace
+    (Hutchinson) and the spectral density (stochastic Lanczos quadrature).
+
+    `params`: all parameters (None), a name pattern ('layer4.*'), a list of patterns or a predicate of the name:
+    the Hessian of that block, the others held fixed. `data`, `loss`, `closure` as for `surface`; `bn`: train
+    (batch statistics, the loss that was trained) or eval (running statistics). The model is never changed.
+    Returns a `Spectrum` (numpy `.eigenvalues`, `.converged`, `.trace`, `.density_grid`, `.density`, ...).
     """
+    from landscape.engine.devices import resolve_device
+    from landscape.progress import bar
 
-    def __init__(self, split, normalize, *, images: int, batch_size: int, top_k: int, iterations: int, seed: int):
-        from landscape.training.data import Split, eval_batches
-
-        if images > len(split):
-            raise UsageError(f"--sharpness-images {images} exceeds the {len(split)} training images: "
-                             f"give at most {len(split)}")
-        index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 15_485_863))[:images]
-        index = index.sort().values.to(split.images.device)
-        subset = Split(split.images[index], split.labels[index], split.device)
-        self.batches = list(eval_batches(subset, normalize, batch_size))
-        self.top_k, self.iterations, self.seed = top_k, iterations, seed
-        self.attrs = {"top_k": top_k, "images": images, "iterations": iterations, "bn": "train",
-                      "method": f"Lanczos (full reorthogonalisation, fixed steps), {DEFAULT_HVP} HVPs",
-                      "batch_size": batch_size, "seed": seed}
-        self.module = None
-
-    def measure(self, runs, step: int) -> torch.Tensor:
-        """[R, k] on the device: each active run's top eigenvalues now; NaN rows for stopped runs."""
-        from landscape.engine.functional import module_buffers, prepared_module
-
-        rows = []
-        for run in range(len(runs)):
-            module, params, buffers = runs.run_module(run)
-            if self.module is None:
-                self.module = prepared_module(module, "train")
-            if not runs.active[run]:
-                rows.append(torch.full((self.top_k,), float("nan"), dtype=torch.float64, device=self.batches[0][0].device))
-                continue
-            operator = HessianOperator(self.module, params, module_buffers(self.module, buffers), self.batches)
-            rows.append(sharpness(operator, self.top_k, self.iterations, seed=self.seed * 1_000_003 + step))
-        return torch.stack(rows)
+    check_module(model)
+    choose("bn", bn, ("train", "eval"))
+    options = SpectrumOptions(top_k, tol, max_steps, trace, trace_samples, density, density_probes, density_steps,
+                              seed).validate()
+    device = resolve_device(device, "device", default=next(model.parameters()).device)
+    objective = Objective(loss=loss, closure=closure, metrics={})
+    module = prepared_module(model, bn)
+    weights, buffers = state_of(model, device)
+    check_finite(weights, "the model")
+    wrt = select_parameters(weights, params)
+    batches = batch_set(data, device=device, objective=objective, images=images, batch_size=batch_size)
+    task = HessianTask(module, weights, module_buffers(module, buffers), batches, objective, options, hvp, wrt,
+                       str(device) if executor is None else "auto")
+    if executor is not None:
+        found: list[Spectrum] = []
+        executor.run_tasks([task], lambda index, spectrum: found.append(spectrum), lambda: False)
+        spectrum = found[0]
+    else:
+        products = bar(products_planned(options), "hessian", "HVP", progress)
+        spectrum = task(on_product=lambda: products.update(1))
+        products.close()
+    spectrum.attrs.update({"source": "python", "model": type(model).__name__, "bn": bn,
+                           "hvp": DEFAULT_HVP if hvp == "auto" else hvp, "images": batches.samples,
+                           "params": ",".join(wrt) if params is not None else "all",
+                           "options": json.dumps({**asdict(options), "bn": bn, "hvp": hvp,
+                                                               "params": params if isinstance(params, (str, list))
+                                                               else ("predicate" if params else None)}),
+                           "device": str(device), "torch_version": torch.__version__,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return spectrum

@@ -1,52 +1,64 @@
-"""Evaluating one model at many weight points: functional calls over stacked weights, BatchNorm modes.
+"""A model at many weight points: stateless copies, functional calls over stacked weights, BatchNorm modes.
 
-Shared by the surfaces (loss and accuracy at grid points) and the curvature (the loss as a function
-of the parameters). A *point* is a dict of parameter tensors. C points stacked along a new axis 0
-are evaluated in one `vmap` over `functional_call` (one pass over the data serves C points), or
-directly when C is 1. BatchNorm modes:
+Shared by surfaces (loss and metrics at grid points), curvature (the loss as a function of the
+parameters), probes and sharpness. A *point* is a dict of parameter tensors; C points stacked along a
+new axis 0 are evaluated in one `vmap` over `functional_call` (one pass over the data serves C points),
+or directly when C is 1. The caller's model is never touched: `prepared_module` works on a skeleton, a
+copy whose parameters and buffers are shape-only meta tensors (every call supplies real ones), so no
+weight is duplicated in memory and the caller's weights, buffers, `training` flags and `requires_grad`
+stay as they were. BatchNorm modes:
 - `eval`: the running statistics given with the point (the snapshot's), as the reference code does;
 - `train`: the statistics of each batch; running statistics neither used nor changed;
-- `recompute`: running statistics re-estimated at the point on other training images, then `eval`.
+- `recompute`: running statistics re-estimated at the point on other training samples, then `eval`.
 Dropout is always off: a surface or a Hessian is of a deterministic function.
-`snapshot_model` rebuilds a run's model and loads a weight snapshot into it; `image_batches` cuts
-the images a measurement uses from the run's own dataset.
 """
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Iterable
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape.training.config import RunConfig
-from landscape.training.data import Normalizer, Split, eval_batches, load_dataset
+from landscape.engine.batches import BatchSet, Objective
 from landscape.errors import UsageError
-from landscape.training.models import build_model
-from landscape.files.weights_file import Weights
-from landscape.files.run_file import Run
+from landscape.options import choose
 
 Params = dict[str, torch.Tensor]
 BN_MODES = ("eval", "train", "recompute")
 
 
-def check_bn_mode(bn: str, allowed: tuple[str, ...] = BN_MODES) -> None:
-    if bn not in allowed:
-        raise UsageError(f"--bn {bn!r} is unknown: choose one of {', '.join(allowed)}")
+def check_module(model, what: str = "model") -> nn.Module:
+    """`model` must be a torch.nn.Module with at least one parameter."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{what} must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise UsageError(f"{what} ({type(model).__name__}) has no parameters: there is no landscape to measure")
+    return model
+
+
+def skeleton(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose parameters and buffers are meta tensors (shapes only), in eval mode."""
+    memo = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if id(tensor) not in memo:
+            stand_in = torch.empty_like(tensor, device="meta")
+            memo[id(tensor)] = nn.Parameter(stand_in, tensor.requires_grad) if isinstance(tensor, nn.Parameter) \
+                else stand_in
+    return copy.deepcopy(model, memo).eval()
 
 
 def prepared_module(model: nn.Module, bn: str) -> nn.Module:
-    """A copy of `model` in eval mode (dropout off) with its BatchNorm layers set up for `bn`.
+    """A skeleton of `model` in eval mode (dropout off) with its BatchNorm layers set up for `bn`.
 
     `train`: BatchNorm keeps no running statistics and always normalises with the batch's own.
     `recompute`: running statistics become a cumulative average (momentum None), to be re-estimated.
     """
-    check_bn_mode(bn)
-    module = copy.deepcopy(model).eval()
+    choose("bn", bn, BN_MODES)
+    module = skeleton(model)
     if bn == "train":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.func's helper touches deprecated torch.jit
@@ -58,10 +70,28 @@ def prepared_module(model: nn.Module, bn: str) -> nn.Module:
     return module
 
 
+def state_of(model: nn.Module, device: torch.device | None = None) -> tuple[Params, Params]:
+    """The model's parameters and buffers (detached, the caller's own tensors unless moved to `device`)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    if device is not None:
+        params = {n: p.to(device) for n, p in params.items()}
+        buffers = {n: b.to(device) for n, b in buffers.items()}
+    return params, buffers
+
+
 def module_buffers(module: nn.Module, buffers: Params) -> Params:
     """The entries of `buffers` that `module` still has (a `train`-mode module has no BatchNorm statistics)."""
     names = {name for name, _ in module.named_buffers()}
     return {name: value for name, value in buffers.items() if name in names}
+
+
+def check_finite(params: Params, what: str) -> None:
+    """Refuse weights holding NaN or infinity: every value computed from them would be NaN."""
+    bad = [n for n, p in params.items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise UsageError(f"{what} holds NaN or infinite values (in {', '.join(bad[:3])}"
+                         f"{'...' if len(bad) > 3 else ''}): it diverged; take an earlier snapshot")
 
 
 def flatten(params: Params, names: list[str] | None = None) -> torch.Tensor:
@@ -78,36 +108,81 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def stacked_logits(module: nn.Module, points: Params, buffers: Params, images: torch.Tensor,
-                   channels_last: bool = False) -> torch.Tensor:
-    """Logits [C, B, K] of C stacked points (parameters and buffers [C, ...]) on one batch.
-
-    One point is called directly, optionally in the channels_last memory format (1.6x faster on CPU
-    for VGG-A); several go through one vmap.
-    """
-    if next(iter(points.values())).shape[0] == 1:
-        params = {n: p[0] for n, p in points.items()}
-        if channels_last:
-            params = {n: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
-                      for n, p in params.items()}
-            images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
-        single = functional_call(module, (params, {n: b[0] for n, b in buffers.items()}), (images,))
-        return single.unsqueeze(0)
-
-    def one(p, b):
-        return functional_call(module, (p, b), (images,))
-
-    return vmap(one, randomness="same")(points, buffers)
-
-
 def expand_points(values: Params, count: int) -> Params:
     """The same tensors for `count` points, without copying ([count, ...] views)."""
     return {n: v.expand(count, *v.shape) for n, v in values.items()}
 
 
+class FunctionalModel:
+    """The module at given parameters and buffers, callable like the model (what a closure receives)."""
+
+    def __init__(self, module: nn.Module, params: Params, buffers: Params, channels_last: bool = False):
+        self.module, self.params, self.buffers, self.channels_last = module, params, buffers, channels_last
+
+    def __call__(self, *args, **kwargs):
+        if self.channels_last:
+            args = tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
+                         else a for a in args)
+        return functional_call(self.module, (self.params, self.buffers), args, kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+
+def channels_last_params(params: Params) -> Params:
+    return {n: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for n, p in params.items()}
+
+
+def point_values(module: nn.Module, points: Params, buffers: Params, batch, objective: Objective,
+                 channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """The objective's values [C] at C stacked points (parameters and buffers [C, ...]) on one batch.
+
+    One point is called directly, optionally in the channels_last memory format (1.6x faster on CPU for
+    VGG-A); several go through one vmap."""
+    if next(iter(points.values())).shape[0] == 1:
+        params = {n: p[0] for n, p in points.items()}
+        if channels_last:
+            params = channels_last_params(params)
+        forward = FunctionalModel(module, params, {n: b[0] for n, b in buffers.items()}, channels_last)
+        return {k: v.reshape(1) for k, v in objective.values(forward, batch).items()}
+
+    def one(p, b):
+        return objective.values(FunctionalModel(module, p, b), batch)
+
+    try:
+        return vmap(one, randomness="same")(points, buffers)
+    except (RuntimeError, ValueError) as exc:
+        if objective.closure is None and objective.metrics is None and objective.loss is None:
+            raise
+        raise UsageError(f"the loss, closure or a metric cannot be evaluated at several points at once (vmap: "
+                         f"{' '.join(str(exc).split())[:120]}); pass points_per_pass=1") from None
+
+
 @torch.no_grad()
-def recompute_statistics(module: nn.Module, points: Params, buffers: Params,
-                         batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Params:
+def evaluate_points(module: nn.Module, points: Params, buffers: Params, batches: BatchSet, objective: Objective,
+                    autocast_dtype: torch.dtype | None = None,
+                    channels_last: bool = True) -> dict[str, torch.Tensor]:
+    """Mean loss and metrics [C] (float64, weighted by batch size) of C stacked points over all batches."""
+    device = next(iter(points.values())).device
+    totals: dict[str, torch.Tensor] = {}
+    for share, batch in zip(batches.shares, batches):
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            values = point_values(module, points, buffers, batch, objective, channels_last)
+        for name, value in values.items():
+            totals[name] = totals.get(name, 0) + share * value.double()
+    return totals
+
+
+def forward_inputs(objective: Objective, batch) -> Callable[[Callable], None]:
+    """How to run one batch through a model without computing the loss (BatchNorm statistics)."""
+    if objective.closure is not None:
+        return lambda forward: objective.closure(forward, batch)
+    return lambda forward: forward(batch[0])
+
+
+@torch.no_grad()
+def recompute_statistics(module: nn.Module, points: Params, buffers: Params, batches: BatchSet,
+                         objective: Objective) -> Params:
     """Fresh running statistics for each stacked point: the cumulative average over `batches` (train mode)."""
     fresh = {}
     for name, value in buffers.items():
@@ -121,92 +196,13 @@ def recompute_statistics(module: nn.Module, points: Params, buffers: Params,
     for layer in norms:
         layer.train()
     try:
-        for images, _ in batches:
-            stacked_logits(module, points, fresh, images)
+        for batch in batches:
+            run = forward_inputs(objective, batch)
+            if next(iter(points.values())).shape[0] == 1:
+                run(FunctionalModel(module, {n: p[0] for n, p in points.items()}, {n: b[0] for n, b in fresh.items()}))
+            else:
+                vmap(lambda p, b: run(FunctionalModel(module, p, b)), randomness="same")(points, fresh)
     finally:
         for layer in norms:
             layer.eval()
     return fresh
-
-
-@torch.no_grad()
-def evaluate_points(module: nn.Module, points: Params, buffers: Params,
-                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    autocast_dtype: torch.dtype | None = None,
-                    channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy and accuracy [C] (float64) of C stacked points over all images of `batches`."""
-    count = next(iter(points.values())).shape[0]
-    device = next(iter(points.values())).device
-    loss_sum = torch.zeros(count, dtype=torch.float64, device=device)
-    correct = torch.zeros(count, dtype=torch.float64, device=device)
-    seen = 0
-    for images, labels in batches:
-        seen += labels.shape[0]
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = stacked_logits(module, points, buffers, images, channels_last)
-        logits = logits.float()
-        flat = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none")
-        loss_sum += flat.view(count, -1).double().sum(dim=1)
-        correct += (logits.argmax(dim=2) == labels).sum(dim=1).double()
-    return loss_sum / seen, correct / seen
-
-
-def snapshot_model(run: Run, weights: Weights, index: int, epoch: int,
-                   device: torch.device) -> tuple[nn.Module, Params, Params]:
-    """The run's architecture (random init, torch's global random state untouched) and the snapshot's
-    parameters and buffers of run `index` at `epoch`, on `device`."""
-    config = RunConfig.from_json(run.attrs["config"])
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(config.model, width=config.width, num_classes=int(run.attrs["num_classes"]),
-                            image_size=int(run.attrs["image_size"]), **{**config.model_options(), "pretrained": False})
-    model = model.to(device)
-    state = weights.state(epoch, index)
-    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
-    found = {n: tuple(v.shape) for n, v in state.items()}
-    if expected != found:
-        raise UsageError(f"{weights.path}: its snapshots do not fit the {config.model} of {run.path} "
-                         f"(incompatible architectures); they belong to another run")
-    params = {n: torch.from_numpy(state[n]).to(device) for n, _ in model.named_parameters()}
-    buffers = {n: torch.from_numpy(state[n]).to(device) for n, _ in model.named_buffers()}
-    return model, params, buffers
-
-
-class ImageSet:
-    """Images of a run's dataset for a measurement: uint8 on the device, normalised batch by batch."""
-
-    def __init__(self, run: Run, device: torch.device, data_root: str | None = None):
-        config = RunConfig.from_json(run.attrs["config"])
-        self.dataset = load_dataset(config.dataset, data_root or config.data_root, device=device,
-                                    train_subset=config.train_subset, seed=config.seed,
-                                    image_size=int(run.attrs["image_size"]), imagenette_size=config.imagenette_size)
-        self.normalize = Normalizer(self.dataset.mean, self.dataset.std, self.dataset.train.device)
-        self.batch_size = config.batch_size  # the training batch size: train-mode BatchNorm statistics as in training
-
-    def split(self, name: str, count: int | None, option: str = "--images", seed: int | None = None) -> Split:
-        """The first `count` images of split `name` (train or test), or `count` drawn at random with `seed`."""
-        split = self.dataset.train if name == "train" else self.dataset.test
-        total = len(split)
-        if count is None:
-            return split
-        if count > total:
-            raise UsageError(f"{option} {count} exceeds the {total} {name} images of this run: give at most {total}")
-        if seed is None:
-            index = torch.arange(count)
-        else:
-            index = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].sort().values
-        index = index.to(split.images.device)
-        return Split(split.images[index], split.labels[index], split.device)
-
-    def batches(self, split: Split, batch_size: int) -> "Batches":
-        """The split's normalised batches, in order; iterable again for every pass."""
-        return Batches(split, self.normalize, batch_size)
-
-
-class Batches:
-    """A split's normalised batches in order, cut anew (on the device) at every pass."""
-
-    def __init__(self, split: Split, normalize: Normalizer, batch_size: int):
-        self.split, self.normalize, self.batch_size = split, normalize, batch_size
-
-    def __iter__(self):
-        return eval_batches(self.split, self.normalize, self.batch_size)

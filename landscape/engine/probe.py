@@ -6,9 +6,12 @@ the probe visits p_j = w + m_j d for each multiplier m_j and records
 - the loss L_B(p_j) (loss variation),
 - d_j = ||grad L_B(p_j) - g||_2 (gradient predictiveness),
 - s_j = ||p_j - w||_2 = m_j ||d||, and beta = max_j d_j / s_j (effective beta-smoothness).
-`probe_along` does the maths on any loss of a parameter dict; `ModelProbe` wraps a model so the
-probe leaves training untouched: BatchNorm running statistics live in throw-away copies and the
-random stream (dropout) is replayed from the training forward's state, then restored.
+`probe_along` does the maths on any loss of a parameter dict. `ModelProbe` wraps a model of
+`landscape run` so the probe leaves training untouched: BatchNorm running statistics live in throw-away
+copies and the random stream (dropout) is replayed from the training forward's state, then restored.
+`probe_step` (and the API `probe`) probes any model along a direction the caller gives, on a stateless
+copy: dropout off, BatchNorm on the batch's statistics (`bn="train"`) or the running ones (`"eval"`),
+the gradient at w recomputed with that same function.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from landscape.training.config import PROBE_DIRECTIONS
+from landscape.engine.batches import Objective
+from landscape.engine.functional import FunctionalModel, module_buffers
 from landscape.errors import UsageError
+from landscape.options import PROBE_DIRECTIONS
 
 Params = dict[str, torch.Tensor]
 
@@ -35,6 +40,11 @@ class ProbeResult:
     distance: torch.Tensor
     beta: torch.Tensor
     grad_norm: torch.Tensor
+
+    def numpy(self) -> "ProbeResult":
+        """The same result as numpy arrays (beta and grad_norm as floats), copied to the host."""
+        return ProbeResult(*(v.detach().cpu().numpy() if v.dim() else float(v) for v in
+                             (self.loss, self.grad_dist, self.distance, self.beta, self.grad_norm)))
 
 
 def probe_along(loss_of: Callable[[Params], torch.Tensor], weights: Params, grad: Params, direction: Params,
@@ -156,3 +166,71 @@ class RngState:
         """A context that puts the random state back as it was on exit."""
         devices = [self.device] if self.device.type == "cuda" else []
         return torch.random.fork_rng(devices=devices)
+
+
+DEFAULT_MULTIPLIERS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+
+
+def probe_step(module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch,
+               direction: dict[str, torch.Tensor] | str, multipliers=DEFAULT_MULTIPLIERS,
+               objective: Objective | None = None, lr: float | None = None) -> ProbeResult:
+    """Santurkar's probe at weights `params` on one batch of a prepared (stateless) module; on the device.
+
+    `direction`: a dict of tensors over (some of) the parameters, or "gradient" for -lr * grad."""
+    objective = objective or Objective()
+    kept = module_buffers(module, buffers)
+
+    def loss_of(point: Params) -> torch.Tensor:
+        fresh = {n: b.clone() for n, b in kept.items()}  # running statistics: throw-away copies
+        return objective.loss_only(FunctionalModel(module, {**params, **point}, fresh), batch)
+
+    if isinstance(direction, str):
+        if direction != "gradient" or lr is None or not lr > 0:
+            raise UsageError("direction must be a dict of tensors (e.g. the optimizer's update, after - before) or "
+                             "'gradient' with lr > 0 given")
+    else:
+        unknown = [n for n in direction if n not in params]
+        if unknown:
+            raise UsageError(f"the direction names {unknown[0]!r}, which is not a parameter of the model")
+    names = [n for n in params if isinstance(direction, str) or n in direction]
+    weights = {n: params[n].detach() for n in names}
+    point = {n: w.clone().requires_grad_(True) for n, w in weights.items()}
+    grad = dict(zip(names, torch.autograd.grad(loss_of(point), list(point.values()), allow_unused=True)))
+    grad = {n: g if g is not None else torch.zeros_like(weights[n]) for n, g in grad.items()}
+    if isinstance(direction, str):
+        steps = {n: -lr * g for n, g in grad.items()}
+    else:
+        steps = {n: torch.as_tensor(direction[n]).detach().to(weights[n]) for n in names}
+        if any(tuple(steps[n].shape) != tuple(weights[n].shape) for n in names):
+            bad = next(n for n in names if tuple(steps[n].shape) != tuple(weights[n].shape))
+            raise UsageError(f"the direction's {bad} has shape {tuple(steps[bad].shape)}, the parameter "
+                             f"{tuple(weights[bad].shape)}")
+    if all(float(d.abs().max()) == 0 for d in steps.values()):
+        raise UsageError("the probe direction is zero: there is no step to probe along")
+    return probe_along(loss_of, weights, grad, steps, tuple(float(m) for m in multipliers))
+
+
+def probe(model: nn.Module, batch, direction, multipliers=DEFAULT_MULTIPLIERS, *, loss=None, closure=None,
+          bn: str = "train", lr: float | None = None, device=None) -> ProbeResult:
+    """Santurkar et al.'s probe of one step of `model` on `batch`, along `direction` (a dict of tensors, e.g. the
+    optimizer's update `after - before`, or "gradient" with `lr`): loss, gradient distance and distance [J] at
+    w + m_j d, beta and the gradient norm, as numpy. Dropout off; `bn` train (batch statistics) or eval. The
+    model is never changed."""
+    from landscape.engine.batches import check_pair, to_device
+    from landscape.engine.devices import resolve_device
+    from landscape.engine.functional import check_finite, check_module, prepared_module, state_of
+    from landscape.options import choose
+
+    check_module(model)
+    choose("bn", bn, ("train", "eval"))
+    if not multipliers or any(not (0 < float(m) < float("inf")) for m in multipliers):
+        raise UsageError("multipliers must be positive finite numbers, e.g. (0.5, 1, 2)")
+    device = resolve_device(device, "device", default=next(model.parameters()).device)
+    objective = Objective(loss=loss, closure=closure, metrics={})
+    check_pair(batch, objective)
+    params, buffers = state_of(model, device)
+    check_finite(params, "the model")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        result = probe_step(prepared_module(model, bn), params, buffers, to_device(batch, device), direction,
+                            multipliers, objective, lr)
+    return result.numpy()

@@ -1,201 +1,82 @@
-"""Loss surfaces around a weight snapshot (Li et al., "Visualizing the Loss Landscape of Neural Nets", 2018).
+"""Loss surfaces of any model around its weights (Li et al., "Visualizing the Loss Landscape of Neural Nets", 2018).
 
-For a snapshot w (parameters of one run at one epoch) and directions d_x (, d_y), the surface is
-L(w + x d_x + y d_y) and the accuracy there, over a fixed set of images, at every grid point.
-Directions: `random` (Gaussian, seeded, then normalised: `filter` rescales each filter, i.e. each
-slice along the output axis of a conv weight and each row of a Linear weight, to the norm of the
-same filter of w, Li et al. Sec. 4; `layer` the whole tensor; `none`), zero on 1-D tensors (biases,
-BatchNorm) with `ignore="biasbn"`; `pca` (the first principal components of the trajectory, the
-snapshots minus w, centred as sklearn's PCA; Li et al. Sec. 7); `between` (towards other runs' final
-weights or the initialisation: d = w_to - w, so x = 1 is the other end; buffers are interpolated too).
-Grid points are evaluated C at a time in one vmapped pass over images kept on the device
-(`evaluation.evaluate_points`), without autograd; the file is rewritten atomically as points are
-done, so an interrupted surface resumes where it stopped.
+For weights w and directions d_x (, d_y), the surface is L(w + x d_x + y d_y) and the metrics there, over a
+fixed set of samples, at every grid point. `plan_surface` resolves the directions (`engine.directions`)
+and the grid; a `PointEvaluator` evaluates chunks of grid points, C at a time in one vmapped pass over the
+batches, without autograd; an executor (`engine.executors`: this process, or an actor pool on Ray) hands
+it the chunks. `surface(model, data, ...)` is the Python API; `landscape surface` (`commands.surface`)
+calls the same plan and evaluator for run files and foreign models and writes the file as points land.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from landscape.errors import RunFailed, UsageError
-from landscape.progress import bar
-from landscape.engine.functional import (BN_MODES, ImageSet, Params, evaluate_points, expand_points, flatten, module_buffers,
-                                  prepared_module, recompute_statistics, snapshot_model, unflatten)
-from landscape.files.weights_file import Weights, resolve_epoch, resolve_run, weights_of_run
-from landscape.files.run_file import Run, read_run
-from landscape.files.surface_file import Surface, read_surface, write_surface
+from landscape.engine.batches import BatchSet, Objective, batch_set
+from landscape.engine.directions import (IGNORES, NORMS, given_direction, normalize_direction, pca_directions,
+                                         project, random_direction, state_dict_of, towards)
+from landscape.engine.functional import (BN_MODES, Params, check_finite, check_module, evaluate_points, expand_points,
+                                         module_buffers, prepared_module, recompute_statistics, state_of)
+from landscape.engine.memory import available_bytes
+from landscape.errors import UsageError
+from landscape.files.surface_file import Surface
+from landscape.options import check_seed, choose, non_negative
 
 DIRECTIONS = ("random", "pca", "between")
-NORMS = ("filter", "layer", "none")
-IGNORES = ("biasbn", "none")
 DEFAULT_GRID = "-1:1:51"
 DEFAULT_BETWEEN_GRID = "-0.25:1.25:31"
-DEFAULT_IMAGES = 10_000
-FLUSH_SECONDS = 10.0
+PRECISIONS = ("auto", "fp32", "bf16")
+GRID_MEMORY_SHARE = 0.25  # the grid's arrays may take at most this share of the host's memory
 
 
-@dataclass
-class SurfaceOptions:
-    """Every option of `landscape surface` (stored as JSON in the surface file)."""
-
-    lr: float | None = None
-    run: int | None = None
-    epoch: int | None = None
-    dims: int = 2
-    grid: str | None = None  # start:stop:count; default -1:1:51 (between: -0.25:1.25:31; pca: around the path)
-    grid_y: str | None = None  # default: as grid
-    directions: str = "random"
-    norm: str = "filter"
-    ignore: str = "biasbn"
-    seed: int = 0
-    to: str = ""  # between: rates of the same file, or "init"
-    data: str = "train"
-    images: int | None = None  # default min(10,000, the split)
-    bn: str = "eval"
-    bn_images: int = 2048
-    batch_size: int = 0  # 0: 1000 on CUDA, 128 on CPU, or the run's training batch size with --bn train
-    points_per_pass: int = 0  # 0: 1 on CPU, from free memory on CUDA
-    precision: str = "auto"
-    device: str = "auto"
-    data_root: str | None = None
-
-    def validate(self) -> "SurfaceOptions":
-        from landscape.training.config import choose
-
-        if self.dims not in (1, 2):
-            raise UsageError(f"--dims {self.dims} is unknown: choose 1 (a line) or 2 (a plane)")
-        choose("--directions", self.directions, DIRECTIONS)
-        choose("--norm", self.norm, NORMS)
-        choose("--ignore", self.ignore, IGNORES)
-        choose("--data", self.data, ("train", "test"))
-        choose("--bn", self.bn, BN_MODES)
-        choose("--precision", self.precision, ("auto", "fp32", "bf16"))
-        for grid in (self.grid, self.grid_y):
-            if grid is not None:
-                parse_grid(grid)
-        for option, value in (("--images", self.images), ("--bn-images", self.bn_images)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UsageError(f"{option} must be a positive integer, got {value}")
-        for option, value in (("--batch-size", self.batch_size), ("--points-per-pass", self.points_per_pass)):
-            if value < 0:
-                raise UsageError(f"{option} must be 0 (automatic) or a positive integer, got {value}")
-        if self.directions == "between":
-            targets = parse_targets(self.to)
-            if len(targets) != self.dims:
-                raise UsageError(f"--directions between with --dims {self.dims} needs {self.dims} end point(s) in --to "
-                                 f"(rates of the run file, or init), e.g. --to 2e-3" + (",5e-4" if self.dims == 2 else ""))
-        elif self.to:
-            raise UsageError("--to applies to --directions between only")
-        return self
-
-
-def parse_grid(text: str) -> np.ndarray:
-    """'-1:1:51' (start:stop:count, both ends included) into coordinates; UsageError if malformed."""
+def parse_grid(grid, option: str = "grid") -> np.ndarray:
+    """'start:stop:count' (both ends included), a (start, stop, count) tuple, or the coordinates themselves."""
+    if isinstance(grid, str):
+        try:
+            start, stop, count = grid.split(":")
+            start, stop, count = float(start), float(stop), int(count)
+        except ValueError:
+            raise UsageError(f"{option} {grid!r} is malformed: write start:stop:count, e.g. -1:1:51") from None
+        return linear_grid(start, stop, count, option, grid)
+    if isinstance(grid, tuple) and len(grid) == 3 and isinstance(grid[2], int) and not isinstance(grid[2], bool):
+        return linear_grid(float(grid[0]), float(grid[1]), grid[2], option, grid)
     try:
-        start, stop, count = text.split(":")
-        start, stop, count = float(start), float(stop), int(count)
-    except ValueError:
-        raise UsageError(f"grid {text!r} is malformed: write start:stop:count, e.g. -1:1:51") from None
+        values = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.zeros(0)
+    if values.ndim != 1 or not values.size or not np.isfinite(values).all() or (np.diff(values) <= 0).any():
+        raise UsageError(f"{option} must be 'start:stop:count', a (start, stop, count) tuple or increasing finite "
+                         f"coordinates, got {grid!r}")
+    return values
+
+
+def linear_grid(start: float, stop: float, count: int, option: str, given) -> np.ndarray:
     if count < 1 or not (math.isfinite(start) and math.isfinite(stop)) or (count > 1 and not stop > start):
-        raise UsageError(f"grid {text!r} is empty or reversed: give start < stop and a count of 1 or more, "
+        raise UsageError(f"{option} {given!r} is empty or reversed: give start < stop and a count of 1 or more, "
                          f"e.g. -1:1:51")
     return np.linspace(start, stop, count)
 
 
-def parse_targets(text: str) -> list[str | float]:
-    """--to '2e-3,init' into [0.002, 'init']."""
-    targets: list[str | float] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if part == "init":
-            targets.append(part)
-            continue
-        try:
-            targets.append(float(part))
-        except ValueError:
-            raise UsageError(f"--to entry {part!r} is neither a learning rate of the run file nor init") from None
-    return targets
-
-
-# ---------------------------------------------------------------- directions
-
-
-def random_direction(params: Params, generator: torch.Generator) -> Params:
-    """A Gaussian direction shaped like `params`, drawn on the CPU (the same on every device)."""
-    return {n: torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device) for n, p in params.items()}
-
-
-def normalize_direction(direction: Params, weights: Params, norm: str, ignore: str) -> Params:
-    """Li et al.'s normalisation: per filter (each slice along axis 0), per layer, or none.
-
-    1-D tensors (biases, BatchNorm) get zero with `ignore="biasbn"`, else the weights themselves (as
-    the reference code does).
-    """
-    out = {}
-    for name, d in direction.items():
-        w = weights[name]
-        if d.dim() <= 1:
-            out[name] = torch.zeros_like(d) if ignore == "biasbn" else w.clone()
-        elif norm == "filter":
-            scale = w.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + 1e-10)
-            out[name] = d * scale.view(-1, *[1] * (d.dim() - 1))
-        elif norm == "layer":
-            out[name] = d * (w.norm() / (d.norm() + 1e-10))
-        else:
-            out[name] = d.clone()
-    return out
-
-
-def pca_directions(trajectory: list[Params], origin: Params, ignore: str,
-                   count: int) -> tuple[list[Params], np.ndarray]:
-    """The first `count` principal components of the snapshots minus `origin` (centred, as sklearn's PCA),
-    1-D tensors zeroed with `ignore="biasbn"`; and the fraction of the variance each explains."""
-    names = list(origin)
-    rows = torch.stack([flatten({n: s[n] - origin[n] for n in names}, names) for s in trajectory])
-    if ignore == "biasbn":
-        mask = torch.cat([torch.full((origin[n].numel(),), float(origin[n].dim() > 1), dtype=torch.float64,
-                                     device=rows.device) for n in names])
-        rows = rows * mask
-    centred = rows - rows.mean(dim=0, keepdim=True)
-    gram = centred @ centred.T  # [K, K]: the SVD of a short, very wide matrix through its Gram matrix
-    values, vectors = torch.linalg.eigh(gram)
-    order = torch.argsort(values, descending=True)
-    values, vectors = values[order].clamp(min=0), vectors[:, order]
-    if values.shape[0] < count or values[count - 1] <= 1e-12 * max(float(values[0]), 1e-300):
-        raise UsageError(f"the trajectory spans fewer than {count} direction(s): --directions pca needs more "
-                         f"snapshots (rerun `landscape run` with --snapshot-every 1, at least {count + 2} snapshots)")
-    components = [(centred.T @ vectors[:, i]) / values[i].sqrt() for i in range(count)]
-    explained = (values[:count] / values.sum()).cpu().numpy()
-    return [unflatten(c.float(), origin) for c in components], explained
-
-
-def project(points: list[Params], origin: Params, directions: list[Params]) -> np.ndarray:
-    """Least-squares coordinates [K, dims] of each point minus `origin` in the span of `directions`."""
-    names = list(origin)
-    basis = torch.stack([flatten(d, names) for d in directions], dim=1)  # [P, dims]
-    gram = basis.T @ basis
-    coords = [torch.linalg.solve(gram, basis.T @ flatten({n: p[n] - origin[n] for n in names}, names))
-              for p in points]
-    return torch.stack(coords).cpu().numpy()
-
-
-# ---------------------------------------------------------------- the computation
+def check_grid_fits(points: int, metrics: int) -> None:
+    """Refuse a grid whose loss, metric and done arrays alone cannot be held in memory."""
+    need = points * 8 * (2 + metrics)
+    have = available_bytes(torch.device("cpu"))
+    if need > GRID_MEMORY_SHARE * have:
+        raise UsageError(f"a grid of {points:,} points needs {need / 2 ** 30:,.1f} GiB for its values alone, more than "
+                         f"this machine can hold ({have / 2 ** 30:,.1f} GiB available): use fewer grid points")
 
 
 @dataclass
-class Setup:
-    """Everything a surface needs once resolved: model, centre, directions, data, output."""
+class SurfacePlan:
+    """A resolved surface: the module, the centre, the directions, the grid (and PCA's trajectory)."""
 
-    run: Run
-    weights: Weights
-    index: int
-    epoch: int
     module: nn.Module
     origin: Params
     buffers: Params
@@ -203,171 +84,40 @@ class Setup:
     buffer_directions: list[Params] | None
     xs: np.ndarray
     ys: np.ndarray | None
-    trajectory: dict[str, np.ndarray] | None
-    explained: np.ndarray | None
+    kind: str
+    trajectory: dict[str, np.ndarray] | None = None
+    explained: np.ndarray | None = None
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.xs),) if self.ys is None else (len(self.ys), len(self.xs))
 
-def default_surface_path(run_path: Path, lr: float, epoch: int, options: SurfaceOptions) -> Path:
-    what = options.directions + (f"_to{options.to.replace(',', '_')}" if options.directions == "between" else "")
-    return run_path.with_name(f"{run_path.stem}_surface_lr{lr:g}_e{epoch}_{what}_{options.dims}d.h5")
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
 
+    def coordinates(self, chunk: np.ndarray) -> list[torch.Tensor]:
+        """The coordinates along each direction of the flat point indices `chunk` (row-major [ny, nx])."""
+        device = next(iter(self.origin.values())).device
+        nx = len(self.xs)
+        coords = [torch.as_tensor(self.xs[chunk % nx], dtype=torch.float32, device=device)]
+        if self.ys is not None:
+            coords.append(torch.as_tensor(self.ys[chunk // nx], dtype=torch.float32, device=device))
+        return coords
 
-def compute_surface(run_path: str | Path, options: SurfaceOptions, out: str | Path | None = None, *,
-                    overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
-    """Compute (or, with `resume`, finish) a surface of one snapshot of `run_path`; return the file written."""
-    from landscape.training.checkpoint import RunLock
-    from landscape.training.runner import StopSignals, check_output, resolve_device
+    def points(self, chunk: np.ndarray) -> tuple[Params, Params]:
+        """Stacked parameters and buffers [C, ...] of the grid points `chunk`."""
+        coords = self.coordinates(chunk)
+        params = along(self.origin, self.directions, coords)
+        if self.buffer_directions is None:
+            return params, expand_points(self.buffers, len(chunk))
+        return params, nonnegative_variances(along(self.buffers, self.buffer_directions, coords))
 
-    options.validate()
-    run = read_run(run_path)
-    weights = weights_of_run(run)
-    index = resolve_run(run.lrs, options.lr, options.run, run.path)
-    epoch = resolve_epoch(weights, options.epoch)
-    out = Path(out) if out else default_surface_path(run.path, float(run.lrs[index]), epoch, options)
-    previous = None
-    if resume:
-        previous = read_surface(out)
-        if previous.options != stored_options(options, index, epoch):
-            raise UsageError(f"{out} was computed with other options; resume it with the same options, "
-                             f"or choose another --out")
-    else:
-        check_output(out, overwrite)
-    device = resolve_device(options.device)
-    setup = prepare_surface(run, weights, index, epoch, options, device)
-    images = ImageSet(run, device, options.data_root)
-    split = images.split(options.data, options.images if options.images is not None else None)
-    if options.images is None and len(split) > DEFAULT_IMAGES:
-        split = images.split(options.data, DEFAULT_IMAGES)
-    batch_size = options.batch_size or (images.batch_size if options.bn == "train" else
-                                        (1000 if device.type == "cuda" else 128))  # 128: measured fastest on CPU
-    batches = images.batches(split, batch_size)
-    bn_batches = (images.batches(images.split("train", min(options.bn_images, len(images.dataset.train)),
-                                              "--bn-images"), images.batch_size)
-                  if options.bn == "recompute" else None)
-    autocast = torch.bfloat16 if (options.precision == "bf16" or (options.precision == "auto"
-                                                                  and device.type == "cuda")) else None
-    shape = (len(setup.ys), len(setup.xs)) if setup.ys is not None else (len(setup.xs),)
-    surface = previous or Surface(
-        path=out, attrs={}, x=setup.xs, y=setup.ys, loss=np.full(shape, np.nan), acc=np.full(shape, np.nan),
-        done=np.zeros(shape, dtype=bool), trajectory=setup.trajectory, explained_variance=setup.explained)
-    surface.attrs.update({
-        "status": "running", "options": json.dumps(stored_options(options, index, epoch), sort_keys=True),
-        "run_file": run.path.name, "weights_file": weights.path.name, "model": run.model,
-        "lr": float(run.lrs[index]), "run": index, "epoch": epoch, "dims": options.dims,
-        "directions": options.directions, "norm": options.norm, "ignore": options.ignore, "seed": options.seed,
-        "to": options.to, "data": options.data, "images": len(split), "bn": options.bn,
-        "bn_images": options.bn_images if options.bn == "recompute" else 0, "batch_size": batch_size,
-        "precision": "bf16" if autocast else "fp32", "device": str(device), "torch_version": torch.__version__,
-        "created": surface.attrs.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(out), StopSignals() as signals:
-        write_surface(surface)
-        per_pass = options.points_per_pass or default_points_per_pass(setup, batches, autocast, device)
-        surface.attrs["points_per_pass"] = per_pass
-        todo = np.flatnonzero(~surface.done.reshape(-1))
-        started, flushed, elapsed = time.perf_counter(), time.perf_counter(), float(surface.attrs.get("seconds", 0))
-        points = bar(len(todo), "surface", "point", progress)
-        for start in range(0, len(todo), per_pass):
-            chunk = todo[start:start + per_pass]
-            loss, acc = evaluate_chunk(setup, chunk, options.bn, batches, bn_batches, autocast)
-            surface.loss.reshape(-1)[chunk], surface.acc.reshape(-1)[chunk] = loss, acc
-            surface.done.reshape(-1)[chunk] = True
-            now = time.perf_counter()
-            points.update(len(chunk))
-            report_progress(start + len(chunk), len(todo), now - started)
-            if signals.received is not None and start + len(chunk) < len(todo):
-                surface.attrs.update(status="interrupted", seconds=elapsed + now - started)
-                write_surface(surface)
-                raise RunFailed(f"stopped after {int(surface.done.sum())} of {surface.done.size} points; "
-                                f"resume with: landscape surface {run.path} --resume --out {out} (same options)")
-            if now - flushed > FLUSH_SECONDS:
-                surface.attrs["seconds"] = elapsed + now - started
-                write_surface(surface)
-                flushed = now
-        surface.attrs.update(status="complete", seconds=elapsed + time.perf_counter() - started)
-        write_surface(surface)
-        points.close()
-    return out
-
-
-def stored_options(options: SurfaceOptions, index: int, epoch: int) -> dict:
-    """The options as stored (the run and epoch resolved; where the data is and the device do not matter)."""
-    values = asdict(options)
-    values.update(lr=None, run=index, epoch=epoch)
-    for machine_only in ("device", "data_root", "points_per_pass"):
-        values.pop(machine_only)
-    return values
-
-
-def report_progress(done: int, total: int, seconds: float) -> None:
-    """Called after every pass (points done of the total); the progress bar draws itself, tests hook in here."""
-
-
-def prepare_surface(run: Run, weights: Weights, index: int, epoch: int, options: SurfaceOptions,
-                    device: torch.device) -> Setup:
-    """Build the model at the snapshot, the directions and the grid."""
-    model, origin, buffers = snapshot_model(run, weights, index, epoch, device)
-    module = prepared_module(model, options.bn)
-    buffers = module_buffers(module, buffers)
-    trajectory = explained = buffer_directions = None
-    if options.directions == "random":
-        generator = torch.Generator().manual_seed(options.seed)
-        directions = [normalize_direction(random_direction(origin, generator), origin, options.norm, options.ignore)
-                      for _ in range(options.dims)]
-    elif options.directions == "pca":
-        others = [e for e in weights.epochs if e != epoch]
-        states = [snapshot_model(run, weights, index, e, device)[1] for e in others]
-        directions, explained = pca_directions(states, origin, options.ignore, options.dims)
-        coords = project([*states, origin], origin, directions)
-        trajectory = {"epoch": np.asarray([*others, epoch], dtype=np.int64), "x": coords[:, 0]}
-        if options.dims == 2:
-            trajectory["y"] = coords[:, 1]
-    else:
-        directions, buffer_directions = [], []
-        for target in parse_targets(options.to):
-            if target == "init":
-                other, other_epoch = index, weights.epochs[0]
-                if other_epoch != 0:
-                    raise UsageError(f"{weights.path} has no snapshot at epoch 0 (the initialisation) for --to init")
-            else:
-                other, other_epoch = resolve_run(run.lrs, float(target), None, run.path), weights.epochs[-1]
-            _, end, end_buffers = snapshot_model(run, weights, other, other_epoch, device)
-            directions.append({n: end[n] - origin[n] for n in origin})
-            buffer_directions.append({n: (end_buffers[n] - buffers[n]) if buffers[n].is_floating_point()
-                                      else torch.zeros_like(buffers[n]) for n in buffers})
-    xs, ys = grids(options, trajectory)
-    return Setup(run, weights, index, epoch, module, origin, buffers, directions, buffer_directions, xs, ys,
-                 trajectory, explained)
-
-
-def grids(options: SurfaceOptions, trajectory: dict[str, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The x (and y) coordinates: as given, else the default of the direction kind (PCA: the path and a margin)."""
-    default = DEFAULT_BETWEEN_GRID if options.directions == "between" else DEFAULT_GRID
-
-    def around(values: np.ndarray, count: int = 51) -> np.ndarray:
-        low, high = float(values.min()), float(values.max())
-        margin = 0.25 * max(high - low, 1e-3)
-        return np.linspace(low - margin, high + margin, count)
-
-    if trajectory is not None and options.grid is None:
-        xs = around(trajectory["x"])
-    else:
-        xs = parse_grid(options.grid or default)
-    if options.dims == 1:
-        return xs, None
-    if trajectory is not None and options.grid_y is None and options.grid is None:
-        return xs, around(trajectory["y"])
-    return xs, parse_grid(options.grid_y or options.grid or default)
-
-
-def grid_coordinates(setup: Setup, chunk: np.ndarray) -> list[torch.Tensor]:
-    """The coordinates along each direction of the flat point indices `chunk` (row-major [ny, nx])."""
-    device = next(iter(setup.origin.values())).device
-    nx = len(setup.xs)
-    coords = [torch.as_tensor(setup.xs[chunk % nx], dtype=torch.float32, device=device)]
-    if setup.ys is not None:
-        coords.append(torch.as_tensor(setup.ys[chunk // nx], dtype=torch.float32, device=device))
-    return coords
+    def to(self, device: torch.device) -> "SurfacePlan":
+        move = lambda d: {n: v.to(device) for n, v in d.items()}  # noqa: E731
+        return SurfacePlan(self.module, move(self.origin), move(self.buffers), [move(d) for d in self.directions],
+                           [move(d) for d in self.buffer_directions] if self.buffer_directions is not None else None,
+                           self.xs, self.ys, self.kind, self.trajectory, self.explained)
 
 
 def along(base: Params, directions: list[Params], coords: list[torch.Tensor]) -> Params:
@@ -380,38 +130,264 @@ def along(base: Params, directions: list[Params], coords: list[torch.Tensor]) ->
             continue
         point = value.unsqueeze(0).expand(count, *value.shape).clone()
         for c, d in zip(coords, directions):
-            point += c.view(-1, *[1] * value.dim()) * d[name]
+            point += c.view(-1, *[1] * value.dim()).to(point.dtype) * d[name]
         out[name] = point
     return out
 
 
-def evaluate_chunk(setup: Setup, chunk: np.ndarray, bn: str, batches, bn_batches,
-                   autocast: torch.dtype | None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss and accuracy at the grid points `chunk`, all in one pass over the images."""
-    coords = grid_coordinates(setup, chunk)
-    points = along(setup.origin, setup.directions, coords)
-    if setup.buffer_directions is not None:
-        buffers = along(setup.buffers, setup.buffer_directions, coords)
+def nonnegative_variances(buffers: Params) -> Params:
+    """Interpolated BatchNorm variances beyond the end points can fall below zero: clamp them at zero."""
+    return {n: b.clamp(min=0) if n.endswith("running_var") else b for n, b in buffers.items()}
+
+
+def plan_surface(model: nn.Module, *, params: Params | None = None, buffers: Params | None = None,
+                 directions="random", dims: int = 2, grid=None, grid_y=None, norm: str = "filter",
+                 ignore: str = "biasbn", seed: int = 0, to=None, trajectory=None, trajectory_labels=None,
+                 bn: str = "eval", device: torch.device | None = None, what: str = "the model") -> SurfacePlan:
+    """Resolve the centre (`params`/`buffers`, default the model's own), the directions and the grid."""
+    check_module(model)
+    if dims not in (1, 2):
+        raise UsageError(f"dims {dims} is unknown: choose 1 (a line) or 2 (a plane)")
+    choose("norm", norm, NORMS)
+    choose("ignore", ignore, IGNORES)
+    choose("bn", bn, BN_MODES)
+    check_seed("seed", seed)
+    device = device or next(model.parameters()).device
+    if params is None:
+        params, own_buffers = state_of(model)
+        buffers = own_buffers if buffers is None else buffers
+    origin = {n: p.to(device) for n, p in params.items()}
+    buffers = {n: b.to(device) for n, b in (buffers or {}).items()}
+    check_finite(origin, what)
+    module = prepared_module(model, bn)
+    kept = module_buffers(module, buffers)
+    trajectory_coords = explained = buffer_directions = None
+    if isinstance(directions, str):
+        choose("directions", directions, DIRECTIONS)
+        kind = directions
     else:
-        buffers = expand_points(setup.buffers, len(chunk))
-    if bn == "recompute":
-        buffers = recompute_statistics(setup.module, points, buffers, bn_batches)
-    loss, acc = evaluate_points(setup.module, points, buffers, batches, autocast)
-    return loss.cpu().numpy(), acc.cpu().numpy()
+        kind = "given"
+        if not isinstance(directions, (list, tuple)) or len(directions) != dims:
+            raise UsageError(f"directions must be 'random', 'pca', 'between' or a list of {dims} direction(s) (state "
+                             f"dicts or flat tensors), got {type(directions).__name__}")
+    if kind != "between" and to is not None:
+        raise UsageError("to applies to directions='between' only")
+    if kind != "pca" and trajectory is not None:
+        raise UsageError("trajectory applies to directions='pca' only")
+    if kind == "random":
+        generator = torch.Generator().manual_seed(seed)
+        found = [normalize_direction(random_direction(origin, generator), origin, norm, ignore) for _ in range(dims)]
+    elif kind == "given":
+        found = [given_direction(d, origin, f"direction {i + 1}") for i, d in enumerate(directions)]
+    elif kind == "pca":
+        if not isinstance(trajectory, (list, tuple)) or len(trajectory) < dims + 1:
+            raise UsageError(f"directions='pca' needs trajectory=[state dicts or models along the training], at least "
+                             f"{dims + 2} of them")
+        states = [state_dict_of(t, model, device, f"trajectory entry {i}")[0] for i, t in enumerate(trajectory)]
+        found, explained = pca_directions(states, origin, ignore, dims)
+        coords = project([*states, origin], origin, found)
+        labels = list(trajectory_labels) if trajectory_labels is not None else list(range(len(states) + 1))
+        trajectory_coords = {"epoch": np.asarray(labels, dtype=np.int64), "x": coords[:, 0]}
+        if dims == 2:
+            trajectory_coords["y"] = coords[:, 1]
+    else:
+        targets = to if isinstance(to, (list, tuple)) else [to] if to is not None else []
+        if len(targets) != dims:
+            raise UsageError(f"directions='between' with dims={dims} needs to=[{dims} end point(s)] (models or state "
+                             f"dicts)")
+        found, buffer_directions = [], []
+        for i, target in enumerate(targets):
+            end, end_buffers = state_dict_of(target, model, device, f"end point {i + 1}")
+            check_finite(end, f"end point {i + 1}")
+            d, bd = towards(origin, kept, end, end_buffers)
+            found.append(d)
+            buffer_directions.append(bd)
+    xs = parse_grid(grid if grid is not None else default_grid(kind, trajectory_coords, "x"), "grid")
+    ys = None
+    if dims == 2:
+        ys = parse_grid(grid_y if grid_y is not None else grid if grid is not None else
+                        default_grid(kind, trajectory_coords, "y"), "grid_y")
+    return SurfacePlan(module, origin, kept, found, buffer_directions, xs, ys, kind, trajectory_coords, explained)
 
 
-def default_points_per_pass(setup: Setup, batches, autocast: torch.dtype | None, device: torch.device) -> int:
-    """1 on CPU (vmap turns convolutions into slower grouped ones there); on CUDA, as many points as half
-    the free memory holds, measured with one point on one batch."""
-    if device.type != "cuda":
-        return 1
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    images, labels = next(iter(batches))
-    evaluate_points(setup.module, along(setup.origin, setup.directions, [torch.zeros(1, device=device)] *
-                                        len(setup.directions)),
-                    expand_points(setup.buffers, 1), [(images, labels)], autocast)
-    per_point = max(torch.cuda.max_memory_allocated(device) - before, 1)
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(64, 0.5 * free // per_point)))
+def default_grid(kind: str, trajectory: dict | None, axis: str):
+    """-1:1:51, between -0.25:1.25:31, PCA: the trajectory with a 25% margin."""
+    if kind == "between":
+        return DEFAULT_BETWEEN_GRID
+    if kind == "pca" and trajectory is not None:
+        values = trajectory[axis]
+        low, high = float(values.min()), float(values.max())
+        margin = 0.25 * max(high - low, 1e-3)
+        return np.linspace(low - margin, high + margin, 51)
+    return DEFAULT_GRID
+
+
+class PointEvaluator:
+    """Evaluates chunks of a plan's grid points on fixed batches: what each executor's workers run."""
+
+    def __init__(self, plan: SurfacePlan, batches: BatchSet, objective: Objective, bn: str = "eval",
+                 bn_batches: BatchSet | None = None, autocast: torch.dtype | None = None,
+                 channels_last: bool | None = None):
+        self.plan, self.batches, self.objective, self.bn = plan, batches, objective, bn
+        self.bn_batches = bn_batches if bn_batches is not None else batches
+        self.autocast = autocast
+        device = next(iter(plan.origin.values())).device
+        self.channels_last = device.type == "cpu" if channels_last is None else channels_last
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.plan.origin.values())).device
+
+    def evaluate(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+        """Mean loss and metrics at the grid points `chunk`, all in one pass over the batches."""
+        params, buffers = self.plan.points(np.asarray(chunk))
+        if self.bn == "recompute":
+            buffers = recompute_statistics(self.plan.module, params, buffers, self.bn_batches, self.objective)
+        values = evaluate_points(self.plan.module, params, buffers, self.batches, self.objective, self.autocast,
+                                 self.channels_last)
+        return {name: value.cpu().numpy() for name, value in values.items()}
+
+    def to(self, device: torch.device) -> "PointEvaluator":
+        """The same evaluator on `device` (for a worker on another device)."""
+        if device == self.device:
+            return self
+        return PointEvaluator(self.plan.to(device), self.batches.to(device), self.objective, self.bn,
+                              self.bn_batches.to(device) if self.bn_batches is not self.batches else None,
+                              self.autocast if device.type == "cuda" else None, device.type == "cpu")
+
+    def points_per_pass(self, requested: int = 0) -> int:
+        """Points per vmapped pass: as asked (at most the grid, and what memory holds), else 1 on CPU (vmap's
+        grouped convolutions are slower there) and on CUDA as many as half the free memory holds."""
+        non_negative("points_per_pass", requested)
+        point_bytes = sum(p.numel() * p.element_size() for p in self.plan.origin.values())
+        have = available_bytes(self.device)
+        if requested:
+            chosen = min(requested, self.plan.size)
+            if chosen * point_bytes > 0.5 * have:
+                raise UsageError(f"points_per_pass {requested:,} would stack {chosen * point_bytes / 2 ** 30:,.1f} "
+                                 f"GiB of weights, more than half of the {have / 2 ** 30:,.1f} GiB free on "
+                                 f"{self.device.type}: give at most {max(1, int(0.5 * have // point_bytes)):,}")
+            return chosen
+        if self.device.type != "cuda" or self.objective.closure is not None:
+            return 1
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        one = BatchSet([next(iter(self.batches))], [self.batches.sizes[0]])
+        params, buffers = self.plan.points(np.zeros(1, dtype=np.int64))
+        evaluate_points(self.plan.module, params, buffers, one, self.objective, self.autocast, False)
+        per_point = max(torch.cuda.max_memory_allocated(self.device) - before, 1)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(64, self.plan.size, 0.5 * free // per_point)))
+
+
+def chunks_of(todo: np.ndarray, per_pass: int) -> list[np.ndarray]:
+    """The flat indices still to do, cut into passes of `per_pass` points (the same cut for every executor)."""
+    return [todo[i:i + per_pass] for i in range(0, len(todo), per_pass)]
+
+
+def autocast_for(precision: str, device: torch.device, option: str = "precision") -> torch.dtype | None:
+    """bf16 autocast for `bf16`, and for `auto` on CUDA; none otherwise."""
+    choose(option, precision, PRECISIONS)
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+
+
+def empty_surface(plan: SurfacePlan, metric_names: list[str], attrs: dict) -> Surface:
+    """A surface of the plan's grid with nothing computed yet (NaN values, nothing done)."""
+    check_grid_fits(plan.size, len(metric_names))
+    return Surface(path=None, attrs=dict(attrs), x=plan.xs, y=plan.ys, loss=np.full(plan.shape, np.nan),
+                   metrics={name: np.full(plan.shape, np.nan) for name in metric_names},
+                   done=np.zeros(plan.shape, dtype=bool), trajectory=plan.trajectory,
+                   explained_variance=plan.explained)
+
+
+def metric_names(evaluator: PointEvaluator) -> list[str]:
+    """The metrics the objective gives, found on one point of one batch."""
+    one = BatchSet([next(iter(evaluator.batches))], [evaluator.batches.sizes[0]])
+    params, buffers = evaluator.plan.points(np.zeros(1, dtype=np.int64))
+    if evaluator.bn == "recompute":
+        buffers = recompute_statistics(evaluator.plan.module, params, buffers, one, evaluator.objective)
+    values = evaluate_points(evaluator.plan.module, params, buffers, one, evaluator.objective, evaluator.autocast,
+                             evaluator.channels_last)
+    return [name for name in values if name != "loss"]
+
+
+def store_values(surface: Surface, chunk: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    """Put a chunk's results into the surface's grids and mark the points done."""
+    surface.loss.reshape(-1)[chunk] = values["loss"]
+    for name, grid in surface.metrics.items():
+        grid.reshape(-1)[chunk] = values[name]
+    surface.done.reshape(-1)[chunk] = True
+
+
+def fill_surface(surface: Surface, evaluator: PointEvaluator, per_pass: int, executor=None,
+                 on_chunk: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+    """Compute the points of `surface` not done yet, through `executor` (default: this process); `on_chunk(done,
+    total)` after each chunk lands; `should_stop()` is asked between chunks (Ctrl-C keeps what is done)."""
+    from landscape.engine.executors import InProcess
+
+    todo = np.flatnonzero(~surface.done.reshape(-1))
+    total, landed = len(todo), [0]
+
+    def take(chunk: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        store_values(surface, chunk, values)
+        landed[0] += len(chunk)
+        if on_chunk is not None:
+            on_chunk(landed[0], total)
+
+    (executor or InProcess()).map_points(evaluator, chunks_of(todo, per_pass), take, should_stop or (lambda: False))
+
+
+def describe_callable(function) -> str | None:
+    """A loss or closure by name, as the options record it."""
+    if function is None:
+        return None
+    return getattr(function, "__qualname__", None) or type(function).__name__
+
+
+def surface(model: nn.Module, data, *, loss=None, closure=None, metrics=None, directions="random", dims: int = 2,
+            grid=None, grid_y=None, norm: str = "filter", ignore: str = "biasbn", seed: int = 0, to=None,
+            trajectory=None, bn: str = "eval", bn_data=None, images: int | None = None, batch_size: int | None = None,
+            device=None, precision: str = "auto", points_per_pass: int = 0, executor=None,
+            progress: bool = False) -> Surface:
+    """The loss (and metrics) of `model` on `data` around its weights, on a 1D line or a 2D grid.
+
+    `directions`: "random" (Gaussian, normalised by `norm` = filter | layer | none, zero on 1-D tensors with
+    `ignore="biasbn"`), "pca" (of `trajectory`, a list of state dicts or models), "between" (towards `to`, a
+    model or state dict per dimension), or a list of `dims` directions (state dicts or flat tensors).
+    `grid`/`grid_y`: "start:stop:count", (start, stop, count) or coordinates. `data`: a DataLoader, an iterable
+    of (inputs, targets), or an (inputs, targets) pair, read once (the first `images` samples). `loss(outputs,
+    targets)` (default cross-entropy) or `closure(model, batch)`; `metrics` (default accuracy when it applies).
+    `bn`: eval | train | recompute (on `bn_data`, default `data`). The model is never changed. Returns a
+    `Surface` with numpy `.loss`, `.x`, `.y`, `.metrics`, `.acc` and `.save(path)`.
+    """
+    from landscape.engine.devices import resolve_device
+    from landscape.progress import bar
+
+    check_module(model)
+    device = resolve_device(device, "device", default=next(model.parameters()).device)
+    objective = Objective(loss=loss, closure=closure, metrics=metrics)
+    plan = plan_surface(model, directions=directions, dims=dims, grid=grid, grid_y=grid_y, norm=norm, ignore=ignore,
+                        seed=seed, to=to, trajectory=trajectory, bn=bn, device=device)
+    batches = batch_set(data, device=device, objective=objective, images=images, batch_size=batch_size)
+    bn_batches = batch_set(bn_data, device=device, objective=objective, batch_size=batch_size, what="bn_data") \
+        if bn == "recompute" and bn_data is not None else None
+    evaluator = PointEvaluator(plan, batches, objective, bn, bn_batches, autocast_for(precision, device))
+    per_pass = evaluator.points_per_pass(points_per_pass)
+    options = dict(directions=plan.kind, dims=dims, grid=grid if isinstance(grid, str) else None, norm=norm,
+                   ignore=ignore, seed=seed, bn=bn, images=batches.samples, precision=precision,
+                   loss=describe_callable(loss) or ("closure " + describe_callable(closure) if closure else
+                                                    "cross_entropy"))
+    result = empty_surface(plan, metric_names(evaluator), {
+        "status": "running", "options": json.dumps(options, sort_keys=True), "source": "python",
+        "model": type(model).__name__, "dims": dims, "directions": plan.kind, "norm": norm, "ignore": ignore,
+        "seed": seed, "images": batches.samples, "bn": bn, "precision": "bf16" if evaluator.autocast else "fp32",
+        "points_per_pass": per_pass, "device": str(device), "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    started = time.perf_counter()
+    points = bar(plan.size, "surface", "point", progress)
+    fill_surface(result, evaluator, per_pass, executor, on_chunk=lambda done, total: points.update(done - points.n))
+    points.close()
+    result.attrs.update(status="complete", seconds=time.perf_counter() - started)
+    return result

@@ -9,12 +9,8 @@ and `landscape plot` can read a run that is still training.
 """
 from __future__ import annotations
 
-import errno
-import io
 import json
-import os
 import platform
-import signal
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +20,9 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import UsageError
+from landscape.files.atomic import write_atomically
+from landscape.files.hdf5 import open_ours
+from landscape.files.lock import writer_alive
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "landscape-run"
@@ -51,6 +50,30 @@ PROBE_DATASETS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 PROBE_FIELDS = tuple(PROBE_DATASETS)
 
+# name -> (axes, dtype, description); stored under /sharpness, growing along "measurement" or "check".
+SHARPNESS_DATASETS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "step": (("measurement",), "int64", "training step (index into /train/loss) of each measurement, before its update"),
+    "top": (("run", "measurement", "k"), "float64",
+            "largest Hessian eigenvalues of each run at each measured step, descending (NaN: run stopped)"),
+    "hvps": (("run", "measurement"), "int64", "Hessian-vector products each measurement used"),
+    "check_step": (("check",), "int64", "steps where the estimate was checked by a cold Lanczos run to convergence"),
+    "check_top": (("run", "check", "k"), "float64",
+                  "the converged top eigenvalues at each checked step: the truth the estimate at that step is held to"),
+}
+SHARPNESS_AXES = {"measurement": "step", "check": "check_step"}  # growing axis -> the dataset of its steps
+
+
+def empty_sharpness(runs: int, top_k: int) -> dict[str, np.ndarray]:
+    """Every /sharpness dataset with no measurement yet."""
+    return {name: np.zeros([{"run": runs, "k": top_k}.get(axis, 0) for axis in axes], dtype=dtype)
+            for name, (axes, dtype, _) in SHARPNESS_DATASETS.items()}
+
+
+def join_along_growing_axis(old: np.ndarray, new: np.ndarray, axes: tuple[str, ...]) -> np.ndarray:
+    """`old` and `new` joined along their growing axis (the one that is not run or k)."""
+    axis = next(i for i, a in enumerate(axes) if a in SHARPNESS_AXES)
+    return np.concatenate([old, np.asarray(new, dtype=old.dtype)], axis=axis)
+
 
 def _label_axes(dset: h5py.Dataset, *labels: str) -> None:
     for axis, label in enumerate(labels):
@@ -66,85 +89,6 @@ def _growing(group: h5py.Group, name: str, data: np.ndarray, description: str, *
     dset = group.create_dataset(name, fletcher32=True, data=data, maxshape=maxshape, chunks=chunks)
     dset.attrs["description"] = description
     _label_axes(dset, *labels)
-
-
-_writes: dict[str, int] = {}
-
-
-def kill_before_rename(path: Path) -> None:
-    """Fault injection for the crash tests: LANDSCAPE_TEST_KILL_BEFORE_RENAME=NAME:N kills this process with
-    SIGKILL during the N-th write of the file NAME, after the new copy is written, before it replaces the old."""
-    target = os.environ.get("LANDSCAPE_TEST_KILL_BEFORE_RENAME")
-    if target:
-        _writes[path.name] = _writes.get(path.name, 0) + 1
-        if target == f"{path.name}:{_writes[path.name]}":
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def check_writable_folder(folder: Path, option: str) -> None:
-    """Raise UsageError unless `folder` is, or can be created as, a writable folder; touches nothing."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {folder} is a file, not a folder: give a folder")
-    ancestor = folder
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"cannot create {folder}: {ancestor} is a file; choose another {option}")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to {folder}: {ancestor} is not a writable folder; choose another {option}")
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary copies of `path` left by a killed writer (call while holding the run's lock)."""
-    for temp in path.parent.glob(f".{path.name}.*.tmp"):
-        temp.unlink(missing_ok=True)
-
-
-class WriteFailed(OSError):
-    """Writing a file failed (no space left, a file-size limit, an I/O error); the old file is untouched."""
-
-    def __init__(self, path: Path, cause: OSError):
-        full = cause.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-        reason = "no space left on the device (or a file-size limit)" if full else \
-            f"{type(cause).__name__}: {' '.join(str(cause).split())[:200]}"
-        super().__init__(f"{reason} while writing {Path(path).name}")
-        self.path = Path(path)
-
-
-def write_atomically(path: Path, write, *, replace: bool = True) -> None:
-    """Write `path` through `write(buffer)` into memory, then to a temporary copy, fsync, rename into place (or
-    link, if not `replace`).
-
-    A reader, or a crash at any moment, sees the old file or the new one, never a mix. HDF5 and torch.save
-    write only into memory, so a full disk or a file-size limit fails in a plain write here (WriteFailed),
-    never inside the HDF5 library (whose failed writes end in a segmentation fault). With `replace=False`
-    an existing `path` is never touched (FileExistsError).
-    """
-    buffer = io.BytesIO()
-    write(buffer)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            with open(temp, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise WriteFailed(path, exc) from None
-        del buffer
-        kill_before_rename(path)
-        if replace:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)  # atomic, and fails rather than replace a file created meanwhile
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 class RunWriter:
@@ -180,9 +124,8 @@ class RunWriter:
             for name, (axes, _) in PROBE_DATASETS.items():
                 self.probe[name] = np.zeros((runs, 0, len(probe_multipliers)) if "multiplier" in axes else (runs, 0))
         self.sharpness = None
-        if sharpness:  # attributes: top_k, images, iterations, bn, method
-            self.sharpness = {"step": np.zeros(0, dtype=np.int64), "top": np.zeros((runs, 0, int(sharpness["top_k"]))),
-                              "attrs": dict(sharpness)}
+        if sharpness:  # the group's attributes: top_k, images, steps, method...
+            self.sharpness = {**empty_sharpness(runs, int(sharpness["top_k"])), "attrs": dict(sharpness)}
 
     @classmethod
     def continuing(cls, run: "Run", *, epochs: int) -> "RunWriter":
@@ -204,9 +147,12 @@ class RunWriter:
             for name in PROBE_FIELDS:
                 writer.probe[name] = run.probe[name][:, :kept]
         if run.sharpness is not None:
-            kept = int(np.searchsorted(run.sharpness["step"], steps))
-            writer.sharpness["step"] = run.sharpness["step"][:kept]
-            writer.sharpness["top"] = run.sharpness["top"][:, :kept]
+            for name, (axes, _, _) in SHARPNESS_DATASETS.items():
+                if name not in run.sharpness:
+                    continue  # a file from before the dataset existed
+                axis = next(i for i, a in enumerate(axes) if a in SHARPNESS_AXES)
+                kept = int(np.searchsorted(run.sharpness[SHARPNESS_AXES[axes[axis]]], steps))
+                writer.sharpness[name] = np.take(run.sharpness[name], np.arange(kept), axis=axis)
         return writer
 
     def create(self, overwrite: bool = False) -> None:
@@ -230,9 +176,10 @@ class RunWriter:
                  dict(self.sharpness) if self.sharpness is not None else None)
         try:
             self._add_epoch(step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes)
-            if sharpness is not None and len(sharpness["step"]):
-                self.sharpness["step"] = np.concatenate([self.sharpness["step"], sharpness["step"]])
-                self.sharpness["top"] = np.concatenate([self.sharpness["top"], sharpness["top"]], axis=1)
+            if sharpness is not None:
+                for name, (axes, _, _) in SHARPNESS_DATASETS.items():
+                    if name in sharpness:
+                        self.sharpness[name] = join_along_growing_axis(self.sharpness[name], sharpness[name], axes)
             self.flush()
         except OSError:
             (self.train_loss, self.train_epoch, self.epoch, self.wall_time, self.diverged_step,
@@ -300,17 +247,16 @@ class RunWriter:
                 self._write_sharpness(f, runs)
 
     def _write_sharpness(self, f: h5py.File, runs: int) -> None:
-        """The /sharpness group: measured steps and each run's top Hessian eigenvalues there."""
+        """The /sharpness group: measured steps, each run's top Hessian eigenvalues there, their cost and checks."""
         group = f.create_group("sharpness")
         group.attrs.update(self.sharpness["attrs"])
         group.attrs["description"] = (
-            "sharpness: the top Hessian eigenvalues of the mean training loss over a fixed, seeded subset of "
-            "training images (attribute images), by Lanczos (attribute iterations, fixed), BatchNorm with batch "
-            "statistics, dropout off; measured before the step's update")
-        _growing(group, "step", self.sharpness["step"], "training step (index into /train/loss) of each measurement",
-                 "measurement")
-        _growing(group, "top", np.asarray(self.sharpness["top"], dtype=np.float64),
-                 "largest Hessian eigenvalues of each run at each measured step, descending", "run", "measurement", "k")
+            "sharpness: the top Hessian eigenvalues of the mean training loss on the images of attribute `images`, "
+            "by Lanczos (warm-started from the previous measurement's Ritz vectors when attribute warm_start is 1), "
+            "BatchNorm with batch statistics, dropout off; measured before the step's update. check_*: the same "
+            "measured cold and to convergence every check_every-th measurement")
+        for name, (axes, _, text) in SHARPNESS_DATASETS.items():
+            _growing(group, name, self.sharpness[name], text, *axes)
 
     def _write_probes(self, f: h5py.File, runs: int) -> None:
         """The /probe group: probed steps, multipliers and one dataset per measure."""
@@ -362,67 +308,29 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a run file; raise UsageError if it is missing, not HDF5, not ours, or too new."""
+    """Read a run file; raise UsageError if it is missing, not HDF5, not ours, too new, reads outside itself,
+    is damaged or inconsistent."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; give the .h5 file written by `landscape run`")
-    if not h5py.is_hdf5(path):
-        raise UsageError(f"{path}: not an HDF5 file; give the .h5 file written by `landscape run`")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("format") != FORMAT_NAME or "schema_version" not in attrs:
-                raise UsageError(f"{path}: an HDF5 file, but not a landscape run (no format={FORMAT_NAME!r} attribute)")
-            version = int(attrs["schema_version"])
-            if version > SCHEMA_VERSION:
-                raise UsageError(f"{path}: schema version {version} is newer than this landscape "
-                                 f"({__version__}, schema {SCHEMA_VERSION}); upgrade landscape to read it")
-            epoch = {name: f[f"epoch/{name}"][...] for name in EPOCH_METRICS}
-            epoch["wall_time"] = f["epoch/wall_time"][...]
-            probe = None
-            if "probe" in f:
-                probe = {name: f[f"probe/{name}"][...] for name in ("step", "multipliers", *PROBE_FIELDS)}
-                probe["direction"] = str(f["probe"].attrs.get("direction", "update"))
-            sharpness = None
-            if "sharpness" in f:
-                group = f["sharpness"]
-                sharpness = {"step": group["step"][...], "top": group["top"][...],
-                             "attrs": {k: v for k, v in group.attrs.items() if k != "description"}}
-                sharpness["images"] = int(sharpness["attrs"].get("images", 0))
-            run = Run(path=path, attrs=attrs, config=json.loads(attrs["config"]), lrs=f["lrs"][...],
-                      train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
-                      diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe,
-                      sharpness=sharpness)
-        check_consistent(run)
-        return run
-    except UsageError:
-        raise
-    except Exception as exc:  # h5py reports damage as OSError, KeyError, ValueError, RuntimeError...
-        raise UsageError(f"{path}: unreadable run file, it may be truncated or corrupt "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
-
-
-def read_versioned(path: str | Path, format_name: str, version: int, writer: str, read):
-    """Open one of our HDF5 files, check its `format` and `schema_version`, and return `read(file, attrs)`;
-    UsageError (one line) when it is missing, foreign, too new, or damaged."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; give a file written by `{writer}`")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            if attrs.get("format") != format_name:
-                raise UsageError(f"{path}: not a {format_name} file (no format={format_name!r} attribute); give a "
-                                 f"file written by `{writer}`")
-            if int(attrs.get("schema_version", 0)) > version:
-                raise UsageError(f"{path}: schema version {attrs['schema_version']} of {format_name} is newer than "
-                                 f"this landscape ({__version__}); upgrade landscape to read it")
-            return read(f, attrs)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"{path}: unreadable {format_name} file, it may be truncated or corrupt "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+    with open_ours(path, FORMAT_NAME, SCHEMA_VERSION, "landscape run") as (f, attrs):
+        epoch = {name: f[f"epoch/{name}"][...] for name in EPOCH_METRICS}
+        epoch["wall_time"] = f["epoch/wall_time"][...]
+        probe = None
+        if "probe" in f:
+            probe = {name: f[f"probe/{name}"][...] for name in ("step", "multipliers", *PROBE_FIELDS)}
+            probe["direction"] = str(f["probe"].attrs.get("direction", "update"))
+        sharpness = None
+        if "sharpness" in f:
+            group = f["sharpness"]
+            sharpness = {name: group[name][...] for name in SHARPNESS_DATASETS if name in group}
+            sharpness["attrs"] = {k: v for k, v in group.attrs.items() if k != "description"}
+            sharpness["images"] = sharpness["attrs"].get("images", 0)
+        config = json.loads(attrs["config"])
+        run = Run(path=path, attrs=attrs, config=config, lrs=f["lrs"][...],
+                  train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
+                  diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe,
+                  sharpness=sharpness)
+    check_consistent(run)
+    return run
 
 
 def check_consistent(run: Run) -> None:
@@ -445,26 +353,6 @@ def check_consistent(run: Run) -> None:
     if problem:
         raise UsageError(f"{run.path}: inconsistent run file: {problem}; it was damaged or edited, "
                          f"rerun `landscape run` to recreate it")
-
-
-def writer_alive(path: Path) -> bool:
-    """Whether a process holds the run's writer lock (`RUN.h5.lock`, flock) right now; touches nothing."""
-    import fcntl
-
-    lock = Path(path).with_name(Path(path).name + ".lock")
-    try:
-        handle = open(lock, "r")
-    except OSError:
-        return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        handle.close()
-    return False
 
 
 def shown_status(run: Run) -> str:

@@ -20,7 +20,8 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import UsageError
-from landscape.files.run_file import read_versioned, write_atomically
+from landscape.files.atomic import write_atomically
+from landscape.files.hdf5 import read_versioned
 
 WEIGHTS_FORMAT = "landscape-weights"
 WEIGHTS_SCHEMA_VERSION = 1

@@ -4,20 +4,16 @@
 optimizer states, torch's random state, the loop's counters (epoch, step, divergence, early
 stopping, best accuracy) and, after an interruption, the part of the epoch already done. It is
 written like the run file (temporary copy, fsync, rename), so a crash never leaves half of one.
-`RUN.h5.lock` is held with flock for a writer's whole life; the kernel drops it when the process
-dies, so a lock left by a killed process is simply taken over.
+The writer's lock is `files.lock.WriterLock`.
 """
 from __future__ import annotations
 
-import fcntl
-import os
-import platform
 from pathlib import Path
 
 import torch
 
 from landscape.errors import UsageError
-from landscape.files.run_file import write_atomically
+from landscape.files.atomic import write_atomically
 
 
 def checkpoint_path(run_path: str | Path) -> Path:
@@ -55,36 +51,3 @@ def restore_random_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-class RunLock:
-    """An exclusive lock on a run file for as long as one process writes it (context manager)."""
-
-    def __init__(self, run_path: str | Path):
-        run_path = Path(run_path)
-        self.path = run_path.with_name(run_path.name + ".lock")
-        self.handle = None
-        self.created = False
-
-    def __enter__(self) -> "RunLock":
-        self.created = not self.path.exists()
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise UsageError(f"{self.path.with_suffix('')} is being written by {holder}; wait for it to finish, "
-                             f"or stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {platform.node()}")
-        handle.flush()
-        self.handle = handle
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)  # still locked by us, so nobody else holds this file
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from landscape.errors import UsageError
+from landscape.options import (DEVICES, PROBE_DIRECTIONS, check_seed, check_sharpness_options, check_threads, choose,
+                               in_range, non_negative, positive)
 
 DATASETS = ("cifar10", "cifar100", "imagenette", "imagefolder", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "ranger")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-PROBE_DIRECTIONS = ("update", "gradient")
 NORMS = ("bn", "in", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "silu")
 STEMS = ("imagenet", "cifar")
@@ -92,11 +92,15 @@ class RunConfig:
     # weight snapshots (<run>.weights.h5): epoch 0, every snapshot_every epochs (0: none between) and the end
     snapshots: bool = True
     snapshot_every: int = 0
-    # sharpness: top Hessian eigenvalues of every run every K steps on a fixed training subset
+    # sharpness: top Hessian eigenvalues of every run every K steps on a fixed training subset (or "batch")
     sharpness_every: int = 0
-    sharpness_images: int = 2048
+    sharpness_images: int | str = 2048
     sharpness_top_k: int = 1
-    sharpness_iters: int = 20
+    sharpness_iters: int = 5  # warm Lanczos steps per measurement (benchmarks/bench_sharpness.py)
+    sharpness_cold_iters: int = 20  # the first measurement of each run, and every one with warm off
+    sharpness_warm: bool = True
+    sharpness_check_every: int = 0  # every M-th measurement also cold to convergence (0: never)
+    threads: int = 0  # CPU threads for torch (0: torch's choice within the cores this process may use)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":
@@ -120,20 +124,21 @@ class RunConfig:
                               ("--eval-batch-size", self.eval_batch_size), ("--log-every", self.log_every),
                               ("--step-size", self.step_size)):
             positive(option, value)
-        for option, value in (("--sharpness-images", self.sharpness_images), ("--sharpness-top-k", self.sharpness_top_k),
-                              ("--sharpness-iters", self.sharpness_iters)):
-            positive(option, value)
-        if self.sharpness_top_k > self.sharpness_iters:
-            raise UsageError(f"--sharpness-top-k {self.sharpness_top_k} needs at least as many --sharpness-iters "
-                             f"(got {self.sharpness_iters}): raise --sharpness-iters")
+        if self.sharpness_images != "batch":
+            if isinstance(self.sharpness_images, str):
+                raise UsageError(f"--sharpness-images {self.sharpness_images!r}: give a number of images or batch (each "
+                                 f"step's own batch)")
+            positive("--sharpness-images", self.sharpness_images)
+        check_sharpness_options(self.sharpness_top_k, self.sharpness_iters, self.sharpness_cold_iters,
+                                self.sharpness_check_every)
+        check_threads("--threads", self.threads)
         for option, value in (("--train-subset", self.train_subset), ("--image-size", self.image_size),
                               ("--probe-every", self.probe_every), ("--patience", self.patience),
                               ("--cosine-extra", self.cosine_extra), ("--warmup-epochs", self.warmup_epochs),
                               ("--snapshot-every", self.snapshot_every), ("--sharpness-every", self.sharpness_every)):
             non_negative(option, value)
         in_range("--width", self.width, 0, math.inf, low_open=True)
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2 ** 32):
-            raise UsageError(f"--seed must be a whole number from 0 to {2 ** 32 - 1}, got {self.seed}")
+        check_seed("--seed", self.seed)
         in_range("--weight-decay", self.weight_decay, 0, math.inf)
         in_range("--momentum", self.momentum, 0, 1)
         in_range("--dropout", self.dropout, 0, 1, high_open=True)
@@ -207,6 +212,11 @@ def config_values(raw: dict, where: str) -> dict:
             value = parse_multipliers(value)
         elif name == "milestones" and isinstance(value, str):
             value = parse_ints(value, "--milestones")
+        elif name == "sharpness_images" and isinstance(value, str):
+            if value != "batch" and not value.isdigit():
+                raise UsageError(f"{where}: {key} must be a number of images or batch, got {value!r}")
+            values[name] = value if value == "batch" else int(value)
+            continue
         default = getattr(defaults, name)
         if name in TUPLE_FIELDS:
             if not isinstance(value, (list, tuple)):
@@ -315,31 +325,3 @@ def format_lrs(lrs) -> str:
 def default_out_path(model: str, folder: str = "artifacts") -> Path:
     """Where `landscape run` writes when --out is not given."""
     return Path(folder) / f"{model}.h5"
-
-
-def choose(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise UsageError unless `value` is one of `allowed`."""
-    if value not in allowed:
-        raise UsageError(f"{option} {value!r} is unknown: choose one of {', '.join(allowed)}")
-
-
-def positive(option: str, value: int) -> None:
-    """Raise UsageError unless `value` is a positive integer."""
-    if not (isinstance(value, int) and value > 0):
-        raise UsageError(f"{option} must be a positive integer, got {value}")
-
-
-def non_negative(option: str, value: int) -> None:
-    """Raise UsageError unless `value` is an integer >= 0."""
-    if not (isinstance(value, int) and value >= 0):
-        raise UsageError(f"{option} must be 0 or a positive integer, got {value}")
-
-
-def in_range(option: str, value: float, low: float, high: float, *, low_open: bool = False,
-             high_open: bool = False) -> None:
-    """Raise UsageError unless `value` is a finite number within [low, high] (ends open as asked)."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if low_open else value >= low) \
-        and (value < high if high_open else value <= high)
-    if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise UsageError(f"{option} must be in {left}{low:g}, {high:g}{right}, got {value}")

@@ -13,7 +13,6 @@ import copy
 import platform
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.training.checkpoint import (RunLock, checkpoint_path, load_checkpoint, random_state, restore_random_state,
-                                  save_checkpoint)
+from landscape.files.atomic import check_output, remove_stale_temporaries
+from landscape.files.lock import WriterLock
+from landscape.stopping import StopSignals, ignore_file_size_signal
+from landscape.training.checkpoint import (checkpoint_path, load_checkpoint, random_state, restore_random_state,
+                                           save_checkpoint)
 from landscape.training.config import RunConfig, format_lrs
-from landscape.training.data import Dataset, Normalizer, eval_batches, load_dataset, steps_per_epoch, train_batches
+from landscape.training.data import (Dataset, Normalizer, Split, eval_batches, load_dataset, steps_per_epoch,
+                                     train_batches)
 from landscape.errors import RunFailed, UsageError
 from landscape.training.fused import FusedRuns
-from landscape.engine.curvature import SharpnessTracker
+from landscape.engine.batches import BatchSet
+from landscape.engine.devices import resolve_device, set_threads
+from landscape.engine.sharpness import SharpnessTracker
 from landscape.training.models import build_model, check_model_options, count_parameters, model_size_mb
 from landscape.training.optim import lr_at_epoch, make_optimizer
 from landscape.training.loop import LockstepRuns
@@ -36,26 +41,8 @@ from landscape.engine.memory import check_model_fits
 from landscape.engine.probe import ModelProbe
 from landscape.progress import bar, duration, live
 from landscape.files.weights_file import SnapshotWriter, weights_path
-from landscape.files.run_file import (PROBE_FIELDS, RunWriter, check_writable_folder, never_completed, read_run,
-                             remove_stale_temporaries)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; 'cuda' without a GPU is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU: use --device cpu or auto")
-    return torch.device(name)
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    """Raise UsageError if `out` cannot be written, without touching the disk."""
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder: give a file path such as {out / 'run.h5'}")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
-    check_writable_folder(out.parent, "--out")
+from landscape.files.run_file import RunWriter, never_completed, read_run
+from landscape.training.records import StepLosses, probes_to_host, sharpness_to_host
 
 
 Engine = LockstepRuns | FusedRuns
@@ -120,52 +107,6 @@ class Progress:
             sys.stderr.write(f"epoch {epoch + 1}/{self.config.epochs} done in {seconds:.1f}s, "
                              f"test acc[{format_lrs(self.config.lrs)}] {accs}\n")
             sys.stderr.flush()
-
-
-class StepLosses:
-    """Step losses on their way to the host: stacked in blocks, copied without waiting, read when landed.
-
-    On CUDA each block is copied into pinned memory with `non_blocking=True` and an event marks its
-    arrival, so the training loop never waits for the GPU inside an epoch; `landed()` hands over the
-    blocks whose copy has finished, `drain()` waits for the rest (at the epoch's end). On CPU the
-    copies are immediate.
-    """
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.pending: list[torch.Tensor] = []
-        self.in_flight: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
-
-    def add(self, losses: torch.Tensor) -> None:
-        self.pending.append(losses)
-
-    def send(self) -> None:
-        """Start copying the pending steps to the host as one [R, k] block."""
-        if not self.pending:
-            return
-        block = torch.stack(self.pending, dim=1)
-        self.pending.clear()
-        host = torch.empty(block.shape, dtype=block.dtype, pin_memory=self.cuda)
-        host.copy_(block, non_blocking=self.cuda)
-        event = torch.cuda.Event() if self.cuda else None
-        if event is not None:
-            event.record()
-        self.in_flight.append((host, event))
-
-    def landed(self) -> list[np.ndarray]:
-        """Blocks whose copy has finished, oldest first, as numpy [R, k]."""
-        done = []
-        while self.in_flight and (self.in_flight[0][1] is None or self.in_flight[0][1].query()):
-            done.append(self.in_flight.pop(0)[0].numpy())
-        return done
-
-    def drain(self) -> list[np.ndarray]:
-        """Send what is pending and wait for every block."""
-        self.send()
-        for _, event in self.in_flight:
-            if event is not None:
-                event.synchronize()
-        return self.landed()
 
 
 class EarlyStopping:
@@ -244,31 +185,12 @@ def as_arrays(value):
     return value
 
 
-class StopSignals:
-    """SIGINT and SIGTERM ask the loop to stop after the current step (context manager; main thread only)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self.previous: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def handle(self, signum, frame) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, Engine, nn.Module]:
-    """Check the options, load the data and build the engine; touches nothing on disk."""
+def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, Engine, nn.Module,
+                                                        SharpnessTracker | None]:
+    """Check the options, load the data, build the engine and the sharpness tracker; touches nothing on disk."""
     config.validate()
     check_model_options(config.model, config.model_options())
+    set_threads(config.threads)
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
                            download=download, seed=config.seed, image_size=config.image_size,
@@ -277,7 +199,7 @@ def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, E
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     runs, base = build_runs(config, dataset, device)
-    return device, dataset, runs, base
+    return device, dataset, runs, base, sharpness_tracker(config, dataset) if config.sharpness_every else None
 
 
 def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) -> None:
@@ -313,9 +235,9 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     ignore_file_size_signal()
     overwrite = overwrite or (out.is_file() and never_completed(out))  # a failed start blocks no retry
     check_output(out, overwrite)
-    device, dataset, runs, base = prepare(config, download)
+    device, dataset, runs, base, tracker = prepare(config, download)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
+    with WriterLock(out):
         check_output(out, overwrite)  # again, now that no other writer can slip in
         for leftover in (out, checkpoint_path(out), weights_path(out)):
             remove_stale_temporaries(leftover)
@@ -325,24 +247,17 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
             "model_size_mb": model_size_mb(base), "engine": type(runs).__name__, "image_size": dataset.image_size,
             "num_classes": dataset.num_classes, "steps_per_epoch": steps_per_epoch(len(dataset.train), config.batch_size),
             "train_images": len(dataset.train), "test_images": len(dataset.test), "host": platform.node(),
+            "threads": torch.get_num_threads(),
             **({"weights_file": weights_path(out).name} if config.snapshots else {}),
         }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
-            probe_direction=config.probe_direction, sharpness=sharpness_tracker(config, dataset).attrs
-            if config.sharpness_every else None)
+            probe_direction=config.probe_direction, sharpness=tracker.attrs if tracker is not None else None)
         writer.create(overwrite)
         checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
         weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
         snapshots = snapshot_writer(config, out)
-        return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots,
+        return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots, tracker,
                      progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
                      on_checkpoint=on_checkpoint)
-
-
-def ignore_file_size_signal() -> None:
-    """Over a file-size limit (RLIMIT_FSIZE), let writes fail with EFBIG, which we report, instead of SIGXFSZ
-    killing the process (main thread only; elsewhere the signal keeps its action)."""
-    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def snapshot_writer(config: RunConfig, out: Path) -> SnapshotWriter | None:
@@ -382,8 +297,8 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
                          f"drop them, or start a new run with another --out")
     if run.status == "complete":
         return path, False
-    device, dataset, runs, _ = prepare(config, download)
-    with RunLock(path):
+    device, dataset, runs, _, tracker = prepare(config, download)
+    with WriterLock(path):
         run = read_run(path)  # as it is now that we hold the lock
         for leftover in (path, checkpoint_path(path)):
             remove_stale_temporaries(leftover)
@@ -399,24 +314,27 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
             state = TrainingState.from_checkpoint(saved["state"])
             runs.load_state_dict(saved["engine"])
             restore_random_state(saved["random"], device)
+            if tracker is not None and "sharpness" in saved:
+                tracker.load_state_dict(saved["sharpness"], device)
         writer = RunWriter.continuing(run, epochs=state.epoch)
         writer.set_status("running")
         remove_stale_temporaries(weights_path(path))
         snapshots = snapshot_writer(config, path)
-        return drive(config, dataset, runs, writer, state, device, snapshots, progress=progress,
+        return drive(config, dataset, runs, writer, state, device, snapshots, tracker, progress=progress,
                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
                      on_checkpoint=on_checkpoint), True
 
 
 def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
-          device: torch.device, snapshots: SnapshotWriter | None, *, progress: bool, checkpoint_every: int,
-          keep_checkpoint: bool, on_checkpoint=None) -> Path:
+          device: torch.device, snapshots: SnapshotWriter | None, tracker: SharpnessTracker | None, *,
+          progress: bool, checkpoint_every: int, keep_checkpoint: bool, on_checkpoint=None) -> Path:
     """Run the remaining epochs under signal handling; set the final status; translate failures."""
     out = writer.path
 
     def save(state: TrainingState) -> None:
         save_checkpoint(out, {"config": writer.attrs["config"], "state": state.to_checkpoint(),
-                              "engine": runs.state_dict(), "random": random_state(device)})
+                              "engine": runs.state_dict(), "random": random_state(device),
+                              **({"sharpness": tracker.state_dict()} if tracker is not None else {})})
         if on_checkpoint is not None:
             on_checkpoint(out, state.epoch)
 
@@ -429,7 +347,7 @@ def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, 
                 save(state)  # a run killed before its first epoch's checkpoint resumes from the start
         with StopSignals() as signals:
             outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
-                                    save if checkpoint_every else None, checkpoint_every, snapshots)
+                                    save if checkpoint_every else None, checkpoint_every, snapshots, tracker)
         writer.set_status("complete", outcome)
     except Interrupted as stop:
         try:
@@ -470,13 +388,12 @@ class Interrupted(Exception):
 
 def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
                   progress_on: bool, signals: StopSignals, save, checkpoint_every: int,
-                  snapshots: SnapshotWriter | None = None) -> str:
+                  snapshots: SnapshotWriter | None = None, tracker: SharpnessTracker | None = None) -> str:
     """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
 
     Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
     """
     normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
-    tracker = sharpness_tracker(config, dataset) if config.sharpness_every else None
     steps = steps_per_epoch(len(dataset.train), config.batch_size)
     early = EarlyStopping(len(runs), config.patience, config.min_delta)
     early.best, early.waited = state.early_best, state.early_waited
@@ -502,8 +419,9 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         ] if probe_steps else []
         done = int(partial.get("step", 0))
         sharp_steps: list[int] = list(partial.get("sharpness_steps", []))
-        sharp_values: list[torch.Tensor] = [torch.from_numpy(v).to(dataset.train.device)
-                                            for v in partial.get("sharpness", [])]
+        sharp_values: list[dict[str, torch.Tensor]] = [
+            {k: torch.from_numpy(v).to(dataset.train.device) for k, v in record.items()}
+            for record in partial.get("sharpness", [])]
 
         def take(landed: list[np.ndarray], blocks: list[np.ndarray] = blocks, epoch: int = epoch) -> None:
             for block in landed:  # the only host copies of step losses
@@ -518,7 +436,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 continue  # already trained before an interruption; the batch stream stays in step
             if tracker is not None and (state.global_step + step) % config.sharpness_every == 0:
                 sharp_steps.append(state.global_step + step)
-                sharp_values.append(tracker.measure(runs, state.global_step + step))
+                sharp_values.append(tracker.measure(runs, state.global_step + step,
+                                                    (images, labels) if tracker.batches is None else None))
             probing = bool(config.probe_every) and (state.global_step + step) % config.probe_every == 0
             losses, hits, probes = runs.train_step(images, labels, probe=probing)
             if probes is not None:
@@ -537,7 +456,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                                  "probes": {k: v for k, v in probes_to_host(probe_steps, probe_values).items()
                                             if k != "step" and v is not None},
                                  "sharpness_steps": sharp_steps,
-                                 "sharpness": [v.cpu().numpy() for v in sharp_values]}
+                                 "sharpness": [{k: v.cpu().numpy() for k, v in record.items()}
+                                               for record in sharp_values]}
                 name = signal.Signals(signals.received).name
                 raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)
         take(step_losses.drain())
@@ -585,25 +505,25 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
     return "; ".join(n for n in notes if n)
 
 
-def probes_to_host(steps: list[int], values: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """An epoch's probes, one device-to-host copy per measure: step [P] and name -> [R, P(, J)]."""
-    host = {"step": np.asarray(steps, dtype=np.int64)}
-    for name in PROBE_FIELDS:
-        host[name] = torch.stack([v[name] for v in values], dim=1).cpu().numpy() if values else None
-    return host
-
-
 def sharpness_tracker(config: RunConfig, dataset: Dataset) -> SharpnessTracker:
-    """The sharpness measurement of `--sharpness-every`, on its fixed subset of training images."""
-    normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
-    return SharpnessTracker(dataset.train, normalize, images=config.sharpness_images, batch_size=config.batch_size,
-                            top_k=config.sharpness_top_k, iterations=config.sharpness_iters, seed=config.seed)
-
-
-def sharpness_to_host(steps: list[int], values: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """An epoch's sharpness measurements: step [M] and top [R, M, k], one device-to-host copy."""
-    top = torch.stack(values, dim=1).cpu().numpy() if values else None
-    return {"step": np.asarray(steps, dtype=np.int64), "top": top}
+    """The sharpness measurement of `--sharpness-every`: on a fixed seeded subset of the training images, or
+    (`--sharpness-images batch`) on each measured step's own batch."""
+    images = config.sharpness_images
+    if images == "batch":
+        batches = None
+    else:
+        split = dataset.train
+        if images > len(split):
+            raise UsageError(f"--sharpness-images {images} exceeds the {len(split)} training images: give at most "
+                             f"{len(split)}, or batch (each step's own batch)")
+        index = torch.randperm(len(split), generator=torch.Generator().manual_seed(config.seed + 15_485_863))[:images]
+        index = index.sort().values.to(split.images.device)
+        subset = Split(split.images[index], split.labels[index], split.device)
+        normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
+        batches = BatchSet(list(eval_batches(subset, normalize, config.batch_size)))
+    return SharpnessTracker(batches, top_k=config.sharpness_top_k, steps=config.sharpness_iters,
+                            cold_steps=config.sharpness_cold_iters, seed=config.seed, warm=config.sharpness_warm,
+                            check_every=config.sharpness_check_every, images=images)
 
 
 def trained_images(n: int, batch_size: int) -> int:

@@ -18,7 +18,8 @@ from landscape import __version__
 from landscape.views.analysis import (SMOOTHNESS_MEASURES, batchnorm_pairs, best_accuracy, compare_smoothness, envelope,
                                 probe_bands, run_label, stability_threshold)
 from landscape.errors import UsageError
-from landscape.files.hessian_file import HessianResult, file_format, read_hessian
+from landscape.files.hdf5 import file_format
+from landscape.files.hessian_file import HessianResult, read_hessian
 from landscape.files.run_file import Run, read_run, shown_status
 from landscape.files.surface_file import Surface, read_surface
 
@@ -156,7 +157,7 @@ def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None,
 
 def write_report(paths: list[Path], out: Path, *, ablations: Path | None = None, preset: str = "quick") -> Path:
     """Write the HTML report to `out` (atomically) and return it."""
-    from landscape.files.run_file import write_atomically
+    from landscape.files.atomic import write_atomically
 
     page = build_report(paths, out, ablations=ablations, preset=preset)
     write_atomically(out, lambda buffer: buffer.write(page.html().encode("utf-8")))
@@ -402,7 +403,7 @@ def write_markdown(paths: list[Path], out: Path) -> Path:
     """`report.md` for GitHub: the run headers and comparisons as Markdown tables, the static figures as PNGs."""
     from landscape.views.curvature_plots import plot_hessians
     from landscape.views.plots import plot_runs
-    from landscape.files.run_file import check_writable_folder, write_atomically
+    from landscape.files.atomic import check_writable_folder, write_atomically
     from landscape.views.surface_plots import plot_surfaces
 
     inputs = read_inputs(paths)

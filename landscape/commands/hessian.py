@@ -1,0 +1,227 @@
+"""`landscape hessian`: spectra of chosen snapshots of a run file (or of a foreign model) into a Hessian file.
+
+One measurement per (run, snapshot), each an `engine.curvature.HessianTask` run by an executor (this process,
+or one Ray task each); the driver alone writes the file, locked for one writer and rewritten atomically after
+every measurement, `interrupted` (partial) if Ctrl-C or SIGTERM stops it. Progress counts Hessian-vector
+products, so a long measurement shows its time left.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landscape.commands.sources import (ImageSet, build_from_definition, fit_state, load_state_dict,
+                                        run_architecture, snapshot_state)
+from landscape.engine.batches import Objective
+from landscape.engine.curvature import (DEFAULT_HVP, HVP_METHODS, HessianTask, SpectrumOptions, products_planned,
+                                        select_parameters)
+from landscape.engine.devices import resolve_device, set_threads
+from landscape.engine.functional import check_finite, module_buffers, prepared_module
+from landscape.errors import RunFailed, UsageError
+from landscape.files.atomic import check_output
+from landscape.files.hessian_file import hessian_result, write_hessian
+from landscape.files.lock import WriterLock
+from landscape.files.run_file import read_run
+from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
+from landscape.options import check_device_name, check_threads, choose, non_negative, positive
+from landscape.progress import Progress
+from landscape.stopping import StopSignals, ignore_file_size_signal
+
+DEFAULT_IMAGES = 4096
+MACHINE_ONLY = ("device", "data_root", "threads")
+
+
+@dataclass
+class HessianOptions(SpectrumOptions):
+    """Every option of `landscape hessian` (stored as JSON in the Hessian file, less MACHINE_ONLY)."""
+
+    top_k: int = 5
+    lr: str | None = None  # a rate of the run file, or "all"
+    run: int | None = None
+    epoch: str | None = None  # a snapshot epoch, or "all"; default the last
+    images: int | None = None  # None: min(4,096, the training split)
+    batch_size: int = 0  # 0: the run's training batch size
+    bn: str = "train"
+    hvp: str = "auto"
+    params: str | None = None  # name pattern(s), comma-separated: the Hessian of that block
+    device: str = "auto"
+    data_root: str | None = None
+    model_def: str | None = None
+    weights: str | None = None
+    dataset: str | None = None
+    threads: int = 0
+
+    def validate(self) -> "HessianOptions":
+        SpectrumOptions.validate(self, "--")
+        choose("--bn", self.bn, ("train", "eval"))
+        choose("--hvp", self.hvp, ("auto",) + HVP_METHODS)
+        if self.images is not None:
+            positive("--images", self.images)
+        non_negative("--batch-size", self.batch_size)
+        check_device_name("--device", self.device)
+        check_threads("--threads", self.threads)
+        return self
+
+    def spectrum(self) -> SpectrumOptions:
+        return SpectrumOptions(**{f.name: getattr(self, f.name) for f in fields(SpectrumOptions)})
+
+    def stored(self, images: int) -> dict:
+        values = asdict(self)
+        values["images"] = images
+        for machine_only in MACHINE_ONLY:
+            values.pop(machine_only)
+        return values
+
+
+def pick_runs(lrs: np.ndarray, options: HessianOptions, path: Path) -> list[int]:
+    """Run indices from --lr RATE|all or --run."""
+    if options.lr == "all":
+        return list(range(len(lrs)))
+    rate = None
+    if options.lr is not None:
+        try:
+            rate = float(options.lr)
+        except ValueError:
+            raise UsageError(f"--lr {options.lr!r} is neither a learning rate nor all") from None
+    return [resolve_run(lrs, rate, options.run, path)]
+
+
+def pick_epochs(weights, epoch: str | None) -> list[int]:
+    """Snapshot epochs from --epoch E|all (default: the last)."""
+    if epoch == "all":
+        return list(weights.epochs)
+    if epoch is None:
+        return [weights.epochs[-1]]
+    try:
+        return [resolve_epoch(weights, int(epoch))]
+    except ValueError:
+        raise UsageError(f"--epoch {epoch!r} is neither an epoch nor all") from None
+
+
+def not_converged_note(spectrum, tol: float) -> str:
+    """'' when every eigenvalue met the tolerance, else what did not."""
+    bad = np.flatnonzero(~np.asarray(spectrum.converged, dtype=bool))
+    if not bad.size:
+        return ""
+    i = int(bad[0])
+    return (f"; NOT CONVERGED: {len(bad)} of {len(spectrum.converged)} eigenvalue(s) after {spectrum.lanczos_steps} "
+            f"steps (error bound {spectrum.error_bounds[i]:.3g} > {tol:g} x |{spectrum.eigenvalues[i]:.4g}|): raise "
+            f"--max-steps")
+
+
+def compute_hessian(source: str | Path | None, options: HessianOptions, out: str | Path | None = None, *,
+                    overwrite: bool = False, progress: bool = True, executor=None) -> Path:
+    """Measure the chosen snapshots of a run file (or a foreign model) and write the Hessian file; return its path."""
+    options.validate()
+    ignore_file_size_signal()
+    threads = set_threads(options.threads)
+    device = resolve_device(options.device)
+    if source is not None and options.weights:
+        raise UsageError("give a run file or --weights, not both")
+    if source is not None:
+        run = read_run(source)
+        weights = weights_of_run(run)
+        runs, epochs = pick_runs(run.lrs, options, run.path), pick_epochs(weights, options.epoch)
+        model = run_architecture(run, options.model_def)
+        images = ImageSet.of_run(run, device, options.data_root, options.dataset)
+        lrs, default_out = run.lrs[runs], run.path.with_name(f"{run.path.stem}_hessian.h5")
+        named = {"run_file": run.path.name, "weights_file": weights.path.name, "model": run.model,
+                 "optimizer": str(run.config.get("optimizer", "")), "momentum": float(run.config.get("momentum", 0))}
+        inputs = [run.path, weights.path]
+
+        def state(index: int, epoch: int):
+            return snapshot_state(model, weights, index, epoch, device)
+    else:
+        if not options.model_def or not options.weights:
+            raise UsageError("give a run file, or a foreign model as --model-def FILE.py:FACTORY --weights MODEL.pt")
+        images = ImageSet(options.dataset or "cifar10", options.data_root or "data", device)
+        model = build_from_definition(options.model_def, images.dataset.num_classes)
+        path = Path(options.weights)
+        loaded = fit_state(model, load_state_dict(path), f"--weights {path}", device)
+        check_finite(loaded[0], f"--weights {path}")
+        runs, epochs, lrs = [0], [-1], np.array([np.nan])
+        default_out = path.with_name(f"{path.stem}_hessian.h5")
+        named = {"run_file": "", "weights_file": path.name, "model": options.model_def.rpartition(":")[2],
+                 "source": "foreign model"}
+        inputs = [path]
+
+        def state(index: int, epoch: int):
+            return loaded
+    out = Path(out) if out else default_out
+    check_output(out, overwrite, inputs)
+    split = images.split("train", options.images if options.images is not None else
+                         min(DEFAULT_IMAGES, len(images.dataset.train)))
+    batch_size = options.batch_size or images.batch_size
+    batches = images.batches(split, batch_size)
+    module = prepared_module(model, options.bn)
+    wrt = select_parameters(dict(model.named_parameters()), options.params.split(",")) if options.params else None
+    spectrum_options = options.spectrum()
+    objective = Objective(metrics={})
+    on_ray = executor is not None and type(executor).__name__ != "InProcess"
+    result = hessian_result(out, {
+        **named, "status": "running", "options": json.dumps(options.stored(len(split)), sort_keys=True),
+        "bn": options.bn, "hvp": DEFAULT_HVP if options.hvp == "auto" else options.hvp, "images": len(split),
+        "images_used": f"the first {len(split):,} images of the {images.name} training split",
+        "params": ",".join(wrt) if wrt else "all", "batch_size": batch_size, "tol": options.tol,
+        "max_steps": options.max_steps, "seed": options.seed, "device": str(device), "threads": threads,
+        "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        lrs, runs, epochs, options.top_k, trace=options.trace,
+        density=(options.density_probes, options.density_steps) if options.density else None)
+    measurements = [(i, j) for i in range(len(runs)) for j in range(len(epochs))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with WriterLock(out), StopSignals() as signals:
+        check_output(out, overwrite, inputs)  # again, now that no other writer can slip in
+        write_hessian(result)
+        planned = products_planned(spectrum_options) * len(measurements)
+        shown = Progress(planned if not on_ray else len(measurements), "hessian", "HVP" if not on_ray else "measurement",
+                         progress)
+        counted = [0]
+
+        def product() -> None:
+            counted[0] += 1
+            shown.update(counted[0])
+
+        tasks = []
+        for i, j in measurements:
+            params, buffers = state(runs[i], epochs[j])
+            task = HessianTask(module, params, module_buffers(module, buffers), batches, objective, spectrum_options,
+                               options.hvp, wrt, "auto" if on_ray else str(device))
+            tasks.append(task if on_ray else functools.partial(task, on_product=product))
+
+        def landed(index: int, spectrum) -> None:
+            i, j = measurements[index]
+            result.put(i, j, spectrum)
+            write_hessian(result)  # what is done so far is on disk
+            if on_ray:
+                shown.update(int(result.done.sum()))
+            else:
+                counted[0] = max(counted[0], products_planned(spectrum_options) * (index + 1))
+                shown.update(counted[0])
+            where = f"lr={lrs[i]:g} epoch {epochs[j]}" if np.isfinite(lrs[i]) else "the model"
+            shown.write(f"hessian: {where}: top eigenvalue {spectrum.eigenvalues[0]:.4g} ({spectrum.lanczos_steps} "
+                        f"Lanczos steps, {spectrum.hvps} HVPs, {spectrum.seconds:.1f}s)"
+                        + not_converged_note(spectrum, options.tol))
+
+        from landscape.engine.executors import InProcess
+
+        (executor or InProcess()).run_tasks(tasks, landed, lambda: signals.received is not None)
+        shown.close()
+        if result.partial:
+            result.attrs["status"] = "interrupted"
+            write_hessian(result)
+            raise RunFailed(f"stopped by {signals.name or 'a signal'} after {int(result.done.sum())} of "
+                            f"{len(measurements)} measurements; {out} keeps them (status interrupted): rerun with "
+                            f"--overwrite for the rest")
+        result.attrs["status"] = "complete"
+        write_hessian(result)
+    if progress and not result.converged.all():
+        sys.stderr.write(f"hessian: {int((~result.converged.astype(bool)).sum())} eigenvalue(s) did not converge "
+                         f"within --max-steps {options.max_steps}; their error bounds are in {out} (/error_bounds)\n")
+    return out

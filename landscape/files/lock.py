@@ -1,0 +1,64 @@
+"""One writer per output: `<file>.lock`, held with flock for the writer's whole life (no torch).
+
+The kernel drops the lock when the process dies, so a lock left by a killed writer is simply taken
+over; `writer_alive` tells a reader whether a file that says `running` still has its writer.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+from pathlib import Path
+
+from landscape.errors import UsageError
+
+
+class WriterLock:
+    """An exclusive lock on an output file for as long as one process writes it (context manager)."""
+
+    def __init__(self, run_path: str | Path):
+        run_path = Path(run_path)
+        self.path = run_path.with_name(run_path.name + ".lock")
+        self.handle = None
+        self.created = False
+
+    def __enter__(self) -> "WriterLock":
+        self.created = not self.path.exists()
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(f"{self.path.with_suffix('')} is being written by {holder}; wait for it to finish, "
+                             f"or stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {platform.node()}")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)  # still locked by us, so nobody else holds this file
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a process holds the writer lock of `path` (`<file>.lock`, flock) right now; touches nothing."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        handle = open(lock, "r")
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        handle.close()
+    return False
