@@ -155,57 +155,47 @@ def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int,
     Surface files (`landscape surface`) are redrawn: lines overlaid, planes one by one and side by side;
     Hessian files (`landscape hessian`) give eigenvalues and densities, overlaid across files.
     """
+    from landscape.files.any_file import read_inputs
     from landscape.files.atomic import check_writable_folder
-    from landscape.files.hdf5 import file_format
-    from landscape.files.hessian_file import read_hessian
-    from landscape.files.run_file import read_runs
-    from landscape.files.surface_file import read_surface
 
-    check_writable_folder(out_dir or runs[0].parent, "--out")
-
-    formats = {path: file_format(path) for path in runs}
-    readers = {"landscape-surface": read_surface, "landscape-hessian": read_hessian}
-    loaded, problems = read_runs([p for p in runs if formats[p] not in readers], need_steps=True)
-    others: dict[str, list] = {name: [] for name in readers}
-    for path in runs:
-        if formats[path] in readers:
-            try:
-                others[formats[path]].append(readers[formats[path]](path))
-            except UsageError as exc:
-                problems.append(str(exc))
-    if not loaded and not any(others.values()):
-        raise UsageError(" | ".join(problems))
-    written = []
     folder = out_dir or runs[0].parent
-    if loaded:
-        from landscape.views.plots import plot_runs
+    check_writable_folder(folder, "--out")
+    inputs = read_inputs(runs, need_steps=True)
+    if inputs.empty:
+        raise UsageError(" | ".join(inputs.notes))
+    from landscape.views.figures import protect
 
-        written += plot_runs(loaded, folder, smooth=smooth, stride=stride, log_y=log_y)
-    if others["landscape-surface"]:
-        from landscape.views.surface_plots import plot_surfaces
+    written = []
+    with protect(runs):
+        if inputs.runs:
+            from landscape.views.plots import plot_runs
 
-        written += plot_surfaces(others["landscape-surface"], folder)
-    if others["landscape-hessian"]:
-        from landscape.views.curvature_plots import plot_hessians
+            written += plot_runs(inputs.runs, folder, smooth=smooth, stride=stride, log_y=log_y)
+        if inputs.surfaces:
+            from landscape.views.surface_plots import plot_surfaces
 
-        written += plot_hessians(others["landscape-hessian"], folder)
+            written += plot_surfaces(inputs.surfaces, folder)
+        if inputs.hessians:
+            from landscape.views.curvature_plots import plot_hessians
+
+            written += plot_hessians(inputs.hessians, folder)
     for path in written:
         click.echo(str(path))
-    report_skipped(problems)
+    report_skipped(inputs.notes)
 
 
 @cli.command()
-@click.argument("run_files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def info(run_files: tuple[Path, ...]) -> None:
-    """Summarise run files: model, options, progress, status, accuracy per learning rate."""
-    from landscape.views.analysis import describe
-    from landscape.files.run_file import read_runs
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def info(files: tuple[Path, ...]) -> None:
+    """Summarise run, surface and Hessian files: what each holds, how far it got, its main numbers."""
+    from landscape.files.any_file import read_inputs
+    from landscape.views.info import describe
 
-    loaded, problems = read_runs(run_files)
-    if not loaded:
-        raise UsageError(" | ".join(problems))
-    click.echo("\n\n".join(describe(run) for run in loaded))
-    report_skipped(problems)
+    inputs = read_inputs(files)
+    if inputs.empty:
+        raise UsageError(" | ".join(inputs.notes))
+    click.echo("\n\n".join(describe(item) for item in inputs.order))
+    report_skipped(inputs.notes)
 
 
 def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its learning rate."):

@@ -175,44 +175,52 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         lrs, runs, epochs, options.top_k, trace=options.trace,
         density=(options.density_probes, options.density_steps) if options.density else None)
     measurements = [(i, j) for i in range(len(runs)) for j in range(len(epochs))]
+    planned = products_planned(spectrum_options) * len(measurements)
+    shown = Progress(planned if not on_ray else len(measurements), "hessian", "HVP" if not on_ray else "measurement",
+                     progress)
+    counted = [0]
+
+    def product() -> None:
+        counted[0] += 1
+        shown.update(counted[0])
+
+    tasks = []
+    for i, j in measurements:
+        params, buffers = state(runs[i], epochs[j])
+        task = HessianTask(module, params, module_buffers(module, buffers), batches, objective, spectrum_options,
+                           options.hvp, wrt, "auto" if on_ray else str(device))
+        if not tasks:
+            task.check(f"the model of {named.get('run_file') or named['weights_file']}")
+        tasks.append(task if on_ray else functools.partial(task, on_product=product))
+
+    def landed(index: int, spectrum) -> None:
+        i, j = measurements[index]
+        result.put(i, j, spectrum)
+        write_hessian(result)  # what is done so far is on disk
+        if on_ray:
+            shown.update(int(result.done.sum()))
+        else:
+            counted[0] = max(counted[0], products_planned(spectrum_options) * (index + 1))
+            shown.update(counted[0])
+        where = f"lr={lrs[i]:g} epoch {epochs[j]}" if np.isfinite(lrs[i]) else "the model"
+        shown.write(f"hessian: {where}: top eigenvalue {spectrum.eigenvalues[0]:.4g} ({spectrum.lanczos_steps} "
+                    f"Lanczos steps, {spectrum.hvps} HVPs, {spectrum.seconds:.1f}s)"
+                    + not_converged_note(spectrum, options.tol))
+
+    from landscape.engine.executors import InProcess
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with WriterLock(out), StopSignals() as signals:
         check_output(out, overwrite, inputs)  # again, now that no other writer can slip in
         write_hessian(result)
-        planned = products_planned(spectrum_options) * len(measurements)
-        shown = Progress(planned if not on_ray else len(measurements), "hessian", "HVP" if not on_ray else "measurement",
-                         progress)
-        counted = [0]
-
-        def product() -> None:
-            counted[0] += 1
-            shown.update(counted[0])
-
-        tasks = []
-        for i, j in measurements:
-            params, buffers = state(runs[i], epochs[j])
-            task = HessianTask(module, params, module_buffers(module, buffers), batches, objective, spectrum_options,
-                               options.hvp, wrt, "auto" if on_ray else str(device))
-            tasks.append(task if on_ray else functools.partial(task, on_product=product))
-
-        def landed(index: int, spectrum) -> None:
-            i, j = measurements[index]
-            result.put(i, j, spectrum)
-            write_hessian(result)  # what is done so far is on disk
-            if on_ray:
-                shown.update(int(result.done.sum()))
-            else:
-                counted[0] = max(counted[0], products_planned(spectrum_options) * (index + 1))
-                shown.update(counted[0])
-            where = f"lr={lrs[i]:g} epoch {epochs[j]}" if np.isfinite(lrs[i]) else "the model"
-            shown.write(f"hessian: {where}: top eigenvalue {spectrum.eigenvalues[0]:.4g} ({spectrum.lanczos_steps} "
-                        f"Lanczos steps, {spectrum.hvps} HVPs, {spectrum.seconds:.1f}s)"
-                        + not_converged_note(spectrum, options.tol))
-
-        from landscape.engine.executors import InProcess
-
-        (executor or InProcess()).run_tasks(tasks, landed, lambda: signals.received is not None)
-        shown.close()
+        try:
+            (executor or InProcess()).run_tasks(tasks, landed, lambda: signals.received is not None)
+        except BaseException as exc:
+            result.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            write_hessian(result)
+            raise
+        finally:
+            shown.close()
         if result.partial:
             result.attrs["status"] = "interrupted"
             write_hessian(result)

@@ -183,10 +183,10 @@ class ImageSet:
                              f"--data-root")
         own = name == config.get("dataset")
         return cls(name, data_root or config.get("data_root") or "data", device,
-                   train_subset=int(config.get("train_subset", 0)) if own else 0,
-                   seed=int(config.get("seed", 0)), image_size=int(run.attrs.get("image_size", 0)) if own else 0,
+                   train_subset=int(config.get("train_subset") or 0) if own else 0,
+                   seed=int(config.get("seed") or 0), image_size=int(run.attrs.get("image_size", 0)) if own else 0,
                    imagenette_size=str(config.get("imagenette_size", "320")),
-                   batch_size=int(config.get("batch_size", 128)))
+                   batch_size=int(config.get("batch_size") or 128))
 
     def split(self, name: str, count: int | None, option: str = "--images") -> Split:
         """The first `count` images of split `name` (train or test); all of them for None."""

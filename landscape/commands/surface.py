@@ -277,8 +277,15 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
                 write_surface(surface)
                 flushed = now
 
-        fill_surface(surface, evaluator, per_pass, executor, landed, lambda: signals.received is not None)
-        shown.close()
+        try:
+            fill_surface(surface, evaluator, per_pass, executor, landed, lambda: signals.received is not None)
+        except BaseException as exc:
+            surface.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                                 seconds=elapsed + time.perf_counter() - started)
+            write_surface(surface)
+            raise
+        finally:
+            shown.close()
         surface.attrs["seconds"] = elapsed + time.perf_counter() - started
         if not surface.done.all():
             surface.attrs["status"] = "interrupted"

@@ -29,8 +29,8 @@ from torch import nn
 from torch.func import grad, jvp
 
 from landscape.engine.batches import BatchSet, Objective, batch_set
-from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_module, flatten, module_buffers,
-                                         prepared_module, state_of, unflatten)
+from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_forward, check_module, flatten,
+                                         module_buffers, prepared_module, state_of, unflatten)
 from landscape.engine.memory import available_bytes
 from landscape.errors import UsageError
 from landscape.options import check_seed, choose, in_range, positive
@@ -418,6 +418,10 @@ class HessianTask:
     wrt: list[str] | None = None
     device: str = "auto"
 
+    def check(self, what: str = "the model") -> None:
+        """One forward on the first batch: one line if the model cannot take the data."""
+        check_forward(self.module, self.params, self.buffers, next(iter(self.batches)), self.objective, what)
+
     def __call__(self, on_product: Callable[[], None] | None = None) -> Spectrum:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
             else torch.device(self.device)
@@ -462,6 +466,7 @@ def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top
     batches = batch_set(data, device=device, objective=objective, images=images, batch_size=batch_size)
     task = HessianTask(module, weights, module_buffers(module, buffers), batches, objective, options, hvp, wrt,
                        str(device) if executor is None else "auto")
+    task.check()
     if executor is not None:
         found: list[Spectrum] = []
         executor.run_tasks([task], lambda index, spectrum: found.append(spectrum), lambda: False)

@@ -159,6 +159,21 @@ def point_values(module: nn.Module, points: Params, buffers: Params, batch, obje
 
 
 @torch.no_grad()
+def check_forward(module: nn.Module, params: Params, buffers: Params, batch, objective: Objective,
+                  what: str = "the model") -> dict[str, torch.Tensor]:
+    """The objective's values at one point on one batch; UsageError (one line) when the model cannot take the data
+    or the loss cannot take the outputs, the commonest mistake with a model and data of one's own."""
+    try:
+        return objective.values(FunctionalModel(module, params, buffers), batch)
+    except UsageError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise UsageError(f"{what} cannot be evaluated on this data ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:160]}): check that the images (dataset, image size) and "
+                         f"the loss fit the model") from None
+
+
+@torch.no_grad()
 def evaluate_points(module: nn.Module, points: Params, buffers: Params, batches: BatchSet, objective: Objective,
                     autocast_dtype: torch.dtype | None = None,
                     channels_last: bool = True) -> dict[str, torch.Tensor]:

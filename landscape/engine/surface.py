@@ -22,8 +22,8 @@ from torch import nn
 from landscape.engine.batches import BatchSet, Objective, batch_set
 from landscape.engine.directions import (IGNORES, NORMS, given_direction, normalize_direction, pca_directions,
                                          project, random_direction, state_dict_of, towards)
-from landscape.engine.functional import (BN_MODES, Params, check_finite, check_module, evaluate_points, expand_points,
-                                         module_buffers, prepared_module, recompute_statistics, state_of)
+from landscape.engine.functional import (BN_MODES, Params, check_finite, check_forward, check_module, evaluate_points,
+                                         expand_points, module_buffers, prepared_module, recompute_statistics, state_of)
 from landscape.engine.memory import available_bytes
 from landscape.errors import UsageError
 from landscape.files.surface_file import Surface
@@ -301,14 +301,13 @@ def empty_surface(plan: SurfacePlan, metric_names: list[str], attrs: dict) -> Su
                    explained_variance=plan.explained)
 
 
-def metric_names(evaluator: PointEvaluator) -> list[str]:
-    """The metrics the objective gives, found on one point of one batch."""
-    one = BatchSet([next(iter(evaluator.batches))], [evaluator.batches.sizes[0]])
+def metric_names(evaluator: PointEvaluator, what: str = "the model") -> list[str]:
+    """The metrics the objective gives, found on one point of one batch (which also checks that the model takes
+    the data: one line if not)."""
     params, buffers = evaluator.plan.points(np.zeros(1, dtype=np.int64))
-    if evaluator.bn == "recompute":
-        buffers = recompute_statistics(evaluator.plan.module, params, buffers, one, evaluator.objective)
-    values = evaluate_points(evaluator.plan.module, params, buffers, one, evaluator.objective, evaluator.autocast,
-                             evaluator.channels_last)
+    first = {n: p[0] for n, p in params.items()}
+    values = check_forward(evaluator.plan.module, first, {n: b[0] for n, b in buffers.items()},
+                           next(iter(evaluator.batches)), evaluator.objective, what)
     return [name for name in values if name != "loss"]
 
 

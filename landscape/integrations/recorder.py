@@ -154,8 +154,8 @@ class Recorder:
             self.lock.__exit__(None, None, None)
             raise
         self.global_step = self.epochs_done = 0
+        self.log_every = log_every
         self.step_losses = StepLosses(self.device)
-        self.blocks: list[np.ndarray] = []
         self.correct = torch.zeros(len(self.models), device=self.device)
         self.counted = 0
         self.probe_steps, self.probe_values = [], []
@@ -216,7 +216,7 @@ class Recorder:
                                                               if self.tracker.batches is None else None))
             self.before = [None] * len(self.models)
         self.global_step += 1
-        if self.global_step % 50 == 0:
+        if self.global_step % self.log_every == 0:
             self.step_losses.send()
 
     def probe(self, step: int, batch) -> None:
@@ -237,12 +237,9 @@ class Recorder:
     def epoch(self, *, test_loss=None, test_acc=None, train_acc=None) -> None:
         """Close an epoch: its step losses, the learning rates, and the test numbers you give (a value, or one per
         model); the run file is rewritten (atomically) and a snapshot taken every `snapshot_every` epochs."""
-        losses = np.concatenate(self.blocks + self.step_losses.drain(), axis=1) if (self.blocks or
-                                                                                     self.step_losses.pending or
-                                                                                     self.step_losses.in_flight) \
-            else np.zeros((len(self.models), 0), dtype=np.float32)
-        self.blocks = []
         runs = len(self.models)
+        blocks = self.step_losses.drain()
+        losses = np.concatenate(blocks, axis=1) if blocks else np.zeros((runs, 0), dtype=np.float32)
 
         def per_run(value, name: str) -> np.ndarray:
             if value is None:
@@ -291,7 +288,7 @@ class Recorder:
         if self.closed:
             return self.path
         try:
-            if self.step_losses.pending or self.step_losses.in_flight or self.blocks:
+            if self.step_losses.pending or self.step_losses.in_flight:
                 self.epoch()
             elif self.snapshots is not None and self.epochs_done % self.snapshot_every:
                 self.save_snapshot()  # the end

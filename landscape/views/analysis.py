@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape.files.run_file import Run, shown_status
+from landscape.files.run_file import Run
 
 
 @dataclass
@@ -112,55 +112,19 @@ def final_accuracy(run: Run) -> np.ndarray:
     return acc[:, -1] if acc.shape[1] else np.full(acc.shape[0], np.nan)
 
 
-def describe(run: Run) -> str:
-    """`landscape info`: model, options, progress, status and per-rate accuracies as plain text."""
-    config = run.config
-    best, best_epoch = best_accuracy(run)
-    final = final_accuracy(run)
-    epochs_planned = config.get("epochs", "?")
-    lines = [
-        f"file        {run.path}",
-        f"model       {run.model}  (width {config.get('width', 1)}, {run.attrs.get('parameters', '?')} parameters, "
-        f"{float(run.attrs.get('model_size_mb', float('nan'))):.1f} MB per run)",
-        f"data        {config.get('dataset')}  ({run.attrs.get('train_images', '?')} train / "
-        f"{run.attrs.get('test_images', '?')} test images, augment {config.get('augment')})",
-        f"training    {config.get('optimizer')}, schedule {config.get('schedule', 'constant')}, batch "
-        f"{config.get('batch_size')}, weight decay {config.get('weight_decay')}, seed {config.get('seed')}, "
-        f"device {run.attrs.get('device')}",
-        f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
-        f"status      {shown_status(run)}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
-        f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "
-        f"torch {run.attrs.get('torch_version')}, schema {run.attrs.get('schema_version')})",
-        "",
-        f"{'lr':>10}  {'final test acc':>14}  {'best test acc':>13}  {'best epoch':>10}  {'diverged at step':>16}"
-        f"  {'stopped early':>13}",
-    ]
-    for r, lr in enumerate(run.lrs):
-        div = str(int(run.diverged_step[r])) if run.diverged_step[r] >= 0 else "-"
-        stop = f"epoch {int(run.stopped_epoch[r])}" if run.stopped_epoch[r] >= 0 else "-"
-        epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
-        lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}  {stop:>13}")
-    if run.probe is not None:
-        probe = run.probe
-        lines += ["", f"probes      {len(probe['step'])} probed steps, multipliers "
-                      f"{','.join(f'{m:g}' for m in probe['multipliers'])}, direction "
-                      f"{run.config.get('probe_direction', 'update')}; medians over probes:",
-                  f"{'lr':>10}  {'loss variation':>14}  {'max grad dist':>13}  {'beta':>10}"]
-        for lr, (variation, grad, beta) in zip(run.lrs, probe_medians(run)):
-            lines.append(f"{lr:>10g}  {variation:>14.4g}  {grad:>13.4g}  {beta:>10.4g}")
-    if run.sharpness is not None and len(run.sharpness["step"]):
-        lines += ["", f"sharpness   {len(run.sharpness['step'])} measurements on {run.sharpness['images']} images "
-                      f"(top Hessian eigenvalue); threshold: {threshold_formula(config)}",
-                  f"{'lr':>10}  {'last':>10}  {'max':>10}  {'threshold':>10}  {'last/thr':>8}  {'max/thr':>8}"]
-        for r, lr in enumerate(run.lrs):
-            top = run.sharpness["top"][r, :, 0]
-            last = top[np.isfinite(top)][-1] if np.isfinite(top).any() else np.nan
-            peak = np.nanmax(top) if np.isfinite(top).any() else np.nan
-            threshold = stability_threshold(config, float(lr))
-            ratio = (lambda v: f"{v / threshold:.2f}") if threshold else (lambda v: "-")
-            lines.append(f"{lr:>10g}  {last:>10.4g}  {peak:>10.4g}  {threshold or float('nan'):>10.4g}  "
-                         f"{ratio(last):>8}  {ratio(peak):>8}")
-    return "\n".join(lines)
+def check_errors(run: Run) -> tuple[float, float] | None:
+    """Median and worst relative error of the sharpness estimates against the converged checks at the same steps
+    (every tracked eigenvalue of every run); None without checks."""
+    sharp = run.sharpness
+    if sharp is None or "check_top" not in sharp or not len(sharp.get("check_step", [])):
+        return None
+    where = np.searchsorted(sharp["step"], sharp["check_step"])
+    estimate = sharp["top"][:, where]  # [R, C, k]
+    truth = sharp["check_top"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = np.abs(estimate - truth) / np.abs(truth)
+    error = error[np.isfinite(error)]
+    return (float(np.median(error)), float(error.max())) if error.size else None
 
 
 def stability_threshold(config: dict, lr: float) -> float | None:

@@ -7,21 +7,14 @@ Every figure is saved as PNG and PDF, beside a CSV of exactly the numbers it dra
 """
 from __future__ import annotations
 
-import csv
-import warnings
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from landscape.views.analysis import Envelope, envelope, moving_average, probe_bands, run_label  # noqa: E402
-from landscape.files.run_file import Run  # noqa: E402
-
-FIGURE_FORMATS = ("png", "pdf")
+from landscape.files.run_file import Run
+from landscape.views.analysis import Envelope, envelope, moving_average, probe_bands, run_label
+from landscape.views.figures import category_colours, joined_stem, rate_colours, save_figure, setup, short_stem
 
 
 def plot_runs(runs: list[Run], out_dir: str | Path, *, smooth: int = 1, stride: int = 1,
@@ -29,25 +22,25 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, smooth: int = 1, stride: 
     """Draw every figure for `runs` into `out_dir`; return the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(context="paper", style="whitegrid", font_scale=1.2)
+    setup()
     labels = [run_label(run, runs) for run in runs]
     bands = [envelope(run.train_loss, smooth=smooth, stride=stride) for run in runs]
-    stem = "_vs_".join(run.path.stem for run in runs)
+    stems = [run.path.stem for run in runs]
     written: list[Path] = []
     for run, label in zip(runs, labels):
-        written += per_rate_figure(run, label, out_dir / f"{run.path.stem}_per_rate",
+        written += per_rate_figure(run, label, out_dir / f"{short_stem(run.path.stem)}_per_rate",
                                    smooth=smooth, stride=stride, log_y=log_y)
-    written += envelope_figure(labels, bands, out_dir / f"{stem}_envelope", log_y=log_y)
-    written += range_figure(labels, bands, out_dir / f"{stem}_range")
+    written += envelope_figure(labels, bands, out_dir / joined_stem(stems, "envelope"), log_y=log_y)
+    written += range_figure(labels, bands, out_dir / joined_stem(stems, "range"))
     probed = [(run, label) for run, label in zip(runs, labels) if run.probe is not None and len(run.probe["step"])]
     for lr in sorted({float(lr) for run, _ in probed for lr in run.lrs}, reverse=True):
-        written += probe_figure(probed, lr, out_dir / f"{stem}_probes_lr{lr:g}", log_y=log_y)
+        written += probe_figure(probed, lr, out_dir / joined_stem(stems, f"probes_lr{lr:g}"), log_y=log_y)
     tracked = [(run, label) for run, label in zip(runs, labels)
                if run.sharpness is not None and len(run.sharpness["step"])]
     if tracked:
         from landscape.views.curvature_plots import sharpness_figure
 
-        written += sharpness_figure(tracked, out_dir / f"{stem}_sharpness")
+        written += sharpness_figure(tracked, out_dir / joined_stem(stems, "sharpness"))
     return written
 
 
@@ -59,10 +52,10 @@ def per_rate_figure(run: Run, label: str, stem: Path, *, smooth: int, stride: in
     band = envelope(run.train_loss, smooth=smooth, stride=stride)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.fill_between(band.steps, band.low, band.high, color="0.85", label="min-max over rates")
-    colors = sns.color_palette("viridis", len(run.lrs))
+    colours = rate_colours(run.lrs)
     rows = []
-    for lr, curve, color in zip(run.lrs, losses, colors):
-        ax.plot(steps, curve, color=color, lw=0.9, label=f"lr = {lr:g}")
+    for lr, curve in sorted(zip(run.lrs, losses), key=lambda pair: -pair[0]):
+        ax.plot(steps, curve, color=colours[float(lr)], lw=0.9, label=f"lr = {lr:g}")
         rows += [(label, f"{lr:g}", int(s), float(v)) for s, v in zip(steps, curve)]
     finish(ax, f"{label}: training loss per learning rate", "loss", log_y)
     return save_figure(fig, stem, ("label", "lr", "step", "loss"), rows)
@@ -72,7 +65,7 @@ def envelope_figure(labels: list[str], bands: list[Envelope], stem: Path, *, log
     """The min-max band of each file, overlaid, with the min and max drawn as lines."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = []
-    for label, band, color in zip(labels, bands, sns.color_palette("colorblind", len(bands))):
+    for label, band, color in zip(labels, bands, category_colours(len(bands))):
         ax.fill_between(band.steps, band.low, band.high, color=color, alpha=0.35, lw=0, label=label)
         ax.plot(band.steps, band.low, color=color, lw=0.6)
         ax.plot(band.steps, band.high, color=color, lw=0.6)
@@ -85,7 +78,7 @@ def range_figure(labels: list[str], bands: list[Envelope], stem: Path) -> list[P
     """max - min over learning rates at each step, one curve per file."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = []
-    for label, band, color in zip(labels, bands, sns.color_palette("colorblind", len(bands))):
+    for label, band, color in zip(labels, bands, category_colours(len(bands))):
         ax.plot(band.steps, band.range, color=color, lw=0.9, label=label)
         rows += envelope_rows(label, band)
     finish(ax, "loss range: max - min over learning rates", "max - min loss", log_y=False)
@@ -96,18 +89,22 @@ def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y:
     """Santurkar et al. Fig. 4 at one learning rate: loss variation, gradient predictiveness, beta."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     rows = []
-    colors = sns.color_palette("colorblind", len(probed))
-    for (run, label), color in zip(probed, colors):
+    for (run, label), color in zip(probed, category_colours(len(probed))):
         matches = np.flatnonzero(np.isclose(run.lrs, lr))
         if not matches.size:
             continue
         b = probe_bands(run, int(matches[0]))
-        axes[0].fill_between(b.steps, b.loss_low, b.loss_high, color=color, alpha=0.4, lw=0, label=label)
-        axes[1].fill_between(b.steps, b.grad_low, b.grad_high, color=color, alpha=0.4, lw=0, label=label)
-        axes[2].plot(b.steps, b.beta, color=color, lw=1.0, label=label)
+        # measured only at the probed steps: markers there, a thin band between them
+        axes[0].fill_between(b.steps, b.loss_low, b.loss_high, color=color, alpha=0.25, lw=0, label=label)
+        axes[1].fill_between(b.steps, b.grad_low, b.grad_high, color=color, alpha=0.25, lw=0, label=label)
+        for ax, low, high in ((axes[0], b.loss_low, b.loss_high), (axes[1], b.grad_low, b.grad_high)):
+            ax.vlines(b.steps, low, high, color=color, lw=1.2)
+            ax.plot(b.steps, low, "v", b.steps, high, "^", color=color, markersize=4)
+        axes[2].plot(b.steps, b.beta, color=color, lw=0.6, marker="o", markersize=4, label=label)
         rows += [(label, f"{lr:g}", int(s), *map(float, v)) for s, *v in
                  zip(b.steps, b.loss_low, b.loss_high, b.grad_low, b.grad_high, b.beta)]
     titles = ("loss variation", "gradient predictiveness", "effective beta-smoothness")
+    fig.suptitle("measured at the probed steps (markers: min and max over the step multipliers)", fontsize="small")
     ylabels = ("loss along the step", "||grad(p) - grad(w)||", "max ||grad(p) - grad(w)|| / ||p - w||")
     for ax, title, ylabel in zip(axes, titles, ylabels):
         finish(ax, f"{title} (lr = {lr:g})", ylabel, log_y)
@@ -129,22 +126,3 @@ def finish(ax, title: str, ylabel: str, log_y: bool) -> None:
     if log_y:
         ax.set_yscale("log")
     ax.legend(frameon=True, fontsize="small")
-
-
-def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Path]:
-    """Write the figure in every format and its data as CSV under `stem`; close the figure."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # colour bars spanning several axes: tight_layout's best effort
-        fig.tight_layout()
-    paths = []
-    for fmt in FIGURE_FORMATS:
-        path = stem.parent / f"{stem.name}.{fmt}"  # not with_suffix: stems hold rates like lr0.001
-        fig.savefig(path, dpi=150)
-        paths.append(path)
-    plt.close(fig)
-    csv_path = stem.parent / f"{stem.name}.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return paths + [csv_path]

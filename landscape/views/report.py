@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,10 @@ import numpy as np
 from landscape import __version__
 from landscape.views.analysis import (SMOOTHNESS_MEASURES, batchnorm_pairs, best_accuracy, compare_smoothness, envelope,
                                 probe_bands, run_label, stability_threshold)
-from landscape.errors import UsageError
-from landscape.files.hdf5 import file_format
-from landscape.files.hessian_file import HessianResult, read_hessian
-from landscape.files.run_file import Run, read_run, shown_status
-from landscape.files.surface_file import Surface, read_surface
+from landscape.files.any_file import read_inputs
+from landscape.files.hessian_file import HessianResult
+from landscape.files.run_file import Run, shown_status
+from landscape.files.surface_file import Surface
 
 FILE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 RATE_COLOURS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725", "#31688e", "#35b779", "#90d743")
@@ -55,32 +53,6 @@ th { background: #f4f4f4; } table.sortable th { cursor: pointer; } table.sortabl
 .muted { color: #666; font-size: .9rem; } .figure { margin: .5rem 0 1.2rem; }
 td.better { background: #e3f4e3; } td.worse { background: #fbe3e3; } td.missing { color: #b00; }
 """
-
-
-@dataclass
-class Inputs:
-    """The files of a report, read and sorted by kind, with one note per file that could not be used."""
-
-    runs: list[Run] = field(default_factory=list)
-    surfaces: list[Surface] = field(default_factory=list)
-    hessians: list[HessianResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def read_inputs(paths: list[Path]) -> Inputs:
-    inputs = Inputs()
-    for path in paths:
-        kind = file_format(path)
-        try:
-            if kind == "landscape-surface":
-                inputs.surfaces.append(read_surface(path))
-            elif kind == "landscape-hessian":
-                inputs.hessians.append(read_hessian(path))
-            else:
-                inputs.runs.append(read_run(path))
-        except UsageError as exc:
-            inputs.notes.append(str(exc))
-    return inputs
 
 
 class Page:

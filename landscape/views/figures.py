@@ -1,0 +1,130 @@
+"""What every figure shares: saving (PNG, PDF and the CSV of exactly what is drawn, each written atomically),
+colours and markers that mean the same in every figure, and short file names (no torch).
+
+Colours: learning rates get a sequential palette ordered by size (the largest rate darkest), the same rate the
+same colour in every figure; files (or unordered categories, such as ablation cells) get a categorical
+palette; within a figure that shows both, colour says the file and the marker says the rate.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from landscape.files.atomic import write_atomically  # noqa: E402
+
+FIGURE_FORMATS = ("png", "pdf")
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+LINE_STYLES = ("-", "--", ":", "-.")
+MAX_STEM = 120  # file names stay well under the 255 bytes of common file systems
+PROTECTED: set[Path] = set()  # files no figure may replace: the command's inputs (`protect`)
+
+
+class protect:
+    """Within the block, writing a figure or CSV over one of `paths` is refused (a command's inputs)."""
+
+    def __init__(self, paths):
+        self.paths = {Path(p).resolve() for p in paths}
+
+    def __enter__(self) -> "protect":
+        PROTECTED.update(self.paths)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        PROTECTED.difference_update(self.paths)
+
+
+def check_target(path: Path) -> None:
+    from landscape.errors import UsageError
+
+    if path.resolve() in PROTECTED:
+        raise UsageError(f"a figure would be written over {path}, one of this command's inputs: rename the input "
+                         f"or give another --out")
+
+
+def setup(font_scale: float = 1.2) -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=font_scale)
+
+
+def rate_colours(rates) -> dict[float, tuple]:
+    """One colour per learning rate, by size: the same rate the same colour in every figure."""
+    finite = sorted({float(r) for r in rates if np.isfinite(float(r))})
+    palette = sns.color_palette("viridis_r", max(len(finite), 1))
+    colours = dict(zip(finite, palette))
+    colours[float("nan")] = (0.3, 0.3, 0.3)
+    return colours
+
+
+def colour_of(colours: dict, rate: float):
+    return colours[float(rate)] if np.isfinite(float(rate)) else (0.3, 0.3, 0.3)
+
+
+def rate_markers(rates) -> dict[float, str]:
+    """One marker per learning rate, by size, for figures whose colour says the file."""
+    finite = sorted({float(r) for r in rates if np.isfinite(float(r))}, reverse=True)
+    return {rate: MARKERS[i % len(MARKERS)] for i, rate in enumerate(finite)}
+
+
+def marker_of(markers: dict, rate: float) -> str:
+    return markers.get(float(rate), "o") if np.isfinite(float(rate)) else "o"
+
+
+def category_colours(count: int) -> list:
+    """A categorical palette for unordered things: files, ablation cells."""
+    return sns.color_palette("colorblind", max(count, 1))
+
+
+def rate_text(rate: float) -> str:
+    return f"lr={float(rate):g}" if np.isfinite(float(rate)) else "model"
+
+
+def joined_stem(stems: list[str], suffix: str) -> str:
+    """`a_vs_b_<suffix>`, shortened (with a hash of the whole) when it would be too long for a file name."""
+    whole = "_vs_".join(stems)
+    if len(whole) + len(suffix) + 1 <= MAX_STEM:
+        return f"{whole}_{suffix}"
+    digest = hashlib.sha1(whole.encode()).hexdigest()[:8]
+    head = stems[0][:40]
+    return f"{head}_and_{len(stems) - 1}_more_{digest}_{suffix}"
+
+
+def short_stem(stem: str) -> str:
+    """A single file's stem, shortened the same way when too long."""
+    if len(stem) <= MAX_STEM:
+        return stem
+    return f"{stem[:60]}_{hashlib.sha1(stem.encode()).hexdigest()[:8]}"
+
+
+def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Path]:
+    """Write the figure in every format and its data as CSV under `stem`, each file atomically; close the figure."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # colour bars spanning several axes: tight_layout's best effort
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+    paths = []
+    targets = [stem.parent / f"{stem.name}.{fmt}" for fmt in (*FIGURE_FORMATS, "csv")]  # stems hold rates like lr0.001
+    for target in targets:
+        check_target(target)
+    try:
+        for fmt in FIGURE_FORMATS:
+            path = stem.parent / f"{stem.name}.{fmt}"
+            write_atomically(path, lambda buffer, fmt=fmt: fig.savefig(buffer, format=fmt, dpi=150))
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    csv_path = stem.parent / f"{stem.name}.csv"
+    write_atomically(csv_path, lambda buffer: buffer.write(text.getvalue().encode("utf-8")))
+    return paths + [csv_path]

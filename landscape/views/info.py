@@ -1,0 +1,153 @@
+"""`landscape info`: what a run, surface or Hessian file holds, as plain text (numpy and h5py only, no torch).
+
+Text from a file's attributes is shown as text: terminal control sequences are removed, so a file from a
+stranger cannot rewrite the reader's terminal.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from landscape.files.hessian_file import HessianResult
+from landscape.files.run_file import Run, shown_status
+from landscape.files.surface_file import Surface
+from landscape.views.analysis import (best_accuracy, check_errors, final_accuracy, fmt_pct, probe_medians,
+                                      stability_threshold, threshold_formula)
+
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> str:
+    """`text` without terminal escape sequences and control characters (newlines kept)."""
+    return CONTROL.sub("", str(text))
+
+
+def describe(item) -> str:
+    """`landscape info` of a run, surface or Hessian file."""
+    if isinstance(item, Surface):
+        return plain(describe_surface(item))
+    if isinstance(item, HessianResult):
+        return plain(describe_hessian(item))
+    return plain(describe_run(item))
+
+
+def describe_run(run: Run) -> str:
+    """A run file: model, options, progress, status, per-rate accuracies, probes and sharpness."""
+    config = run.config
+    best, best_epoch = best_accuracy(run)
+    final = final_accuracy(run)
+    epochs_planned = config.get("epochs") or "?"
+    recorded = run.attrs.get("source") == "recorder"
+    lines = [
+        f"file        {run.path}",
+        f"model       {run.model}  (" + ("" if recorded else f"width {config.get('width', 1)}, ") +
+        f"{run.attrs.get('parameters', '?')} parameters, "
+        f"{float(run.attrs.get('model_size_mb', float('nan'))):.1f} MB per run)" +
+        ("  recorded from its own training loop (landscape.Recorder)" if recorded else ""),
+        f"data        {config.get('dataset') or 'not named'}" + ("" if recorded else
+                                                                 f"  ({run.attrs.get('train_images', '?')} train / "
+                                                                 f"{run.attrs.get('test_images', '?')} test images, "
+                                                                 f"augment {config.get('augment')})"),
+        f"training    {config.get('optimizer')}, schedule {config.get('schedule', 'constant')}, batch "
+        f"{config.get('batch_size')}, weight decay {config.get('weight_decay')}, seed {config.get('seed')}, "
+        f"device {run.attrs.get('device')}, {run.attrs.get('threads', '?')} CPU threads",
+        f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
+        f"status      {shown_status(run)}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
+        f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "
+        f"torch {run.attrs.get('torch_version')}, schema {run.attrs.get('schema_version')})",
+        "",
+        f"{'lr':>10}  {'final test acc':>14}  {'best test acc':>13}  {'best epoch':>10}  {'diverged at step':>16}"
+        f"  {'stopped early':>13}",
+    ]
+    for r, lr in enumerate(run.lrs):
+        div = str(int(run.diverged_step[r])) if run.diverged_step[r] >= 0 else "-"
+        stop = f"epoch {int(run.stopped_epoch[r])}" if run.stopped_epoch[r] >= 0 else "-"
+        epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
+        lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}  {stop:>13}")
+    if run.probe is not None:
+        probe = run.probe
+        lines += ["", f"probes      {len(probe['step'])} probed steps, multipliers "
+                      f"{','.join(f'{m:g}' for m in probe['multipliers'])}, direction "
+                      f"{run.config.get('probe_direction', 'update')}; medians over probes:",
+                  f"{'lr':>10}  {'loss variation':>14}  {'max grad dist':>13}  {'beta':>10}"]
+        for lr, (variation, grad, beta) in zip(run.lrs, probe_medians(run)):
+            lines.append(f"{lr:>10g}  {variation:>14.4g}  {grad:>13.4g}  {beta:>10.4g}")
+    if run.sharpness is not None and len(run.sharpness["step"]):
+        sharp = run.sharpness
+        hvps = sharp.get("hvps")
+        cost = (f", {int(np.median(hvps[hvps > 0]))} Hessian-vector products per measurement (median; "
+                f"{int(hvps.sum())} in all)") if hvps is not None and (hvps > 0).any() else ""
+        warm = "warm-started" if int(sharp["attrs"].get("warm_start", 0)) else "cold"
+        lines += ["", f"sharpness   {len(sharp['step'])} measurements on {sharp['images']} images (top Hessian "
+                      f"eigenvalue, {warm} Lanczos{cost}); threshold: {threshold_formula(config)}"]
+        errors = check_errors(run)
+        if errors is not None:
+            lines.append(f"            checked against {len(sharp['check_step'])} cold Lanczos runs to convergence: "
+                         f"median relative error {100 * errors[0]:.3g}%, worst {100 * errors[1]:.3g}%")
+        lines += [
+                  f"{'lr':>10}  {'last':>10}  {'max':>10}  {'threshold':>10}  {'last/thr':>8}  {'max/thr':>8}"]
+        for r, lr in enumerate(run.lrs):
+            top = run.sharpness["top"][r, :, 0]
+            last = top[np.isfinite(top)][-1] if np.isfinite(top).any() else np.nan
+            peak = np.nanmax(top) if np.isfinite(top).any() else np.nan
+            threshold = stability_threshold(config, float(lr))
+            ratio = (lambda v: f"{v / threshold:.2f}") if threshold else (lambda v: "-")
+            lines.append(f"{lr:>10g}  {last:>10.4g}  {peak:>10.4g}  {threshold or float('nan'):>10.4g}  "
+                         f"{ratio(last):>8}  {ratio(peak):>8}")
+    return "\n".join(lines)
+
+
+def describe_surface(surface: Surface) -> str:
+    """A surface file: where it is from, its grid, how far it got, the minimum and what was not finite."""
+    done, total = int(surface.done.sum()), surface.done.size
+    status = surface.status if surface.complete else f"partial ({done} of {total} points; {surface.status})"
+    grid = " x ".join(f"{len(a)} ({a[0]:g}..{a[-1]:g})" for a in ([surface.x] if surface.y is None
+                                                                   else [surface.x, surface.y]))
+    lines = [f"file        {surface.path}",
+             f"surface     {surface.dims}D {surface.attrs.get('directions')} directions around {surface.label} "
+             f"({surface.attrs.get('run_file') or surface.attrs.get('weights_file') or surface.attrs.get('source')})",
+             f"grid        {grid}; {surface.attrs.get('images')} images, BN {surface.attrs.get('bn')}, "
+             f"{surface.attrs.get('precision')} on {surface.attrs.get('device')}",
+             f"status      {status}"]
+    if done:
+        finite = surface.done & np.isfinite(surface.loss)
+        if finite.any():
+            index = np.unravel_index(np.nanargmin(np.where(finite, surface.loss, np.nan)), surface.loss.shape)
+            lines.append(f"minimum     loss {surface.loss[index]:.4g} at {index}; maximum "
+                         f"{np.nanmax(np.where(finite, surface.loss, np.nan)):.4g}")
+        if surface.nonfinite:
+            lines.append(f"non-finite  {surface.nonfinite} computed point(s) have a NaN or infinite loss")
+    return "\n".join(lines)
+
+
+def describe_hessian(result: HessianResult) -> str:
+    """A Hessian file: what was measured, how far it got, each eigenvalue and whether it converged."""
+    a = result.arrays
+    done = result.done
+    status = result.status if not result.partial else f"partial ({int(done.sum())} of {done.size} measured; " \
+                                                       f"{result.status})"
+    lines = [f"file        {result.path}",
+             f"hessian     {result.label} ({result.attrs.get('run_file') or result.attrs.get('weights_file')}); "
+             f"{result.attrs.get('images_used') or str(result.attrs.get('images')) + ' images'}, BN "
+             f"{result.attrs.get('bn')}, parameters {result.attrs.get('params', 'all')}",
+             f"status      {status}", "",
+             f"{'lr':>10}  {'epoch':>5}  {'top eigenvalues':>30}  {'converged':>9}  {'HVPs (eig/trace/dens)':>22}"]
+    converged = result.converged
+    for i, lr in enumerate(a["lrs"]):
+        for j, epoch in enumerate(a["epochs"]):
+            if not done[i, j]:
+                lines.append(f"{lr:>10g}  {int(epoch):>5}  {'not measured':>30}")
+                continue
+            values = ", ".join(f"{v:.4g}" for v in a["eigenvalues"][i, j] if np.isfinite(v))
+            ok = "yes" if converged is None or converged[i, j].all() else \
+                f"NO ({int((~converged[i, j]).sum())})"
+            counts = "/".join(str(int(a[name][i, j])) if name in a else "-"
+                              for name in ("eigen_hvps", "trace_hvps", "density_hvps"))
+            lines.append(f"{lr:>10g}  {int(epoch):>5}  {values:>30}  {ok:>9}  {counts:>22}")
+            if "trace" in a and np.isfinite(a["trace"][i, j]):
+                lines.append(f"{'':>10}  {'':>5}  trace {a['trace'][i, j]:.4g} +- {a['trace_stderr'][i, j]:.2g}")
+    if converged is not None and not converged[done].all():
+        lines.append("            NO: an eigenvalue's error bound stayed above tol x |value| within max_steps "
+                     "(see /error_bounds); rerun with a larger --max-steps")
+    return "\n".join(lines)
