@@ -119,7 +119,8 @@ def test_quick_spec_runs_resumes_and_tables_read_back(tmp_path, cifar_root):
     assert float(silu["best_test_acc_reported"]) == 89.57
     assert silu["best_test_acc_difference"] == "nan"  # a quick run is not compared with the report's full one
     assert silu["best_test_acc_std"] == "nan" and silu["best_test_acc_n"] == "1"
-    from landscape.ablations.tables import collect, table_cells
+    from landscape.ablations.results import collect
+    from landscape.ablations.tables import table_cells
 
     header, shown, machine = table_cells(spec, collect(spec, "quick", results), "full")
     first_metric = len(spec.axes) + 5 * spec.metrics.index("best_test_acc")  # reported, mean, std, n, difference

@@ -55,9 +55,10 @@ def losses(results, spec_file):
 
 @pytest.fixture
 def reference(spec_file, tmp_path):
-    """The same grid with the in-process executor, one cell after another (2 torch threads each)."""
+    """The same grid with the in-process executor, one cell after another, 2 torch threads each (as the Ray cells
+    with --cpus-per-cell 2: equal results need equal thread counts)."""
     results = tmp_path / "local"
-    subprocess.run(command(spec_file, results), check=True, capture_output=True, timeout=300)
+    subprocess.run(command(spec_file, results, "--threads", "2"), check=True, capture_output=True, timeout=300)
     return losses(results, spec_file)
 
 

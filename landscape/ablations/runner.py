@@ -65,7 +65,7 @@ def plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: str | None 
     return jobs
 
 
-def run_job(job: Job, threads: int | None = None, on_checkpoint=None) -> str:
+def run_job(job: Job, threads: int | None = None, on_checkpoint=None, download: bool = False) -> str:
     """Train or resume one job; returns 'trained', 'resumed' or 'skipped'. Raises on failure.
 
     `on_checkpoint(path, epochs_done)` is called after every epoch's checkpoint."""
@@ -80,25 +80,35 @@ def run_job(job: Job, threads: int | None = None, on_checkpoint=None) -> str:
         torch.set_num_threads(threads)
     from landscape.training.runner import resume, train
 
+    config = replace(job.config, threads=threads or job.config.threads)
     if status == "incomplete":
-        resume(job.path, progress=False, on_checkpoint=on_checkpoint)
+        resume(job.path, progress=False, on_checkpoint=on_checkpoint, download=download)
         return "resumed"
-    train(job.config, job.path, progress=False, on_checkpoint=on_checkpoint)
+    train(config, job.path, progress=False, on_checkpoint=on_checkpoint, download=download)
     return "trained"
 
 
-def _worker(job: Job, threads: int) -> tuple[str, str | None]:
+def _worker(job: Job, threads: int, download: bool = False) -> tuple[str, str | None]:
     try:
-        return run_job(job, threads), None
+        return run_job(job, threads, download=download), None
     except LandscapeError as exc:
         return "failed", str(exc)
     except Exception as exc:  # a bug in one cell must not stop the others; say what it was
         return "failed", f"{type(exc).__name__}: {exc}"
 
 
-def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = True) -> dict[str, int]:
-    """Run the jobs (in `workers` processes if > 1); report one line per job; return counts per outcome."""
-    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
+STOPPED_HINT = "its checkpoint is saved; rerun the same `landscape ablate run` command to go on"
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = True, threads: int = 0,
+             download: bool = False) -> dict[str, int]:
+    """Run the jobs (in `workers` processes if > 1); report one line per job; return counts per outcome.
+
+    The first SIGINT or SIGTERM stops the whole command: the running cells save their checkpoints and no further
+    cell starts (counted as 'interrupted')."""
+    from landscape.stopping import StopSignals
+
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0, "interrupted": 0}
     todo = [job for job in jobs if cell_status(job.path) != "complete"]
     counts["skipped"] = len(jobs) - len(todo)
     if any(job.config.device == "cuda" for job in todo):
@@ -107,23 +117,36 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = T
 
     cells = bar(len(todo), "cells", "cell", progress)
 
-    def record(job: Job, outcome: str, error: str | None) -> None:
+    def record(job: Job, outcome: str, error: str | None, stopped: bool) -> None:
+        if stopped and outcome == "failed":
+            outcome, error = "interrupted", STOPPED_HINT
         counts[outcome] += 1
         where = f"{job.spec} / {job.cell} / seed {job.seed}"
         cells.update(1)
         report(f"{outcome:>8}  {where}" + (f": {error}" if error else f"  -> {job.path}"))
 
-    if workers == 1:
-        for job in todo:
-            record(job, *_worker(job, 0))
-        cells.close()
-        return counts
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, job, threads): job for job in todo}
-        for future in as_completed(futures):
-            record(futures[future], *future.result())
+    with StopSignals() as signals:
+        if workers == 1:
+            for job in todo:
+                record(job, *_worker(job, threads, download), signals.received is not None)
+                if signals.received is not None:
+                    break
+        else:
+            share = threads or max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_worker, job, share, download): job for job in todo}
+                for future in as_completed(futures):
+                    if signals.received is not None:
+                        for other in futures:
+                            other.cancel()  # cells not started yet stay missing
+                    if future.cancelled():
+                        continue
+                    record(futures[future], *future.result(), signals.received is not None)
     cells.close()
+    if signals.received is not None:
+        left = len(todo) - sum(counts[k] for k in ("trained", "resumed", "failed", "interrupted"))
+        report(f"stopped by {signals.name}: {left} cell(s) not started; the finished cells and the running cells' "
+               f"checkpoints are kept: rerun the same command to go on")
     return counts
 
 

@@ -10,88 +10,12 @@ cells that train several learning rates, the loss-landscape figures of `landscap
 from __future__ import annotations
 
 import csv
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from landscape.ablations.spec import METRICS, Cell, Spec, format_value
-from landscape.errors import UsageError
-from landscape.files.run_file import Run, read_run
-
-
-@dataclass
-class Row:
-    """One table row: a cell, its runs (one per seed found) and per metric (reported, our values)."""
-
-    cell: Cell
-    runs: list[Run]
-    values: dict[str, list[float]]
-    problems: list[str]
-
-    @property
-    def missing(self) -> bool:
-        return not self.runs
-
-
-def metric_value(run: Run, metric: str, horizon: int | None = None) -> float:
-    """A metric of one run file, within the first `horizon` epochs if given. Accuracies in percent.
-
-    A file with several learning rates gives the value of its best rate (highest best test accuracy).
-    """
-    acc = run.epoch["test_acc"][:, :horizon] if horizon else run.epoch["test_acc"]
-    if metric == "parameters":
-        return float(run.attrs.get("parameters", np.nan))
-    if metric == "model_size_mb":
-        return float(run.attrs.get("model_size_mb", np.nan))
-    if acc.shape[1] == 0:
-        return float("nan")
-    filled = np.where(np.isfinite(acc), acc, -np.inf)
-    best_rate = int(np.argmax(filled.max(axis=1)))
-    best = filled[best_rate]
-    if metric == "best_test_acc":
-        return float(100 * best.max())
-    if metric == "best_epoch":
-        return float(np.argmax(best) + 1)
-    if metric == "final_test_acc":
-        finite = np.flatnonzero(np.isfinite(acc[best_rate]))  # an early-stopped run ends at its last epoch
-        return float(100 * acc[best_rate, finite[-1]]) if finite.size else float("nan")
-    if metric == "wall_time":
-        wall = run.epoch["wall_time"][:horizon] if horizon else run.epoch["wall_time"]
-        return float(wall[-1]) if wall.size else float("nan")
-    raise UsageError(f"unknown metric {metric!r}")
-
-
-def collect(spec: Spec, preset: str, root: Path) -> list[Row]:
-    """Read every cell's run files (all seeds found); cells with none, or only unreadable ones, are missing."""
-    rows = []
-    for cell in spec.cells:
-        folder = spec.result_path(root, preset, cell, 0).parent
-        runs, problems = [], []
-        for path in sorted(p for p in folder.glob(f"{cell.file_slug}_seed*.h5")
-                           if re.fullmatch(r"_seed\d+\.h5", p.name[len(cell.file_slug):])):  # not .weights.h5
-            try:
-                run = read_run(path)
-            except UsageError as exc:
-                problems.append(str(exc))
-                continue
-            if run.status == "complete":
-                runs.append(run)
-            else:
-                problems.append(f"{path}: {run.status} ({run.epochs_done} epochs); `landscape ablate run` finishes it")
-        horizon = cell.horizons.get(preset)
-        values = {m: [metric_value(r, m, horizon) for r in runs] for m in spec.metrics}
-        rows.append(Row(cell, runs, values, problems))
-    return rows
-
-
-def summary(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
-    finite = np.asarray([v for v in values if np.isfinite(v)])
-    if not finite.size:
-        return float("nan"), float("nan"), 0
-    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0, int(finite.size)
+from landscape.ablations.results import Row, collect, summary
+from landscape.ablations.spec import METRICS, Spec, format_value
 
 
 def fmt(value: float, metric: str, signed: bool = False) -> str:
@@ -185,52 +109,15 @@ def write_tables(spec: Spec, rows: list[Row], folder: Path, preset: str) -> list
     return [md, csv_path, tex]
 
 
-def write_figures(spec: Spec, rows: list[Row], folder: Path) -> list[Path]:
-    """The metric against the cells, the training curves of the cells, and loss landscapes where present."""
-    from landscape.views.plots import plot_runs, save_figure
+def write_figures(spec: Spec, rows: list[Row], folder: Path, preset: str) -> list[Path]:
+    """The metric across the cells, every cell's training curves (train and test loss and accuracy, and the learning
+    rate), and for cells that train several rates, the loss envelopes and ranges grouped as the reports group them:
+    one figure per value of the axes other than the model (report 004: one per batch size)."""
+    from landscape.ablations.drawing import curves_figure, landscape_groups, metric_figure
 
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
-    metric = spec.metrics[0]
-    written = []
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    labels = [r.cell.label for r in rows]
-    stats = [summary(r.values.get(metric, [])) for r in rows]
-    reported = [r.cell.reference.get(metric, np.nan) for r in rows]
-    x = np.arange(len(rows))
-    ax.errorbar(x, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-", capsize=3, label="ours")
-    if np.isfinite(reported).any():
-        ax.plot(x, reported, "s--", color="0.4", label=f"reported ({spec.source.split(',')[0]}, its full setting)")
-    ax.set_xticks(x, labels, rotation=30 if max(len(l) for l in labels) > 8 else 0, ha="right")
-    ax.set_xlabel(", ".join(spec.axes) if spec.axes else "")
-    ax.set_ylabel(METRICS[metric][0])
-    ax.set_title(spec.title)
-    ax.legend()
-    data = [(l, r, s[0], s[1], s[2]) for l, r, s in zip(labels, reported, stats)]
-    written += save_figure(fig, folder / "metric", ("cell", "reported", "mean", "std", "n"), data)
-
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
-    curves = []
-    for row, color in zip(rows, sns.color_palette("viridis", len(rows))):
-        if row.missing:
-            continue
-        run = row.runs[0]
-        best = int(np.argmax(np.nan_to_num(run.epoch["test_acc"], nan=-1).max(axis=1)))
-        epochs = np.arange(1, run.epochs_done + 1)
-        acc, loss = 100 * run.epoch["test_acc"][best], run.epoch["train_loss"][best]
-        acc_ax.plot(epochs, acc, color=color, label=row.cell.label)
-        loss_ax.plot(epochs, loss, color=color, label=row.cell.label)
-        curves += [(row.cell.label, int(e), float(a), float(l)) for e, a, l in zip(epochs, acc, loss)]
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    if curves:
-        acc_ax.legend(fontsize="small")
-    written += save_figure(fig, folder / "curves", ("cell", "epoch", "test_acc", "train_loss"), curves)
-    landscapes = [r.runs[0] for r in rows if r.runs and len(r.runs[0].lrs) > 1]
-    if landscapes:
-        written += plot_runs(landscapes, folder / "landscape")
+    written = metric_figure(spec, rows, folder / "metric", f"{spec.title} ({preset_note(spec, preset)})", preset)
+    written += curves_figure(rows, folder / "curves", f"{spec.title}: training curves of every cell (preset {preset})")
+    written += landscape_groups(spec, rows, folder / "landscape")
     return written
 
 
@@ -241,7 +128,7 @@ def regenerate(specs: list[Spec], preset: str, root: Path) -> tuple[list[Path], 
     for spec in specs:
         folder = root / spec.name / preset
         rows = collect(spec, preset, root)
-        written += write_tables(spec, rows, folder, preset) + write_figures(spec, rows, folder)
+        written += write_tables(spec, rows, folder, preset) + write_figures(spec, rows, folder, preset)
         spec_missing = sum(r.missing for r in rows)
         done, missing = done + len(rows) - spec_missing, missing + spec_missing
     index = [f"# Ablation studies (preset `{preset}`)", ""]

@@ -28,6 +28,7 @@ def cli() -> None:
     landscape info artifacts/vgg_bn.h5                      summarise a run file
     landscape ablate run --all --preset quick               run the reports' ablation tables
     landscape ablate table --all --preset quick             regenerate their tables and figures
+    landscape ablate figures 004 --preset quick             regenerate a report's figures
     landscape surface artifacts/vgg_bn.h5 --lr 1e-3         Li et al. loss surface around a snapshot
     landscape hessian artifacts/vgg_bn.h5 --lr all          Hessian eigenvalues, trace, density
     landscape report artifacts/vgg.h5 artifacts/vgg_bn.h5   one interactive HTML page
@@ -69,15 +70,21 @@ def cli() -> None:
 @click.option("--milestones", default="", help="multistep: epochs where the rate decays, e.g. 90,135.")
 @click.option("--cosine-extra", type=int, default=0, show_default=True, help="cosine: T_max = epochs + this.")
 @click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warmup over this many epochs.")
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+              help="Cross-entropy label smoothing of the training loss (the test loss stays plain).")
 @click.option("--patience", type=int, default=0, show_default=True,
               help="Early stopping: stop a run after this many epochs without test-accuracy gain (0: off).")
 @click.option("--min-delta", type=float, default=0.0, show_default=True,
               help="Early stopping: accuracy gain (fraction, 0.001 = 0.1%) that counts as improvement.")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--eval-batch-size", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and data order.")
+@click.option("--epochs", type=int, default=20, show_default=True, help="Epochs to train.")
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="Training batch size (a trailing batch of one image is dropped).")
+@click.option("--eval-batch-size", type=int, default=1000, show_default=True,
+              help="Batch size of the test evaluation after each epoch.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the initial weights, data order and augmentation.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="CPU threads (0: torch's choice within the cores this process may use).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--engine", default="auto", show_default=True,
               help="loop (one model after another) or fused (all runs as one stacked model; sgd/adam/adamw).")
@@ -100,11 +107,19 @@ def cli() -> None:
               help="Epochs between weight snapshots (0: only the initial and the final weights).")
 @click.option("--sharpness-every", type=int, default=0, show_default=True,
               help="Track the top Hessian eigenvalue(s) of every run every K steps (0: off).")
-@click.option("--sharpness-images", type=int, default=2048, show_default=True,
-              help="Training images (a fixed seeded subset) the sharpness is measured on.")
+@click.option("--sharpness-images", default="2048", show_default=True,
+              help="Training images (a fixed seeded subset) the sharpness is measured on, or batch: each measured "
+                   "step's own batch (cheaper, noisier).")
 @click.option("--sharpness-top-k", type=int, default=1, show_default=True, help="Eigenvalues tracked per run.")
-@click.option("--sharpness-iters", type=int, default=20, show_default=True,
-              help="Lanczos iterations per measurement (warm-started from the previous top eigenvector).")
+@click.option("--sharpness-iters", type=int, default=5, show_default=True,
+              help="Lanczos steps per warm measurement (started from the previous measurement's top Ritz vectors "
+                   "plus a random part).")
+@click.option("--sharpness-cold-iters", type=int, default=20, show_default=True,
+              help="Lanczos steps of a cold measurement: each run's first, or every one with --no-sharpness-warm.")
+@click.option("--sharpness-warm/--no-sharpness-warm", default=True, show_default=True,
+              help="Warm-start each measurement from the previous one.")
+@click.option("--sharpness-check-every", type=int, default=0, show_default=True,
+              help="Every M-th measurement also a cold Lanczos to convergence, stored beside it (0: never).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
@@ -349,15 +364,17 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--ablations", type=click.Path(path_type=Path), default=None,
               help="Folder of ablation results (as `ablate run --results`) to include.")
-@click.option("--preset", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
-              help="Which preset's ablation results to include.")
+@click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+              help="Which preset's ablation results to include (as `ablate run` and `ablate table`).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The page [default: report.html beside the first file, or in --ablations].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
 @click.option("--markdown", is_flag=True, help="Write a GitHub-renderable report.md with static PNGs instead.")
-def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Path | None, markdown: bool) -> None:
+@click.option("--quiet", is_flag=True, help="Do not print the file written.")
+def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Path | None, overwrite: bool,
+           markdown: bool, quiet: bool) -> None:
     """One self-contained interactive HTML page of runs, probes, curvature, surfaces and ablation tables."""
     from landscape.views.report import write_markdown, write_report
-    from landscape.files.atomic import check_writable_folder
 
     if not files and ablations is None:
         raise UsageError("give run, surface or Hessian files, or --ablations FOLDER, to report on")
@@ -365,12 +382,10 @@ def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Pa
         raise UsageError(f"--ablations {ablations} is not a folder; give the --results folder of `ablate run`")
     default = (files[0].parent if files else ablations) / ("report.md" if markdown else "report.html")
     out = out or default
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder: give a file such as {out / 'report.html'}")
-    check_writable_folder(out.parent, "--out")
-    path = write_markdown(list(files), out) if markdown else \
-        write_report(list(files), out, ablations=ablations, preset=preset)
-    click.echo(f"wrote {path}")
+    path = write_markdown(list(files), out, overwrite=overwrite) if markdown else \
+        write_report(list(files), out, ablations=ablations, preset=preset, overwrite=overwrite)
+    if not quiet:
+        click.echo(f"wrote {path}")
 
 
 @cli.group()
@@ -442,9 +457,13 @@ def ablate_list(results: Path) -> None:
               help="ray: retries of a cell whose worker or node died (it resumes from its last checkpoint).")
 @click.option("--shared-results", is_flag=True,
               help="ray: --results is on storage every node sees; tasks write there directly.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="local: CPU threads per cell (0: torch's choice, or the cores shared out over --jobs).")
+@click.option("--download", is_flag=True, help="Download a missing dataset with torchvision.")
 def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
                data_root: str | None, device: str | None, quiet: bool, executor: str, address: str | None,
-               cpus_per_cell: float, gpus_per_cell: float, max_retries: int, shared_results: bool) -> None:
+               cpus_per_cell: float, gpus_per_cell: float, max_retries: int, shared_results: bool, threads: int,
+               download: bool) -> None:
     """Run the cells (and seeds) whose results are missing or incomplete; safe to interrupt and rerun."""
     from dataclasses import replace
 
@@ -455,25 +474,33 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
         for job in plan(spec, preset, seeds, results, data_root):
             todo.append(replace(job, config=replace(job.config, device=device)) if device else job)
     if device == "cuda":
-        from landscape.training.runner import resolve_device
+        from landscape.engine.devices import resolve_device
 
         resolve_device(device)  # no GPU: one line now, not one failure per cell
     for job in todo:
         job.config.validate()
+    from landscape.options import check_gpus, check_threads
+
+    check_threads("--threads", threads)
     if executor == "ray":
         from landscape.ablations.ray_executor import run_jobs_on_ray
-        from landscape.engine.executors import import_ray, ray_test_options
+        from landscape.engine.executors import check_address, import_ray, ray_test_options
 
+        check_gpus("--gpus-per-cell", gpus_per_cell)
+        if threads or download:
+            raise UsageError("--threads and --download apply to the local executor (on Ray, --cpus-per-cell sets a "
+                             "cell's threads; place the data on every node)")
         import_ray()
+        check_address(address)
         counts = run_jobs_on_ray(todo, address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
                                  max_retries=max_retries, shared_results=shared_results, report=print_err,
                                  progress=not quiet, init_options=ray_test_options())
     else:
         if address or shared_results:
             raise UsageError("--address and --shared-results apply to --executor ray")
-        counts = run_jobs(todo, jobs, report=print_err, progress=not quiet)
-    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
-    if counts["failed"]:
+        counts = run_jobs(todo, jobs, report=print_err, progress=not quiet, threads=threads, download=download)
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "interrupted"))
+    if counts["failed"] or counts.get("interrupted"):
         sys.exit(1)
 
 
@@ -491,6 +518,37 @@ def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: 
     if missing:
         click.echo(f"{missing} of {done + missing} cells have no results yet under {results} (preset {preset}): "
                    f"run `landscape ablate run ... --preset {preset}` to fill them", err=True)
+
+
+@ablate.command(name="figures")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_figures", is_flag=True, help="Every figure of the five reports.")
+@click.option("--list", "list_only", is_flag=True, help="List the report figures and how each is drawn; draw nothing.")
+@click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+              help="Whose results to draw: full (the report's configuration) or quick.")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"), show_default=True,
+              help="Folder of the cells' run files (as `ablate run --results`).")
+@click.option("--quiet", is_flag=True, help="Do not list the files written.")
+def ablate_figures(names: tuple[str, ...], all_figures: bool, list_only: bool, preset: str, results: Path,
+                   quiet: bool) -> None:
+    """Regenerate report figures (by report, e.g. 004, or by id) from the stored runs; never trains."""
+    from landscape.ablations.figures import describe, load_figures, regenerate_figures, select
+    from landscape.files.atomic import check_writable_folder
+
+    figures = load_figures()
+    if list_only:
+        click.echo(describe(select(figures, list(names)) if names else figures))
+        return
+    if bool(names) == all_figures:
+        raise UsageError("name reports (000..004) or figure ids (see --list), or pass --all")
+    check_writable_folder(results, "--results")
+    written, missing = regenerate_figures(figures if all_figures else select(figures, list(names)), preset, results)
+    if not quiet:
+        for path in written:
+            click.echo(str(path))
+    for figure, cells in missing.items():
+        click.echo(f"{figure}: no results yet for {', '.join(cells)} under {results} (preset {preset}); the figure "
+                   f"says so: run `landscape ablate run ... --preset {preset}` to fill it", err=True)
 
 
 def report_skipped(problems: list[str]) -> None:

@@ -210,11 +210,12 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
     from landscape.engine.executors import InProcess
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with WriterLock(out), StopSignals() as signals:
+    executor = executor or InProcess()
+    with executor, WriterLock(out), StopSignals() as signals:
         check_output(out, overwrite, inputs)  # again, now that no other writer can slip in
         write_hessian(result)
         try:
-            (executor or InProcess()).run_tasks(tasks, landed, lambda: signals.received is not None)
+            executor.run_tasks(tasks, landed, lambda: signals.received is not None)
         except BaseException as exc:
             result.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
             write_hessian(result)

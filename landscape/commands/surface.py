@@ -20,6 +20,7 @@ from landscape.commands.sources import (ImageSet, build_from_definition, fit_sta
 from landscape.engine.batches import Objective
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.directions import IGNORES, NORMS
+from landscape.engine.executors import InProcess
 from landscape.engine.functional import BN_MODES
 from landscape.engine.surface import (DIRECTIONS, PRECISIONS, PointEvaluator, autocast_for, empty_surface,
                                       fill_surface, metric_names, parse_grid, plan_surface)
@@ -237,7 +238,8 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
     per_pass = evaluator.points_per_pass(options.points_per_pass)
     stored = json.dumps(options.stored(centre.index, centre.epoch), sort_keys=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with WriterLock(out), StopSignals() as signals:
+    executor = executor or InProcess()
+    with executor, WriterLock(out), StopSignals() as signals:
         if resume:
             surface = read_surface(out)
             if surface.attrs.get("options") != stored and surface.options != json.loads(stored):

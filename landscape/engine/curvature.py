@@ -419,7 +419,13 @@ class HessianTask:
     device: str = "auto"
 
     def check(self, what: str = "the model") -> None:
-        """One forward on the first batch: one line if the model cannot take the data."""
+        """Before any work: one forward on the first batch (one line if the model cannot take the data), and the
+        Lanczos bases must fit in memory."""
+        size = sum(p.numel() for n, p in self.params.items() if self.wrt is None or n in self.wrt)
+        device = next(iter(self.params.values())).device
+        check_basis_fits(self.options.max_steps, size, device, "max_steps")
+        if self.options.density:
+            check_basis_fits(self.options.density_steps, size, device, "density_steps")
         check_forward(self.module, self.params, self.buffers, next(iter(self.batches)), self.objective, what)
 
     def __call__(self, on_product: Callable[[], None] | None = None) -> Spectrum:

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from landscape.errors import UsageError
+from landscape.errors import RunFailed, UsageError
 from landscape.options import check_gpus, in_range, non_negative
 
 KILL_WORKER_ENV = "LANDSCAPE_TEST_KILL_WORKER"  # fault injection for the tests: MARKER:N
@@ -32,6 +32,12 @@ class InProcess:
     """Everything in this process, one chunk after another."""
 
     threads = None
+
+    def __enter__(self) -> "InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
     def map_points(self, evaluator, chunks: list[np.ndarray], on_result: Callable, should_stop: Callable) -> None:
         for chunk in chunks:
@@ -173,6 +179,29 @@ class RayExecutor:
         self.points_per_task, self.max_retries = points_per_task, max_retries
         self.init_options = init_options if init_options is not None else ray_test_options()
         self.report = report or (lambda line: None)
+        self.ray, self.started, self.depth = None, False, 0
+
+    def __enter__(self) -> "RayExecutor":
+        """Start (or join) Ray and check that one worker fits, before anything is written."""
+        if self.depth == 0:
+            self.ray, self.started = start_ray(self.address, self.init_options)
+            try:
+                self.check_fits(self.ray)
+            except BaseException:
+                self.close()
+                raise
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.started and self.ray is not None:
+            self.ray.shutdown()
+        self.ray, self.started = None, False
 
     @property
     def threads(self) -> int:
@@ -202,13 +231,14 @@ class RayExecutor:
     def map_points(self, evaluator, chunks: list[np.ndarray], on_result: Callable, should_stop: Callable) -> None:
         if not chunks:
             return
-        ray, started = start_ray(self.address, self.init_options)
-        try:
-            self.check_fits(ray)
+        with self:
+            ray = self.ray
             per_pass = max(len(c) for c in chunks)
             tasks = self.group(chunks, per_pass, ray)
             count = self.worker_count(ray, len(tasks))
-            shared = ray.put(evaluator.to(__import__("torch").device("cpu")))
+            import torch
+
+            shared = ray.put(evaluator.to(torch.device("cpu")))
             actor = ray.remote(PointWorker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                                     max_restarts=0)
 
@@ -240,8 +270,8 @@ class RayExecutor:
                     except ray.exceptions.RayActorError as exc:  # the actor (or its node) died: do its task again
                         retries += 1
                         if retries > self.max_retries * max(1, count):
-                            raise RuntimeError(f"Ray workers kept dying ({retries} times): "
-                                               f"{' '.join(str(exc).split())[:160]}") from None
+                            raise RunFailed(f"Ray workers kept dying ({retries} times; the points done are kept): "
+                                            f"{' '.join(str(exc).split())[:160]}") from None
                         self.report(f"a surface worker died; its {sum(len(c) for c in tasks[index])} points go to "
                                     f"another (retry {retries})")
                         queue.insert(0, index)
@@ -250,9 +280,8 @@ class RayExecutor:
                     for chunk, value in zip(tasks[index], values):
                         on_result(chunk, value)
                     idle.append(worker)
-        finally:
-            if started:
-                ray.shutdown()
+            for worker in idle:
+                ray.kill(worker)
 
     def group(self, chunks: list[np.ndarray], per_pass: int, ray) -> list[list[np.ndarray]]:
         """Consecutive passes grouped into tasks of about `points_per_task` points (whole passes)."""
@@ -268,9 +297,8 @@ class RayExecutor:
     def run_tasks(self, tasks: list[Callable], on_result: Callable, should_stop: Callable) -> None:
         if not tasks:
             return
-        ray, started = start_ray(self.address, self.init_options)
-        try:
-            self.check_fits(ray)
+        with self:
+            ray = self.ray
             remote = ray.remote(run_task).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                                   max_retries=self.max_retries, retry_exceptions=False)
             pending = {remote.remote(task, self.threads): index for index, task in enumerate(tasks)}
@@ -283,6 +311,3 @@ class RayExecutor:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for ref in done:
                     on_result(pending.pop(ref), fetch(ray, ref))
-        finally:
-            if started:
-                ray.shutdown()

@@ -40,8 +40,12 @@ def check_dataset_fits(images: int, size: int, device: torch.device, what: str) 
 def model_needs(build, runs: int, batch_size: int, image_size: int, in_channels: int = 3) -> tuple[int, int, int]:
     """(parameters, bytes for the runs' weights and optimizer state, bytes of one batch's activations), from a
     model built by `build()` on the meta device; UsageError if the model cannot take the image size."""
-    with torch.device("meta"):
-        model = build()
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (RuntimeError, OverflowError, ValueError) as exc:  # e.g. "Storage size calculation overflowed"
+        raise UsageError(f"the model is too large to build ({' '.join(str(exc).split())[:100]}): lower --width or "
+                         f"--image-size") from None
     parameters = sum(p.numel() for p in model.parameters())
     activations = [0]
 

@@ -21,7 +21,7 @@ import numpy as np
 from landscape import __version__
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
-from landscape.files.hdf5 import read_versioned
+from landscape.files.hdf5 import open_ours, read_versioned
 
 WEIGHTS_FORMAT = "landscape-weights"
 WEIGHTS_SCHEMA_VERSION = 1
@@ -104,7 +104,7 @@ class Weights:
         if epoch not in self.epochs:
             raise UsageError(f"{self.path} has no snapshot at epoch {epoch}; it has epochs "
                              f"{', '.join(map(str, self.epochs))}")
-        with h5py.File(self.path, "r") as f:
+        with open_ours(self.path, WEIGHTS_FORMAT, WEIGHTS_SCHEMA_VERSION, "landscape run") as (f, _):
             group = f["snapshots"][group_name(epoch)]
             return {name: np.asarray(group[name][run]) for name in self.names}
 

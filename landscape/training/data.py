@@ -255,8 +255,11 @@ def read_cifar_batches(folder: Path, names: tuple[str, ...], label_key: str,
         except UnsafePickle as exc:
             raise UsageError(f"CIFAR batch file {path} names {exc}, which a CIFAR batch never holds; refusing to "
                              f"unpickle it (it could run code): replace it with the official file") from None
+        except MemoryError:
+            raise UsageError(f"CIFAR batch file {path} asks for more memory than this machine has while unpickling "
+                             f"(a CIFAR batch holds 10,000 small images); replace it with the official file") from None
         except (pickle.UnpicklingError, AttributeError, KeyError, ValueError, EOFError, TypeError, IndexError,
-                OSError) as exc:
+                OSError, OverflowError) as exc:
             raise UsageError(f"CIFAR batch file {path} is unreadable ({type(exc).__name__}: {exc}); "
                              f"download it again") from None
         if label.size and (label.min() < 0 or label.max() >= classes):

@@ -216,7 +216,7 @@ def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) ->
                            image_size=dataset.image_size, **{**config.model_options(), "pretrained": False})
 
     check_model_fits(build, name=f"{config.model} at --width {config.width:g}", runs=len(config.lrs),
-                     batch_size=config.batch_size, image_size=dataset.image_size, device=device,
+                     batch_size=batch, image_size=dataset.image_size, device=device,
                      stacked=choose_engine(config) == "fused")
 
 

@@ -204,6 +204,48 @@ def compare_smoothness(plain: Run, batchnorm: Run) -> list[Comparison]:
     return out
 
 
+LEARNED_SHARE = 0.05  # a final training loss within 5% of ln(classes) is chance level: the model did not learn
+FEW_STEPS, FEW_PROBES = 200, 10
+
+
+def did_not_learn(run: Run) -> float | None:
+    """The final training loss when every rate of the run ends within LEARNED_SHARE of ln(classes), else None."""
+    classes = int(run.attrs.get("num_classes") or 10)
+    losses = run.epoch.get("train_loss")
+    if losses is None or not losses.shape[1]:
+        return None
+    finals = []
+    for row in losses:
+        finite = row[np.isfinite(row)]
+        if finite.size:
+            finals.append(float(finite[-1]))
+    chance = float(np.log(classes))
+    if finals and all(abs(value - chance) <= LEARNED_SHARE * chance for value in finals):
+        return min(finals)
+    return None
+
+
+def trust_warnings(plain: Run, batchnorm: Run) -> list[str]:
+    """Why a comparison of two runs cannot be trusted, one sentence each (none: it can)."""
+    warnings = []
+    for run in (plain, batchnorm):
+        label = run.model
+        final = did_not_learn(run)
+        if final is not None:
+            classes = int(run.attrs.get("num_classes") or 10)
+            warnings.append(f"{label} did not learn: its training loss ends at {final:.3f}, within "
+                            f"{100 * LEARNED_SHARE:.0f}% of ln({classes}) = {np.log(classes):.3f} (chance level), so a "
+                            f"flat landscape there says nothing about smoothness")
+        if run.steps < FEW_STEPS:
+            warnings.append(f"{label} trained only {run.steps} steps (fewer than {FEW_STEPS})")
+        if run.probe is not None and 0 < len(run.probe["step"]) < FEW_PROBES:
+            warnings.append(f"{label} has only {len(run.probe['step'])} probes (fewer than {FEW_PROBES})")
+        if "quick" in run.path.parts:
+            warnings.append(f"{label} is from the quick preset (narrower, shorter, fewer images than the report)")
+    warnings.append("one seed each: a difference may be seed-to-seed noise (repeat with other --seed values)")
+    return warnings
+
+
 def batchnorm_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
     """(plain, BatchNorm) pairs among `runs`: vgg with vgg_bn or vgg_bn_fc, a ResNet with --norm none against bn,
     the other options equal where both give them."""

@@ -61,7 +61,8 @@ def per_rate_figure(run: Run, label: str, stem: Path, *, smooth: int, stride: in
     return save_figure(fig, stem, ("label", "lr", "step", "loss"), rows)
 
 
-def envelope_figure(labels: list[str], bands: list[Envelope], stem: Path, *, log_y: bool) -> list[Path]:
+def envelope_figure(labels: list[str], bands: list[Envelope], stem: Path, *, log_y: bool,
+                    title: str = "loss landscape: min-max training loss over learning rates") -> list[Path]:
     """The min-max band of each file, overlaid, with the min and max drawn as lines."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = []
@@ -70,18 +71,19 @@ def envelope_figure(labels: list[str], bands: list[Envelope], stem: Path, *, log
         ax.plot(band.steps, band.low, color=color, lw=0.6)
         ax.plot(band.steps, band.high, color=color, lw=0.6)
         rows += envelope_rows(label, band)
-    finish(ax, "loss landscape: min-max training loss over learning rates", "loss", log_y)
+    finish(ax, title, "loss", log_y)
     return save_figure(fig, stem, ("label", "step", "min", "max", "range"), rows)
 
 
-def range_figure(labels: list[str], bands: list[Envelope], stem: Path) -> list[Path]:
+def range_figure(labels: list[str], bands: list[Envelope], stem: Path,
+                 title: str = "loss range: max - min over learning rates") -> list[Path]:
     """max - min over learning rates at each step, one curve per file."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = []
     for label, band, color in zip(labels, bands, category_colours(len(bands))):
         ax.plot(band.steps, band.range, color=color, lw=0.9, label=label)
         rows += envelope_rows(label, band)
-    finish(ax, "loss range: max - min over learning rates", "max - min loss", log_y=False)
+    finish(ax, title, "max - min loss", log_y=False)
     return save_figure(fig, stem, ("label", "step", "min", "max", "range"), rows)
 
 
@@ -120,7 +122,7 @@ def envelope_rows(label: str, band: Envelope) -> list[tuple]:
 
 def finish(ax, title: str, ylabel: str, log_y: bool) -> None:
     """Title, axis labels, log scale and legend shared by every figure."""
-    ax.set_title(title)
+    ax.set_title(title, fontsize="small" if "\n" in title else None)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     if log_y:

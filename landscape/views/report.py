@@ -15,7 +15,7 @@ import numpy as np
 
 from landscape import __version__
 from landscape.views.analysis import (SMOOTHNESS_MEASURES, batchnorm_pairs, best_accuracy, compare_smoothness, envelope,
-                                probe_bands, run_label, stability_threshold)
+                                      probe_bands, run_label, stability_threshold, trust_warnings)
 from landscape.files.any_file import read_inputs
 from landscape.files.hessian_file import HessianResult
 from landscape.files.run_file import Run, shown_status
@@ -100,7 +100,7 @@ class Page:
                 + "\n".join(self.parts) + f"<script>{SORT_SCRIPT}</script></body></html>")
 
 
-def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None, preset: str = "quick") -> Page:
+def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None, preset: str = "full") -> Page:
     """The report of `paths` (run, surface and Hessian files) and the ablation results under `ablations`."""
     inputs = read_inputs(paths)
     page = Page(f"landscape report: {', '.join(p.name for p in paths) or 'ablations'}")
@@ -127,12 +127,17 @@ def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None,
     return page
 
 
-def write_report(paths: list[Path], out: Path, *, ablations: Path | None = None, preset: str = "quick") -> Path:
-    """Write the HTML report to `out` (atomically) and return it."""
-    from landscape.files.atomic import write_atomically
+def write_report(paths: list[Path], out: Path, *, ablations: Path | None = None, preset: str = "full",
+                 overwrite: bool = False) -> Path:
+    """Write the HTML report to `out` (atomically, one writer, never over an input) and return it."""
+    from landscape.files.atomic import check_output, write_atomically
+    from landscape.files.lock import WriterLock
 
+    check_output(out, overwrite, paths)
     page = build_report(paths, out, ablations=ablations, preset=preset)
-    write_atomically(out, lambda buffer: buffer.write(page.html().encode("utf-8")))
+    with WriterLock(out):
+        check_output(out, overwrite, paths)
+        write_atomically(out, lambda buffer: buffer.write(page.html().encode("utf-8")))
     return out
 
 
@@ -182,8 +187,15 @@ def summary_section(page: Page, runs: list[Run], labels: dict) -> None:
                             "better" if c.smoother(1) == "BatchNorm" else "worse"])
             sentences.append(f"{c.measure}: {c.smoother(0)} by the median, {c.smoother(1)} by the maximum")
         page.heading(f"{labels[id(plain)]} against {labels[id(normed)]}", 3)
-        page.add("<p>" + html.escape("; ".join(sentences) + ".") + "</p>" if sentences else
+        warnings = trust_warnings(plain, normed)
+        serious = [w for w in warnings if not w.startswith("one seed")]
+        verdict = "; ".join(sentences) + "."
+        if serious:
+            verdict = "Cannot be trusted as it stands: " + verdict
+        page.add("<p>" + html.escape(verdict) + "</p>" if sentences else
                  '<p class="muted">No measure is present in both files.</p>')
+        for warning in warnings:
+            page.note(warning)
         page.table(["measure", f"median {labels[id(plain)]}", f"median {labels[id(normed)]}", "smoother (median)",
                     f"max {labels[id(plain)]}", f"max {labels[id(normed)]}", "smoother (max)"], rows, classes=classes)
     page.add('<p class="muted">' + html.escape("; ".join(f"{k}: {v}" for k, v in SMOOTHNESS_MEASURES.items()))
@@ -338,7 +350,8 @@ def ablation_sections(page: Page, root: Path, preset: str) -> None:
     import plotly.graph_objects as go
 
     from landscape.ablations.spec import METRICS, load_spec, spec_paths
-    from landscape.ablations.tables import collect, preset_note, summary, table_cells
+    from landscape.ablations.results import collect, summary
+    from landscape.ablations.tables import preset_note, table_cells
 
     page.heading(f"Ablations (preset {preset})")
     found = 0
@@ -371,38 +384,51 @@ def ablation_sections(page: Page, root: Path, preset: str) -> None:
         page.note(f"no ablation results under {root} for preset {preset}: run `landscape ablate run ... --preset {preset}`")
 
 
-def write_markdown(paths: list[Path], out: Path) -> Path:
+def md(text) -> str:
+    """Text from a file, safe in a Markdown table cell: HTML escaped (no tag of a stranger's file is kept) and no
+    pipe or newline to break the table."""
+    return html.escape(" ".join(str(text).split())).replace("|", "&#124;")
+
+
+def write_markdown(paths: list[Path], out: Path, overwrite: bool = False) -> Path:
     """`report.md` for GitHub: the run headers and comparisons as Markdown tables, the static figures as PNGs."""
+    from landscape.files.atomic import check_output, check_writable_folder, write_atomically
+    from landscape.files.lock import WriterLock
     from landscape.views.curvature_plots import plot_hessians
+    from landscape.views.figures import protect
     from landscape.views.plots import plot_runs
-    from landscape.files.atomic import check_writable_folder, write_atomically
     from landscape.views.surface_plots import plot_surfaces
 
+    check_output(out, overwrite, paths)
     inputs = read_inputs(paths)
     folder = out.with_name(out.stem + "_figures")
     check_writable_folder(folder, "--out")
-    pngs = []
-    if inputs.runs:
-        pngs += plot_runs(inputs.runs, folder)
-    if inputs.surfaces:
-        pngs += plot_surfaces(inputs.surfaces, folder)
-    if inputs.hessians:
-        pngs += plot_hessians(inputs.hessians, folder)
-    lines = ["# landscape report", ""] + [f"> skipped: {note}" for note in inputs.notes]
-    labels = {id(run): run_label(run, inputs.runs) for run in inputs.runs}
-    if inputs.runs:
-        lines += ["", "| file | model | rates | status | epochs | best test acc (%) |", "| --- | --- | --- | --- | --- | --- |"]
-        for run in inputs.runs:
-            best, _ = best_accuracy(run)
-            lines.append(f"| [{run.path.name}]({relative(run.path, out)}) | {labels[id(run)]} | "
-                         f"{', '.join(f'{lr:g}' for lr in run.lrs)} | {shown_status(run)} | {run.epochs_done} | "
-                         f"{' / '.join(f'{100 * b:.2f}' for b in best)} |")
-    for plain, normed in batchnorm_pairs(inputs.runs):
-        lines += ["", f"## {labels[id(plain)]} against {labels[id(normed)]}", "",
-                  "| measure | median plain | median BN | smoother | max plain | max BN | smoother |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {c.measure} | {c.plain[0]:.4g} | {c.batchnorm[0]:.4g} | {c.smoother(0)} | {c.plain[1]:.4g} | "
-                  f"{c.batchnorm[1]:.4g} | {c.smoother(1)} |" for c in compare_smoothness(plain, normed)]
-    lines += ["", "## Figures", ""] + [f"![{p.stem}]({relative(p, out)})" for p in pngs if p.suffix == ".png"]
-    write_atomically(out, lambda buffer: buffer.write(("\n".join(lines) + "\n").encode("utf-8")))
+    with WriterLock(out), protect(paths):
+        check_output(out, overwrite, paths)
+        pngs = []
+        if inputs.runs:
+            pngs += plot_runs(inputs.runs, folder)
+        if inputs.surfaces:
+            pngs += plot_surfaces(inputs.surfaces, folder)
+        if inputs.hessians:
+            pngs += plot_hessians(inputs.hessians, folder)
+        lines = ["# landscape report", ""] + [f"> skipped: {md(note)}" for note in inputs.notes]
+        labels = {id(run): run_label(run, inputs.runs) for run in inputs.runs}
+        if inputs.runs:
+            lines += ["", "| file | model | rates | status | epochs | best test acc (%) |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+            for run in inputs.runs:
+                best, _ = best_accuracy(run)
+                lines.append(f"| [{md(run.path.name)}]({relative(run.path, out)}) | {md(labels[id(run)])} | "
+                             f"{', '.join(f'{lr:g}' for lr in run.lrs)} | {md(shown_status(run))} | "
+                             f"{run.epochs_done} | {' / '.join(f'{100 * b:.2f}' for b in best)} |")
+        for plain, normed in batchnorm_pairs(inputs.runs):
+            lines += ["", f"## {md(labels[id(plain)])} against {md(labels[id(normed)])}", ""]
+            lines += [f"> {md(w)}" for w in trust_warnings(plain, normed)]
+            lines += ["", "| measure | median plain | median BN | smoother | max plain | max BN | smoother |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {c.measure} | {c.plain[0]:.4g} | {c.batchnorm[0]:.4g} | {c.smoother(0)} | {c.plain[1]:.4g} | "
+                      f"{c.batchnorm[1]:.4g} | {c.smoother(1)} |" for c in compare_smoothness(plain, normed)]
+        lines += ["", "## Figures", ""] + [f"![{md(p.stem)}]({relative(p, out)})" for p in pngs if p.suffix == ".png"]
+        write_atomically(out, lambda buffer: buffer.write(("\n".join(lines) + "\n").encode("utf-8")))
     return out

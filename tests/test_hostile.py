@@ -1,0 +1,306 @@
+"""Hostile inputs and faults for surface, hessian, report and plot: files that read outside themselves, outputs
+that would replace data, concurrent writers, damaged files, limits and impossible sizes. Each: the exit status,
+one line without a traceback, and every file that existed before byte-identical afterwards."""
+import resource
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.test_cli import checksums, landscape
+from tests.test_hardening import cifar_folder, one_line_error
+
+FAST = ("--grid", "-1:1:3", "--images", "32", "--device", "cpu", "--quiet")
+HESSIAN = ("--lr", "1e-3", "--top-k", "1", "--max-steps", "4", "--images", "32", "--device", "cpu", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_config):
+    """A run with a snapshot per epoch, a surface and a Hessian file of it: the good files to spoil."""
+    from landscape.commands.hessian import HessianOptions, compute_hessian
+    from landscape.commands.surface import SurfaceOptions, compute_surface
+    from landscape.training.runner import train
+
+    folder = tmp_path_factory.mktemp("good")
+    run = train(tiny_config(snapshot_every=1), folder / "good.h5", progress=False)
+    surface = compute_surface(run, SurfaceOptions(lr=1e-3, grid="-1:1:3", images=32, device="cpu"),
+                              folder / "good_surface.h5", progress=False)
+    hessian = compute_hessian(run, HessianOptions(lr="1e-3", top_k=1, max_steps=4, images=32, device="cpu"),
+                              folder / "good_hessian.h5", progress=False)
+    return {"run": run, "weights": run.with_name("good.weights.h5"), "surface": surface, "hessian": hessian}
+
+
+@pytest.fixture
+def files(made, tmp_path):
+    """Fresh copies of the good files in this test's folder."""
+    return {k: shutil.copy(v, tmp_path / v.name) for k, v in made.items()} | {"folder": tmp_path}
+
+
+def spoil(path, kind, dataset):
+    """Give `path` an object that reads outside the file, in place of `dataset` (or beside it, for links)."""
+    secret = path.parent / "secret.txt"
+    secret.write_bytes(b"user:password\n" * 64)
+    with h5py.File(path, "a") as f:
+        if kind == "external storage":
+            shape, dtype = f[dataset].shape, f[dataset].dtype
+            del f[dataset]
+            f.create_dataset(dataset, shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        elif kind == "external link":
+            f["leak"] = h5py.ExternalLink(str(secret.with_suffix(".h5")), "/x")
+        elif kind == "soft link":
+            f["alias"] = h5py.SoftLink(dataset)
+        else:  # a virtual dataset gathered from another file
+            source = path.parent / "source.h5"
+            with h5py.File(source, "w") as s:
+                s["x"] = np.arange(4.0)
+            layout = h5py.VirtualLayout(shape=(4,), dtype="f8")
+            layout[:] = h5py.VirtualSource(str(source), "x", shape=(4,))
+            f.create_virtual_dataset("virtual", layout)
+
+
+KINDS = ["external storage", "external link", "soft link", "virtual dataset"]
+READERS = [  # (file spoiled, its dataset, command lines reading it)
+    ("run", "train/loss", [("info", "{run}"), ("plot", "{run}", "--out", "{folder}/fig"),
+                           ("report", "{run}", "--out", "{folder}/r.html")]),
+    ("weights", "snapshots/epoch_0002/features.0.weight", [("surface", "{run}", "--lr", "1e-3", *FAST),
+                                                           ("hessian", "{run}", *HESSIAN)]),
+    ("surface", "loss", [("info", "{surface}"), ("plot", "{surface}", "--out", "{folder}/fig"),
+                         ("report", "{surface}", "--out", "{folder}/r.html")]),
+    ("hessian", "eigenvalues", [("info", "{hessian}"), ("plot", "{hessian}", "--out", "{folder}/fig")]),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target,dataset,commands", READERS, ids=[r[0] for r in READERS])
+def test_files_that_read_outside_themselves_are_refused_by_every_reader(files, kind, target, dataset, commands,
+                                                                        capsys):
+    spoil(files[target], kind, dataset)
+    before = checksums(files["folder"])
+    for command in commands:
+        args = [a.format(**files) for a in command]
+        code, out, err = landscape(*args, capsys=capsys)
+        if args[0] == "report":  # one bad input is a note on the page, the rest renders
+            page = (files["folder"] / "r.html").read_text()
+            assert "outside the file" in page and "user:password" not in page
+            (files["folder"] / "r.html").unlink()
+            continue
+        assert "outside the file" in one_line_error(code, err), (args, err)
+        assert "user:password" not in out + err
+    assert checksums(files["folder"]) == before
+
+
+def test_ablate_table_refuses_a_cell_that_reads_outside_itself(files, capsys):
+    from landscape.ablations.spec import load_spec
+
+    spec_path = files["folder"] / "cells.toml"
+    spec_path.write_text('title = "t"\nsource = "t"\nmetrics = ["best_test_acc"]\n[base]\ndataset = "synthetic"\n'
+                         '[[axes]]\nname = "width"\nvalues = [0.0625]\n')
+    spec = load_spec(spec_path)
+    cell = spec.result_path(files["folder"] / "results", "quick", spec.cells[0], 0)
+    cell.parent.mkdir(parents=True)
+    shutil.copy(files["run"], cell)
+    spoil(cell, "external storage", "train/loss")
+    code, out, err = landscape("ablate", "table", spec_path, "--preset", "quick", "--results",
+                               files["folder"] / "results", capsys=capsys)
+    table = (cell.parent / "table.md").read_text()
+    assert "outside the file" in table and "1 missing" in table
+    written = "".join(p.read_text(errors="ignore") for p in cell.parent.glob("*.*") if p.suffix in (".md", ".csv"))
+    assert "user:password" not in written + out + err
+
+
+def test_report_and_markdown_never_write_over_an_input(files, capsys):
+    before = checksums(files["folder"])
+    for extra in ((), ("--overwrite",), ("--markdown",), ("--markdown", "--overwrite")):
+        code, _, err = landscape("report", files["run"], files["surface"], "--out", files["run"], *extra, capsys=capsys)
+        assert "one of this command's inputs" in one_line_error(code, err)
+    (files["folder"] / "page.html").write_text("mine")
+    code, _, err = landscape("report", files["run"], "--out", files["folder"] / "page.html", capsys=capsys)
+    assert "already exists" in one_line_error(code, err)
+    assert checksums(files["folder"]) == {**before, "page.html": checksums(files["folder"])["page.html"]}
+
+
+@pytest.mark.parametrize("command", ["surface", "hessian"])
+def test_one_writer_per_output(files, command, capsys):
+    from landscape.files.lock import WriterLock
+
+    out = files["folder"] / "busy.h5"
+    extra = FAST if command == "surface" else HESSIAN[2:]
+    with WriterLock(out):
+        code, _, err = landscape(command, files["run"], "--lr", "1e-3", *extra, "--out", out, capsys=capsys)
+    assert "is being written by" in one_line_error(code, err) and not out.exists()
+    commands = [[sys.executable, "-m", "landscape", command, str(files["run"]), "--lr", "1e-3", *extra, "--out",
+                 str(files["folder"] / "both.h5")] for _ in range(2)]
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _ in outcomes) == [0, 2], outcomes  # one writes, the other is refused in one line
+    refused = next(err for code, err in outcomes if code == 2)
+    assert len(refused.strip().splitlines()) == 1 and ("being written" in refused or "already exists" in refused)
+
+
+def test_a_one_dimensional_pca_surface_is_drawn_and_redrawn(files, capsys):
+    code, _, err = landscape("surface", files["run"], "--lr", "1e-3", "--directions", "pca", "--dims", "1", "--grid",
+                             "-1:1:3", "--images", "32", "--device", "cpu", "--out", files["folder"] / "pca.h5",
+                             capsys=capsys)
+    assert code in (0, None), err
+    code, out, err = landscape("plot", files["folder"] / "pca.h5", capsys=capsys)
+    assert code in (0, None) and "pca_1d.png" in out, err
+
+
+def test_a_damaged_weights_chunk_is_one_line_for_surface_and_hessian(files, capsys):
+    path = files["weights"]
+    with h5py.File(path, "r") as f:
+        dset = f["snapshots/epoch_0002/features.0.weight"]
+        offset = dset.id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 16] ^= 0xFF
+    path.write_bytes(bytes(data))
+    before = checksums(files["folder"])
+    for args in (("surface", files["run"], "--lr", "1e-3", *FAST),
+                 ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "new.h5")):
+        code, _, err = landscape(*args, capsys=capsys)
+        assert "unreadable weights file" in one_line_error(code, err)
+    assert checksums(files["folder"]) == before
+
+
+@pytest.mark.parametrize("command", ["surface", "hessian", "report", "plot"])
+def test_a_file_size_limit_while_writing_is_one_line_and_keeps_what_was_there(files, command):
+    limit = 4096
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = {"surface": ("surface", files["run"], "--lr", "1e-3", *FAST, "--out", files["folder"] / "s.h5"),
+            "hessian": ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "h.h5"),
+            "report": ("report", files["run"], "--out", files["folder"] / "r.html"),
+            "plot": ("plot", files["run"], "--out", files["folder"] / "fig")}[command]
+    before = checksums(files["folder"])
+    done = subprocess.run([sys.executable, "-m", "landscape", *map(str, args)], preexec_fn=limited,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert "no space left on the device (or a file-size limit)" in one_line_error(done.returncode, done.stderr, 1)
+    after = checksums(files["folder"])
+    assert all(after.get(name) == digest for name, digest in before.items())
+    assert not [p for p in files["folder"].rglob(".*.tmp")]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("surface", "{run}", "--lr", "1e-3", "--grid", "-1:1:1000000", "--device", "cpu"), "for its values alone"),
+    (("surface", "{run}", "--lr", "1e-3", "--device", "tpu"), "--device 'tpu' is unknown"),
+    (("hessian", "{run}", "--lr", "1e-3", "--device", "tpu"), "--device 'tpu' is unknown"),
+    (("surface", "{run}", "--lr", "1e-3", "--seed", str(2 ** 40)), "--seed must be a whole number"),
+    (("hessian", "{run}", "--lr", "1e-3", "--seed", str(2 ** 40)), "--seed must be a whole number"),
+    (("hessian", "{run}", "--lr", "1e-3", "--images", "32", "--max-steps", str(10 ** 9), "--device", "cpu", "--out",
+      "{folder}/new.h5"), "the Lanczos basis would take"),
+    (("hessian", "{run}", "--lr", "1e-3", "--images", "999999", "--device", "cpu", "--out", "{folder}/new.h5"),
+     "exceeds the 256 train images"),
+    (("surface", "{run}", "--lr", "1e-3", "--directions", "between", "--to", "1e-3", "--dims", "1", "--device",
+      "cpu"), "the centre itself"),
+    (("run", "--width", "1e6", "--dataset", "synthetic", "--device", "cpu", "--out", "{folder}/w.h5"),
+     "too large"),
+])
+def test_impossible_or_meaningless_requests_are_refused_before_any_work(files, args, expected, capsys):
+    before = checksums(files["folder"])
+    code, _, err = landscape(*[a.format(**files) for a in args], capsys=capsys)
+    line = one_line_error(code, err)
+    assert expected is None or expected in line, line
+    assert checksums(files["folder"]) == before
+
+
+def test_huge_points_per_pass_is_capped_by_the_grid(files, capsys):
+    code, _, err = landscape("surface", files["run"], "--lr", "1e-3", *FAST, "--points-per-pass", "50", "--out",
+                             files["folder"] / "cap.h5", capsys=capsys)
+    from landscape.files.surface_file import read_surface
+
+    assert code in (0, None), err
+    assert read_surface(files["folder"] / "cap.h5").attrs["points_per_pass"] == 9
+
+
+def test_non_finite_weights_are_refused(files, capsys):
+    with h5py.File(files["weights"], "a") as f:
+        data = f["snapshots/epoch_0002/features.0.weight"]
+        values = data[...]
+        values[0, 0, 0, 0, 0] = np.nan
+        data[...] = values
+    before = checksums(files["folder"])
+    for args in (("surface", files["run"], "--lr", "1e-3", *FAST),
+                 ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "new.h5")):
+        code, _, err = landscape(*args, capsys=capsys)
+        assert "NaN or infinite" in one_line_error(code, err)
+    assert checksums(files["folder"]) == before
+
+
+def test_between_past_its_ends_stays_finite(files, capsys):
+    from landscape.files.surface_file import read_surface
+
+    code, _, err = landscape("surface", files["run"], "--lr", "1e-3", "--directions", "between", "--to", "3e-4",
+                             "--dims", "1", "--grid", "-1:2:7", "--images", "32", "--device", "cpu", "--quiet",
+                             "--out", files["folder"] / "b.h5", capsys=capsys)
+    assert code in (0, None), err
+    surface = read_surface(files["folder"] / "b.h5")
+    assert np.isfinite(surface.loss).all() and surface.attrs["nonfinite_points"] == 0
+
+
+def test_hand_edited_surface_and_hessian_files_are_one_line_and_the_report_still_renders(files, capsys):
+    with h5py.File(files["surface"], "a") as f:
+        del f["done"]
+        f["done"] = np.ones(2, dtype=np.uint8)
+    with h5py.File(files["hessian"], "a") as f:
+        del f["eigenvalues"]
+        f["eigenvalues"] = np.ones((3, 3))
+    for path in (files["surface"], files["hessian"]):
+        for command in ("info", "plot"):
+            code, _, err = landscape(command, path, capsys=capsys)
+            assert "inconsistent" in one_line_error(code, err)
+    code, _, err = landscape("surface", files["run"], "--lr", "1e-3", "--grid", "-1:1:3", "--images", "32",
+                             "--device", "cpu", "--resume", "--out", files["surface"], capsys=capsys)
+    assert "inconsistent" in one_line_error(code, err)
+    code, out, err = landscape("report", files["run"], files["surface"], files["hessian"], "--out",
+                               files["folder"] / "r.html", capsys=capsys)
+    page = (files["folder"] / "r.html").read_text()
+    assert code == 1 or code in (0, None)
+    assert page.count("inconsistent") >= 2 and "Training loss" in page
+
+
+def test_text_from_a_file_is_inert_in_info_and_markdown(files, capsys):
+    with h5py.File(files["run"], "a") as f:
+        f.attrs["status"] = "complete\x1b]0;owned\x07\x1b[2J<script>alert(1)</script>"
+        f.attrs["model"] = "vgg<script>x</script>"
+    code, out, _ = landscape("info", files["run"], capsys=capsys)
+    assert "\x1b" not in out and "\x07" not in out
+    code, _, err = landscape("report", files["run"], "--markdown", "--out", files["folder"] / "r.md", capsys=capsys)
+    text = (files["folder"] / "r.md").read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_a_memory_bomb_batch_is_one_line(tmp_path, capsys):
+    import numpy.core.multiarray as multiarray  # noqa: F401  (what the official batches pickle)
+
+    class Bomb:
+        def __reduce__(self):
+            return (np.core.multiarray._reconstruct, (np.ndarray, (2 ** 50,), b"b"))
+
+    root = cifar_folder(tmp_path / "data", {"data": Bomb(), "labels": [0]})
+    code, _, err = landscape("run", "--dataset", "cifar10", "--data-root", root, "--width", "0.0625", "--epochs", "1",
+                             "--device", "cpu", "--out", tmp_path / "r.h5", capsys=capsys)
+    line = one_line_error(code, err)
+    assert "memory" in line or "unreadable" in line
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_the_memory_check_uses_the_batch_actually_taken(tmp_path, capsys):
+    code, _, err = landscape("run", "--dataset", "synthetic", "--train-subset", "64", "--batch-size", "100000",
+                             "--width", "0.0625", "--epochs", "1", "--lrs", "1e-3", "--device", "cpu", "--quiet",
+                             "--out", tmp_path / "r.h5", capsys=capsys)
+    assert code in (0, None), err
+
+
+def test_ray_resources_are_checked_before_ray_starts(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text('title = "t"\nsource = "t"\nmetrics = ["best_test_acc"]\n[base]\ndataset = "synthetic"\n'
+                    '[[axes]]\nname = "width"\nvalues = [0.0625]\n')
+    code, _, err = landscape("ablate", "run", spec, "--preset", "quick", "--results", tmp_path / "r", "--executor",
+                             "ray", "--gpus-per-cell", "2.5", capsys=capsys)
+    assert "whole GPUs" in one_line_error(code, err) and not (tmp_path / "r").exists()
