@@ -1,17 +1,19 @@
-"""Sharpness tracking: warm-started Lanczos against cold Lanczos, in Hessian-vector products and in error.
+"""Sharpness tracking: Hessian-vector products against error, for cold and warm-started Lanczos, on one run.
 
-On one training run (VGG-A with BatchNorm, plain SGD at two rates that reach the 2/lr threshold, the top-2
-eigenvalues every K steps on the whole CIFAR-10 subset, as Cohen et al. measure on 5,000 examples):
-  (a) today's cold 20-step Lanczos at every measurement,
-  (b) a cold Lanczos run to convergence at the same weights (the truth),
-  (c) the warm-started default.
-Training is bit-identical with and without tracking, so (a) and (c) come from two `landscape run`s whose
-weights at every measured step are the same; (b) is the run of (c) with `--sharpness-check-every 1`. Printed:
-products per measurement and in all, the ratio (a)/(c), the median and worst relative error of (a) and (c)
-against (b), and (with --overhead) the training time with (c) against without tracking.
+One training run (VGG-A with BatchNorm, plain SGD at rates that reach their 2/lr threshold; top-k eigenvalues every
+K steps on the whole CIFAR-10 subset, as Cohen et al. measure on 5,000 examples). At every measured step, on the
+same weights, each variant measures with its own tracker (`engine.sharpness.SharpnessTracker`, as `landscape run
+--sharpness-every` does), and a cold Lanczos run to convergence gives the truth:
+  (a) cold, 20 steps (landscape's former default),
+  (b) cold, to convergence (error bound 1e-3 x |value|: the truth),
+  (c) the default of `landscape run` (`--sharpness-iters`, cold),
+  (d) warm-started from the previous measurement's Ritz vectors, 5 steps (`--sharpness-warm`).
+It prints the products per measurement and in all, the median and worst relative error against (b), the
+overlap of consecutive top eigenvectors (how far they turn between measurements), and with --overhead the
+training time of `landscape run` with the default tracking against none.
 
-    python benchmarks/bench_sharpness.py --data-root ../shared/data               # the issue's setting
-    python benchmarks/bench_sharpness.py --images 512 --epochs 3 --every 20       # a quick look
+    python benchmarks/bench_sharpness.py --data-root ../shared/data               # the setting above
+    python benchmarks/bench_sharpness.py --sharpness-images 512 --epochs 4        # a quick look
 """
 from __future__ import annotations
 
@@ -24,90 +26,127 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.files.run_file import read_run  # noqa: E402
+from landscape.engine.batches import BatchSet  # noqa: E402
+from landscape.engine.curvature import HessianOperator, top_eigenvalues  # noqa: E402
+from landscape.engine.functional import module_buffers, prepared_module, state_of  # noqa: E402
+from landscape.engine.sharpness import SharpnessTracker  # noqa: E402
 from landscape.training.config import RunConfig  # noqa: E402
+from landscape.training.data import Normalizer, Split, eval_batches, load_dataset, train_batches  # noqa: E402
+from landscape.training.models import build_model  # noqa: E402
 from landscape.training.runner import train  # noqa: E402
 
-
-def relative_errors(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    error = np.abs(estimate - truth) / np.abs(truth)
-    return error[np.isfinite(error)]
+DEFAULT_ITERS = RunConfig().sharpness_iters
+TRUTH_TOL = 1e-3  # error bound of the truth, relative: 10x below the 1% the estimates are held to
 
 
-def training_images(data_root: str, subset: int) -> int:
-    import torch
+class OneRun:
+    """One model seen as a run engine by the tracker."""
 
-    from landscape.training.data import load_dataset
+    def __init__(self, model):
+        self.model, self.active = model, [True]
 
-    return len(load_dataset("cifar10", data_root, device=torch.device("cpu"), train_subset=subset).train)
+    def __len__(self):
+        return 1
+
+    def run_module(self, run):
+        params, buffers = state_of(self.model)
+        return self.model, params, buffers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=os.environ.get("LANDSCAPE_TEST_DATA", "data"))
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--lrs", default="0.05,0.1", help="plain SGD rates (their 2/lr thresholds are reached)")
-    parser.add_argument("--images", type=int, default=0, help="training images (0: the whole subset)")
-    parser.add_argument("--sharpness-images", type=int, default=0, help="images measured on (0: all training ones)")
-    parser.add_argument("--epochs", type=int, default=13)
+    parser.add_argument("--lrs", default="0.05,0.1", help="plain SGD rates")
+    parser.add_argument("--sharpness-images", type=int, default=0, help="images measured on (0: every training one)")
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--every", type=int, default=100, help="steps between measurements")
     parser.add_argument("--top-k", type=int, default=2)
-    parser.add_argument("--warm-iters", type=int, default=0, help="warm steps (0: the default of landscape run)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--overhead", action="store_true", help="also time training without tracking")
+    parser.add_argument("--overhead", action="store_true", help="also time `landscape run` with and without")
     args = parser.parse_args()
-    lrs = tuple(float(v) for v in args.lrs.split(","))
-    base = RunConfig(model="vgg_bn", width=args.width, lrs=lrs, optimizer="sgd", momentum=0.0, epochs=args.epochs,
-                     batch_size=128, data_root=args.data_root, train_subset=args.images, snapshots=False,
-                     device=args.device, threads=args.threads)
-    tracked = replace(base, sharpness_every=args.every, sharpness_top_k=args.top_k,
-                      sharpness_images=args.sharpness_images or training_images(args.data_root, args.images))
-    if args.warm_iters:
-        tracked = replace(tracked, sharpness_iters=args.warm_iters)
-    plain_seconds = warm_seconds = None
-    with tempfile.TemporaryDirectory() as folder:
-        if args.overhead:
-            start = time.perf_counter()
-            train(base, Path(folder) / "plain.h5", progress=False)
-            plain_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            train(tracked, Path(folder) / "warm.h5", progress=False)
-            warm_seconds = time.perf_counter() - start
-        # the warm estimates of a run with checks are those of one without: checks start cold, apart
-        checked = read_run(train(replace(tracked, sharpness_check_every=1), Path(folder) / "checked.h5",
-                                 progress=False))
-        cold = read_run(train(replace(tracked, sharpness_warm=False, sharpness_iters=20, sharpness_cold_iters=20),
-                              Path(folder) / "cold.h5", progress=False))
-    warm = checked
-    truth = checked.sharpness["check_top"]
-    assert np.array_equal(checked.sharpness["check_step"], warm.sharpness["step"])
-    assert np.array_equal(checked.train_loss, warm.train_loss) and np.array_equal(cold.train_loss, warm.train_loss)
-    estimates = {"(a) cold, 20 steps": (cold.sharpness["top"], cold.sharpness["hvps"]),
-                 "(c) warm (default)": (warm.sharpness["top"], warm.sharpness["hvps"])}
-    measurements = warm.sharpness["top"].shape[1]
-    print(f"VGG-A BN width {args.width:g}, SGD lr {args.lrs}, {warm.steps} steps, top-{args.top_k} every "
-          f"{args.every} steps on {warm.sharpness['images']} images: {measurements} measurements x {len(lrs)} runs; "
-          f"warm: {warm.sharpness['attrs']['iterations']} steps after a cold first of "
-          f"{warm.sharpness['attrs']['cold_iterations']}")
-    print(f"{'':>22}  {'HVPs/measurement':>16}  {'HVPs in all':>11}  {'median error':>12}  {'worst error':>11}")
-    for name, (top, hvps) in estimates.items():
-        error = relative_errors(top, truth)
-        print(f"{name:>22}  {hvps.mean():16.1f}  {int(hvps.sum()):11d}  {100 * np.median(error):11.3f}%  "
-              f"{100 * error.max():10.3f}%")
-    print(f"{'(b) cold, converged':>22}  {'(the truth; tol 1e-4)':>16}")
-    ratio = cold.sharpness["hvps"].sum() / warm.sharpness["hvps"].sum()
-    print(f"(a) uses x{ratio:.2f} the products of (c)")
-    top1 = truth[:, :, 0]
-    for r, lr in enumerate(lrs):
-        print(f"lr {lr:g}: converged top eigenvalue per measurement {np.round(top1[r], 2).tolist()} "
-              f"(2/lr = {2 / lr:g})")
-    if plain_seconds is not None and warm_seconds is not None:
-        print(f"training {plain_seconds:.1f}s without tracking, {warm_seconds:.1f}s with (c): overhead "
-              f"{100 * (warm_seconds / plain_seconds - 1):+.0f}%")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from landscape.engine.devices import resolve_device
+
+    device = resolve_device(args.device)
+    data = load_dataset("cifar10", args.data_root, device=device)
+    normalize = Normalizer(data.mean, data.std, device)
+    count = args.sharpness_images or len(data.train)
+    subset = Split(data.train.images[:count], data.train.labels[:count], device)
+    batches = BatchSet(list(eval_batches(subset, normalize, 128)))
+    variants = {"(a) cold, 20 steps": dict(steps=20, warm=False), f"(c) default, cold, {DEFAULT_ITERS} steps":
+                dict(steps=DEFAULT_ITERS, warm=False), "(d) warm, 5 steps": dict(steps=5, warm=True)}
+    errors = {name: [] for name in variants}
+    products = {name: [] for name in variants}
+    overlaps = []
+    lrs = [float(v) for v in args.lrs.split(",")]
+    started = time.perf_counter()
+    for lr in lrs:
+        torch.manual_seed(0)
+        model = build_model("vgg_bn", width=args.width, num_classes=10).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        trackers = {name: SharpnessTracker(batches, top_k=args.top_k, cold_steps=20, **options)
+                    for name, options in variants.items()}
+        module = prepared_module(model, "train")
+        step, previous, truths = 0, None, []
+        for epoch in range(args.epochs):
+            for x, y in train_batches(data.train, normalize, batch_size=128, seed=0, epoch=epoch):
+                if step % args.every == 0:
+                    params, buffers = state_of(model)
+                    operator = HessianOperator(module, params, module_buffers(module, buffers), batches)
+                    truth = top_eigenvalues(operator, args.top_k, tol=TRUTH_TOL, max_steps=80, vectors=True)
+                    truths.append(truth.values)
+                    if previous is not None:
+                        overlaps.append(float((previous @ truth.vectors[0]).abs()))
+                    previous = truth.vectors[0]
+                    for name, tracker in trackers.items():
+                        result = tracker.measure(OneRun(model), step)
+                        values = result["top"][0].cpu().numpy()
+                        products[name].append(int(result["hvps"][0]))
+                        errors[name].append(np.abs(values - truth.values) / np.abs(truth.values))
+                    print(f"lr {lr:g} step {step}: truth {np.round(truth.values, 3).tolist()} ({truth.steps} steps)",
+                          flush=True)
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+        print(f"lr {lr:g}: converged top eigenvalue per measurement {[round(float(t[0]), 2) for t in truths]} "
+              f"(2/lr = {2 / lr:g})", flush=True)
+    print(f"\nVGG-A BN width {args.width:g}, SGD lr {args.lrs}, top-{args.top_k} every {args.every} steps on {count} "
+          f"images, {len(products['(a) cold, 20 steps'])} measurements, {torch.get_num_threads()} threads, "
+          f"{time.perf_counter() - started:.0f}s")
+    print(f"{'':>28}  {'HVPs/measurement':>16}  {'HVPs in all':>11}  {'x fewer than (a)':>16}  {'median error':>12}  "
+          f"{'worst error':>11}")
+    base = sum(products["(a) cold, 20 steps"])
+    for name in variants:
+        error = np.concatenate(errors[name])
+        print(f"{name:>28}  {np.mean(products[name]):16.1f}  {sum(products[name]):11d}  "
+              f"{base / sum(products[name]):16.2f}  {100 * np.median(error):11.3f}%  {100 * error.max():10.3f}%")
+    print(f"{'(b) cold, converged':>28}  (the truth: error bound {TRUTH_TOL:g} x |value|)")
+    if overlaps:
+        print(f"overlap |<u1(t), u1(t + {args.every})>| of consecutive top eigenvectors: median "
+              f"{np.median(overlaps):.3f}, range {min(overlaps):.3f}..{max(overlaps):.3f}")
+    if args.overhead:
+        base_config = RunConfig(model="vgg_bn", width=args.width, lrs=tuple(lrs), optimizer="sgd", momentum=0.0,
+                                epochs=args.epochs, data_root=args.data_root, snapshots=False, device=str(device),
+                                threads=args.threads)
+        tracked = replace(base_config, sharpness_every=args.every, sharpness_top_k=args.top_k, sharpness_images=count)
+        times = {}
+        with tempfile.TemporaryDirectory() as folder:
+            for name, config in (("plain", base_config), ("tracked", tracked)):
+                start = time.perf_counter()
+                train(config, Path(folder) / f"{name}.h5", progress=False)
+                times[name] = time.perf_counter() - start
+        print(f"landscape run, {args.epochs} epochs, {len(lrs)} rates: {times['plain']:.1f}s without tracking, "
+              f"{times['tracked']:.1f}s with the default: overhead {100 * (times['tracked'] / times['plain'] - 1):+.0f}%")
 
 
 if __name__ == "__main__":

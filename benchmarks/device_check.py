@@ -191,6 +191,69 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
 
     checks.run("hessian both HVP methods vs CPU", hessian)
 
+    def api() -> str:
+        import torch.nn.functional as F
+        import torchvision
+
+        import landscape
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10) if not dry_run else torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+        here = landscape.surface(model, (x, y), grid="-1:1:3", device="cpu")
+        there = landscape.surface(model.to(base.device), (x, y), grid="-1:1:3", precision="fp32")
+        surface_diff = np.max(np.abs(here.loss - there.loss) / np.abs(here.loss))
+        last = [n for n, _ in model.named_parameters()][-2].rsplit(".", 1)[0] + ".*"  # the classifier's block
+        spectra = [landscape.hessian(model.to(d), (x, y), params=last, top_k=2, tol=1e-6, max_steps=40).eigenvalues
+                   for d in dict.fromkeys(("cpu", base.device))]
+        hessian_diff = np.max(np.abs(spectra[-1] - spectra[0]) / np.abs(spectra[0]))
+        probe = landscape.probe(model.to(base.device), (x, y), "gradient", lr=0.1)
+        if not (surface_diff <= 1e-3 and hessian_diff <= 1e-3 and np.isfinite(probe.beta)):
+            raise AssertionError(f"API on {base.device} against CPU: surface {surface_diff:.1e}, per-layer "
+                                 f"Hessian {hessian_diff:.1e}, probe beta {probe.beta}")
+        model = model.to(base.device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        xs, ys = x.to(base.device), y.to(base.device)
+        with landscape.Recorder(folder / "recorded.h5", model, optimizer, probe_every=2, sharpness_every=2,
+                                sharpness_data=(xs, ys), overwrite=True) as rec:
+            losses = []
+            for _ in range(4):
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(xs), ys)
+                loss.backward()
+                optimizer.step()
+                rec.step(loss, (xs, ys))
+                losses.append(loss.detach())
+        recorded = read_run(folder / "recorded.h5")
+        if not np.array_equal(recorded.train_loss[0], torch.stack(losses).cpu().numpy()):
+            raise AssertionError("the Recorder's losses differ from the loop's")
+        return (f"surface vs CPU {surface_diff:.1e}, classifier-block Hessian vs CPU {hessian_diff:.1e}, probe and "
+                f"Recorder (probes, sharpness {recorded.sharpness['top'][0, :, 0].round(3)}) on {base.device}")
+
+    checks.run("API surface/hessian/probe and Recorder", api)
+
+    def ray_surface() -> str:
+        from landscape.commands.surface import SurfaceOptions, compute_surface
+        from landscape.engine.executors import RayExecutor
+        from landscape.files.surface_file import read_surface
+
+        options = dict(lr=base.lrs[0], grid="-1:1:3", images=min(256, base.train_subset), device=base.device,
+                       precision="fp32", threads=1)
+        here = read_surface(compute_surface(folder / "loop.h5", SurfaceOptions(**options), folder / "here.h5",
+                                            progress=False))
+        gpus = 0.5 if base.device == "cuda" else 0
+        executor = RayExecutor(workers=2, cpus_per_worker=1, gpus_per_worker=gpus, points_per_task=2)
+        there = read_surface(compute_surface(folder / "loop.h5", SurfaceOptions(**options), folder / "ray.h5",
+                                             progress=False, executor=executor))
+        diff = np.max(np.abs(here.loss - there.loss) / np.abs(here.loss))
+        if not diff <= 1e-4:
+            raise AssertionError(f"the Ray surface differs from the one in process by {diff:.1e}")
+        return f"2 workers x {gpus:g} GPU; relative difference to in process {diff:.1e}"
+
+    checks.run("ray surface vs in process", ray_surface)
+
 
 def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> list[dict]:
     """Each benchmark script as a subprocess with a time limit; its printed table is kept."""
@@ -202,26 +265,39 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
     size = (["--width", "1", "--train-subset", "50000", "--repeats", "1"] if full else
             ["--width", "0.0625", "--train-subset", "256", "--repeats", "1", "--lrs", "1e-3,5e-4"])
     plan = [
-        ("speed: course baseline, loop, fused (bf16 autocast on CUDA)", 240 if full else 120,
+        ("speed: course baseline, loop, fused (bf16 autocast on CUDA)", 120,
          [python, "benchmarks/bench_speed.py", "--device", device, "--data-root", str(big_root), *size]),
-        ("probes: 8 multipliers every 10 steps, batched", 60,
+        ("probes: 8 multipliers every 10 steps, batched", 30 if full else 60,
          [python, "benchmarks/bench_probe.py", "--device", device, "--data-root", str(data_root), "--probe-batch",
           *(["--width", "1", "--train-subset", "5085", "--repeats", "1"] if full else
             ["--width", "0.0625", "--train-subset", "256", "--repeats", "1"])]),
-        ("surface: full width, 10,000 images, 11x11 (51x51 projected)", 90 if full else 60,
+        ("surface: full width, 10,000 images, 11x11 (51x51 projected)", 50 if full else 60,
          [python, "benchmarks/bench_surface.py", "--device", device, "--data-root", str(data_root),
           *(["--width", "1", "--grid=-1:1:11", "--images", "10000", "--precision", "bf16", "--skip-reference"]
             if full else ["--width", "0.0625", "--grid=-1:1:3", "--images", "128"])]),
-        ("surface: against the reference loop (small grid)", 60,
+        ("surface: against the reference loop (small grid)", 30 if full else 60,
          [python, "benchmarks/bench_surface.py", "--device", device, "--data-root", str(data_root),
           *(["--width", "1", "--grid=-1:1:3", "--images", "10000", "--precision", "fp32"] if full else
             ["--width", "0.0625", "--grid=-1:1:2", "--images", "128"])]),
-        ("hessian: HVP methods, sharpness cost", 90,
+        ("hessian: HVP methods, sharpness cost", 45 if full else 90,
          [python, "benchmarks/bench_hessian.py", "--device", device, "--data-root", str(data_root),
           "--skip", "pyhessian",
           *(["--width", "1", "--images", "4096", "--sharpness-subset", "5085"] if full else
             ["--width", "0.0625", "--images", "128", "--sharpness-subset", "256", "--sharpness-every", "2",
              "--sharpness-images", "64"])]),
+        ("api: torchvision resnet18 surface vs loss-landscapes and the reference; Recorder overhead", 45 if full else 90,
+         [python, "benchmarks/bench_api.py", "--device", device, "--data-root", str(data_root),
+          *(["--images", "1000", "--steps", "11", "--loop-images", "5085"] if full else
+            ["--images", "32", "--steps", "2", "--loop-images", "128", "--repeats", "1", "--model", "tiny"])]),
+        ("ray surface: 1 worker of a GPU against 4 of 0.25 (11x11, full width)", 60 if full else 90,
+         [python, "benchmarks/bench_ray_surface.py", "--device", device, "--data-root", str(data_root),
+          *(["--width", "1", "--grid=-1:1:11", "--images", "10000", "--workers", "4", "--gpus-per-worker", "0.25",
+             "--single-gpu-workers", "1"] if full else ["--width", "0.0625", "--grid=-1:1:3", "--images", "128",
+                                                       "--workers", "2"])]),
+        ("sharpness: cold and warm Lanczos against converged", 40 if full else 90,
+         [python, "benchmarks/bench_sharpness.py", "--data-root", str(data_root),
+          *(["--width", "1", "--epochs", "3", "--every", "40"] if full else
+            ["--width", "0.0625", "--sharpness-images", "64", "--epochs", "1", "--every", "20"])]),
     ]
     results = []
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}

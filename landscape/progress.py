@@ -43,6 +43,8 @@ class Progress:
 
     def update(self, done: int) -> None:
         """`done` units of the total are finished."""
+        if done == self.done:
+            return
         self.bar.update(done - self.bar.n)
         self.done = done
         if not self.enabled or self.bar.disable is False:

@@ -108,3 +108,26 @@ def test_without_ray_the_option_says_how_to_install_it(snap, tmp_path):
             f"main(['surface', {str(snap)!r}, '--lr', '1e-3', '--executor', 'ray', '--out', {str(tmp_path / 'x.h5')!r}])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2 and "pip install" in done.stderr and not (tmp_path / "x.h5").exists()
+
+
+def test_the_python_api_takes_the_ray_executor(tmp_path):
+    """landscape.surface(..., executor=RayExecutor(...)) on a model of one's own equals the in-process surface."""
+    code = '''
+import numpy as np, torch
+from torch import nn
+import landscape
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+here = landscape.surface(model, (x, y), grid="-1:1:4")
+there = landscape.surface(model, (x, y), grid="-1:1:4",
+                          executor=landscape.RayExecutor(workers=2, cpus_per_worker=1, points_per_task=3))
+assert np.array_equal(here.loss, there.loss) and np.array_equal(here.acc, there.acc)
+spectrum = landscape.hessian(model, (x, y), top_k=2, executor=landscape.RayExecutor(cpus_per_worker=1))
+assert np.allclose(spectrum.eigenvalues, landscape.hessian(model, (x, y), top_k=2).eigenvalues, rtol=1e-9)
+print("ok")
+'''
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

@@ -111,13 +111,12 @@ def cli() -> None:
               help="Training images (a fixed seeded subset) the sharpness is measured on, or batch: each measured "
                    "step's own batch (cheaper, noisier).")
 @click.option("--sharpness-top-k", type=int, default=1, show_default=True, help="Eigenvalues tracked per run.")
-@click.option("--sharpness-iters", type=int, default=5, show_default=True,
-              help="Lanczos steps per warm measurement (started from the previous measurement's top Ritz vectors "
-                   "plus a random part).")
+@click.option("--sharpness-iters", type=int, default=12, show_default=True,
+              help="Lanczos steps per measurement (from a random start seeded by the step).")
+@click.option("--sharpness-warm/--no-sharpness-warm", default=False, show_default=True,
+              help="Start each measurement from the previous one's top Ritz vectors (plus a random part).")
 @click.option("--sharpness-cold-iters", type=int, default=20, show_default=True,
-              help="Lanczos steps of a cold measurement: each run's first, or every one with --no-sharpness-warm.")
-@click.option("--sharpness-warm/--no-sharpness-warm", default=True, show_default=True,
-              help="Warm-start each measurement from the previous one.")
+              help="With --sharpness-warm: the Lanczos steps of each run's first measurement.")
 @click.option("--sharpness-check-every", type=int, default=0, show_default=True,
               help="Every M-th measurement also a cold Lanczos to convergence, stored beside it (0: never).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run file [default: artifacts/<model>.h5].")

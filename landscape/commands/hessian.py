@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landscape.commands.sources import (ImageSet, build_from_definition, fit_state, load_state_dict,
-                                        run_architecture, snapshot_state)
+from landscape.commands.sources import (MACHINE_ONLY, ImageSet, SourceOptions, build_from_definition, fit_state,
+                                        load_state_dict, run_architecture, snapshot_state)
 from landscape.engine.batches import Objective
 from landscape.engine.curvature import (DEFAULT_HVP, HVP_METHODS, HessianTask, SpectrumOptions, products_planned,
                                         select_parameters)
@@ -30,16 +30,15 @@ from landscape.files.hessian_file import hessian_result, write_hessian
 from landscape.files.lock import WriterLock
 from landscape.files.run_file import read_run
 from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
-from landscape.options import check_device_name, check_threads, choose, non_negative, positive
+from landscape.options import choose, non_negative, positive
 from landscape.progress import Progress
 from landscape.stopping import StopSignals, ignore_file_size_signal
 
 DEFAULT_IMAGES = 4096
-MACHINE_ONLY = ("device", "data_root", "threads")
 
 
 @dataclass
-class HessianOptions(SpectrumOptions):
+class HessianOptions(SourceOptions, SpectrumOptions):
     """Every option of `landscape hessian` (stored as JSON in the Hessian file, less MACHINE_ONLY)."""
 
     top_k: int = 5
@@ -51,12 +50,6 @@ class HessianOptions(SpectrumOptions):
     bn: str = "train"
     hvp: str = "auto"
     params: str | None = None  # name pattern(s), comma-separated: the Hessian of that block
-    device: str = "auto"
-    data_root: str | None = None
-    model_def: str | None = None
-    weights: str | None = None
-    dataset: str | None = None
-    threads: int = 0
 
     def validate(self) -> "HessianOptions":
         SpectrumOptions.validate(self, "--")
@@ -65,8 +58,7 @@ class HessianOptions(SpectrumOptions):
         if self.images is not None:
             positive("--images", self.images)
         non_negative("--batch-size", self.batch_size)
-        check_device_name("--device", self.device)
-        check_threads("--threads", self.threads)
+        self.validate_source()
         return self
 
     def spectrum(self) -> SpectrumOptions:

@@ -15,6 +15,7 @@ import inspect
 import json
 import pickle
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,27 @@ from landscape.files.run_file import Run
 from landscape.files.weights_file import Weights
 from landscape.training.config import RunConfig
 from landscape.training.data import Normalizer, Split, eval_batches, load_dataset
+from landscape.options import check_device_name, check_threads
 from landscape.training.models import MODELS, build_model
+
+
+@dataclass
+class SourceOptions:
+    """Where a measurement's model and images come from, and on what machine (options of surface and hessian)."""
+
+    device: str = "auto"
+    data_root: str | None = None
+    model_def: str | None = None  # FILE.py:FACTORY
+    weights: str | None = None  # a foreign model's state dict
+    dataset: str | None = None  # default: the run's own; cifar10 for a foreign model
+    threads: int = 0
+
+    def validate_source(self) -> None:
+        check_device_name("--device", self.device)
+        check_threads("--threads", self.threads)
+
+
+MACHINE_ONLY = ("device", "data_root", "threads")  # not part of what a measurement is
 
 
 def load_factory(spec: str):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from landscape.commands.sources import (ImageSet, build_from_definition, fit_state, load_state_dict,
-                                        run_architecture, snapshot_state)
+from landscape.commands.sources import (MACHINE_ONLY, ImageSet, SourceOptions, build_from_definition, fit_state,
+                                        load_state_dict, run_architecture, snapshot_state)
 from landscape.engine.batches import Objective
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.directions import IGNORES, NORMS
@@ -30,17 +30,16 @@ from landscape.files.lock import WriterLock
 from landscape.files.run_file import read_run
 from landscape.files.surface_file import read_surface, write_surface
 from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
-from landscape.options import check_device_name, check_seed, check_threads, choose, non_negative
+from landscape.options import check_seed, choose, non_negative
 from landscape.progress import Progress
 from landscape.stopping import StopSignals, ignore_file_size_signal
 
 DEFAULT_IMAGES = 10_000
 FLUSH_SECONDS = 10.0
-MACHINE_ONLY = ("device", "data_root", "points_per_pass", "threads")  # not part of what a surface is
 
 
 @dataclass
-class SurfaceOptions:
+class SurfaceOptions(SourceOptions):
     """Every option of `landscape surface` (stored as JSON in the surface file, less MACHINE_ONLY)."""
 
     lr: float | None = None
@@ -61,12 +60,6 @@ class SurfaceOptions:
     batch_size: int = 0  # 0: 1000 on CUDA, 128 on CPU, or the run's training batch size with --bn train
     points_per_pass: int = 0  # 0: 1 on CPU, from free memory on CUDA
     precision: str = "auto"
-    device: str = "auto"
-    data_root: str | None = None
-    model_def: str | None = None
-    weights: str | None = None
-    dataset: str | None = None
-    threads: int = 0
 
     def validate(self) -> "SurfaceOptions":
         if self.dims not in (1, 2):
@@ -78,8 +71,7 @@ class SurfaceOptions:
         choose("--bn", self.bn, BN_MODES)
         choose("--precision", self.precision, PRECISIONS)
         check_seed("--seed", self.seed)
-        check_device_name("--device", self.device)
-        check_threads("--threads", self.threads)
+        self.validate_source()
         for option, grid in (("--grid", self.grid), ("--grid-y", self.grid_y)):
             if grid is not None:
                 parse_grid(grid, option)
@@ -101,7 +93,7 @@ class SurfaceOptions:
         """The options as stored: the run and epoch resolved; where the data is and the machine do not matter."""
         values = asdict(self)
         values.update(lr=None, run=index, epoch=epoch)
-        for machine_only in MACHINE_ONLY:
+        for machine_only in (*MACHINE_ONLY, "points_per_pass"):
             values.pop(machine_only)
         return values
 

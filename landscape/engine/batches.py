@@ -140,16 +140,21 @@ class BatchSet:
         return BatchSet([to_device(b, device) for b in self.batches], self.sizes)
 
 
-def to_device(value, device: torch.device):
-    """Every tensor inside tuples, lists and dicts moved to `device`."""
+def map_tensors(value, function):
+    """`function` applied to every tensor inside tuples (named ones too), lists and dicts; the rest kept."""
     if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
+        return function(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value) if not hasattr(value, "_fields") else \
-            type(value)(*(to_device(v, device) for v in value))
+        items = [map_tensors(v, function) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: map_tensors(v, function) for k, v in value.items()}
     return value
+
+
+def to_device(value, device: torch.device):
+    """Every tensor inside a batch moved to `device`."""
+    return map_tensors(value, lambda t: t.to(device, non_blocking=True))
 
 
 def tensors_in(value) -> Iterator[torch.Tensor]:
@@ -174,14 +179,7 @@ def batch_size_of(batch) -> int:
 
 def cut(batch, count: int):
     """The first `count` samples of a batch."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:count]
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(cut(v, count) for v in batch) if not hasattr(batch, "_fields") else \
-            type(batch)(*(cut(v, count) for v in batch))
-    if isinstance(batch, dict):
-        return {k: cut(v, count) for k, v in batch.items()}
-    return batch
+    return map_tensors(batch, lambda t: t[:count])
 
 
 def check_pair(batch, objective: Objective) -> None:

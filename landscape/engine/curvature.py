@@ -263,7 +263,8 @@ def error_bound(values: torch.Tensor, vectors: torch.Tensor, last_beta: torch.Te
     distance = (others - top.unsqueeze(1)).abs()
     distance[torch.arange(k), torch.arange(values.shape[0] - k, values.shape[0])] = float("inf")
     gap = distance.min(dim=1).values.clamp(min=1e-300)
-    return torch.minimum(residual, residual ** 2 / gap)
+    # with a single Ritz value there is no gap to the rest of the spectrum to lean on: the residual alone bounds it
+    return torch.where(torch.isfinite(gap), torch.minimum(residual, residual ** 2 / gap), residual)
 
 
 def hutchinson_trace(operator: HessianOperator, samples: int, seed: int = 0) -> tuple[float, float]:

@@ -48,6 +48,13 @@ def check_self_contained(f: h5py.File, path: Path) -> None:
     visit(f, "")
 
 
+def root_attrs(format_name: str, version: int, attrs: dict) -> dict:
+    """The root attributes every file of ours carries (format, schema version, landscape version), then `attrs`
+    (strings as str, None left out)."""
+    return {"format": format_name, "schema_version": version, "landscape_version": __version__,
+            **{k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items() if v is not None}}
+
+
 def text_attrs(f: h5py.File) -> dict:
     """Root attributes with bytes decoded."""
     return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}

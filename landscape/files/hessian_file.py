@@ -19,10 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from landscape import __version__
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
-from landscape.files.hdf5 import read_versioned
+from landscape.files.hdf5 import read_versioned, root_attrs
 
 HESSIAN_FORMAT = "landscape-hessian"
 HESSIAN_SCHEMA_VERSION = 2
@@ -140,10 +139,7 @@ def write_hessian(result: HessianResult) -> None:
 
     def write(target) -> None:
         with h5py.File(target, "w") as f:
-            f.attrs.update({"format": HESSIAN_FORMAT, "schema_version": HESSIAN_SCHEMA_VERSION,
-                            "landscape_version": __version__,
-                            **{k: (str(v) if isinstance(v, str) else v) for k, v in result.attrs.items()
-                               if v is not None}})
+            f.attrs.update(root_attrs(HESSIAN_FORMAT, HESSIAN_SCHEMA_VERSION, result.attrs))
             for name, values in result.arrays.items():
                 dset = f.create_dataset(name, fletcher32=True, data=values)
                 dset.attrs["description"] = TEXT[name]

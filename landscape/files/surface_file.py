@@ -17,10 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from landscape import __version__
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
-from landscape.files.hdf5 import read_versioned
+from landscape.files.hdf5 import read_versioned, root_attrs
 
 SURFACE_FORMAT = "landscape-surface"
 SURFACE_SCHEMA_VERSION = 2
@@ -94,10 +93,7 @@ def write_surface(surface: Surface) -> None:
 
     def write(target) -> None:
         with h5py.File(target, "w") as f:
-            f.attrs.update({"format": SURFACE_FORMAT, "schema_version": SURFACE_SCHEMA_VERSION,
-                            "landscape_version": __version__,
-                            **{k: (str(v) if isinstance(v, str) else v) for k, v in surface.attrs.items()
-                               if v is not None}})
+            f.attrs.update(root_attrs(SURFACE_FORMAT, SURFACE_SCHEMA_VERSION, surface.attrs))
             scales = []
             for name, values in (("x", surface.x), ("y", surface.y)):
                 if values is None:

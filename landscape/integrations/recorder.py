@@ -10,8 +10,8 @@
     rec.close()                                         # or `with landscape.Recorder(...) as rec:`
 
 It records every step's loss (kept on the device and copied out in blocks, never one host sync per step),
-optionally Santurkar probes every K steps along the optimizer's actual update, sharpness (warm-started
-Lanczos, `engine.sharpness`) every K steps, and weight snapshots (the start, every N epochs, the end), in the
+optionally Santurkar probes every K steps along the optimizer's actual update, sharpness (Lanczos,
+`engine.sharpness`) every K steps, and weight snapshots (the start, every N epochs, the end), in the
 documented run-file and weights-file schemas, each written atomically after every epoch. A pre-step hook on
 each optimizer copies the weights just before a probed or measured step, so probes and sharpness are of the
 weights before that step's update, on its batch, as `landscape run` records them. Nothing of training is
@@ -72,8 +72,9 @@ class Recorder:
     def __init__(self, path: str | Path, model, optimizer, *, lrs=None, overwrite: bool = False,
                  log_every: int = 50, probe_every: int = 0, probe_multipliers=DEFAULT_MULTIPLIERS,
                  probe_bn: str = "train", loss=None, closure=None, sharpness_every: int = 0, sharpness_data=None,
-                 sharpness_images: int = 2048, sharpness_top_k: int = 1, sharpness_iters: int = 5,
-                 sharpness_cold_iters: int = 20, sharpness_check_every: int = 0, snapshot_every: int = 1,
+                 sharpness_images: int = 2048, sharpness_top_k: int = 1, sharpness_iters: int = 12,
+                 sharpness_warm: bool = False, sharpness_cold_iters: int = 20, sharpness_check_every: int = 0,
+                 snapshot_every: int = 1,
                  snapshots: bool = True, epochs: int | None = None, batch_size: int | None = None,
                  dataset: str | None = None, data_root: str | None = None, model_def: str | None = None,
                  seed: int = 0, config: dict | None = None):
@@ -116,7 +117,7 @@ class Recorder:
                 batch_set(sharpness_data, device=self.device, objective=self.objective, images=sharpness_images,
                           what="sharpness_data")
             self.tracker = SharpnessTracker(batches, top_k=sharpness_top_k, steps=sharpness_iters,
-                                            cold_steps=sharpness_cold_iters, seed=seed,
+                                            cold_steps=sharpness_cold_iters, seed=seed, warm=sharpness_warm,
                                             check_every=sharpness_check_every, objective=self.objective,
                                             images=batches.samples if batches is not None else "batch")
         self.snapshot_every, self.epochs_planned = snapshot_every, epochs

@@ -203,6 +203,20 @@ def read_image_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, np
     return (*decode(train), *decode(evaluation))
 
 
+def cifar10_tensors(root: str | Path = "data", split: str = "train", count: int | None = None,
+                    download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from its python batches under `root`, normalised as `landscape run` does: (images float32 [N, 3,
+    32, 32], labels int64 [N]), the first `count` of `split` (train or test). A tensor pair any API call takes."""
+    if split not in ("train", "test"):
+        raise UsageError(f"split {split!r} is unknown: choose train or test")
+    train_x, train_y, test_x, test_y = read_cifar10(cifar_folder(root, download))
+    images, labels = (train_x, train_y) if split == "train" else (test_x, test_y)
+    if count is not None:
+        images, labels = images[:count], labels[:count]
+    normalize = Normalizer(CIFAR10_MEAN, CIFAR10_STD, torch.device("cpu"))
+    return normalize(torch.from_numpy(np.ascontiguousarray(images))), torch.from_numpy(labels).long()
+
+
 def read_cifar10(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read CIFAR-10's official python batches: uint8 images [N, 3, 32, 32] and int64 labels."""
     return (*read_cifar_batches(folder, CIFAR10_TRAIN_FILES, "labels"),

@@ -17,12 +17,12 @@ from landscape import __version__
 from landscape.views.analysis import (SMOOTHNESS_MEASURES, batchnorm_pairs, best_accuracy, compare_smoothness, envelope,
                                       probe_bands, run_label, stability_threshold, trust_warnings)
 from landscape.files.any_file import read_inputs
+from landscape.views.figures import rate_colours
 from landscape.files.hessian_file import HessianResult
 from landscape.files.run_file import Run, shown_status
 from landscape.files.surface_file import Surface
 
 FILE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-RATE_COLOURS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725", "#31688e", "#35b779", "#90d743")
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach(function (th, column) {
   th.addEventListener('click', function () {
@@ -212,9 +212,11 @@ def loss_sections(page: Page, runs: list[Run], labels: dict, colours: dict) -> N
         fig.add_trace(go.Scatter(x=band.steps, y=band.high, line=dict(width=0), showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=band.steps, y=band.low, fill="tonexty", fillcolor="rgba(150,150,150,0.3)",
                                  line=dict(width=0), name="min-max over rates"))
-        for i, (lr, curve) in enumerate(zip(run.lrs, run.train_loss)):
+        palette = rate_colours(run.lrs)  # by size, the same rate the same colour as in the static figures
+        for lr, curve in sorted(zip(run.lrs, run.train_loss), key=lambda pair: -pair[0]):
+            colour = "#%02x%02x%02x" % tuple(int(255 * c) for c in palette[float(lr)])
             fig.add_trace(go.Scatter(x=np.arange(len(curve)), y=curve, name=f"lr = {lr:g}", mode="lines",
-                                     line=dict(width=1, color=RATE_COLOURS[i % len(RATE_COLOURS)])))
+                                     line=dict(width=1, color=colour)))
         fig.update_layout(title=f"{labels[id(run)]}: training loss per learning rate", xaxis_title="training step",
                           yaxis_title="loss (cross-entropy)")
         page.figure(fig)
@@ -299,6 +301,11 @@ def surface_section(page: Page, surface: Surface) -> None:
     import plotly.graph_objects as go
 
     page.heading(f"Loss surface: {surface.label} ({surface.attrs.get('directions')}, {surface.dims}D)")
+    if not surface.complete:
+        page.note(f"{surface.path.name} is partial: {int(surface.done.sum())} of {surface.done.size} points computed "
+                  f"(status {surface.status}); the rest is blank")
+    if surface.nonfinite:
+        page.note(f"{surface.path.name}: {surface.nonfinite} computed point(s) have a non-finite loss (left blank)")
     if surface.dims == 1:
         fig = go.Figure(go.Scatter(x=surface.x, y=surface.loss, name="loss"))
         fig.update_layout(title=surface.path.name, xaxis_title="coordinate along the direction", yaxis_title="loss")
@@ -323,6 +330,13 @@ def hessian_section(page: Page, results: list[HessianResult]) -> None:
     import plotly.graph_objects as go
 
     page.heading("Hessian spectra")
+    for result in results:
+        if result.partial:
+            page.note(f"{result.path.name} is partial: {int(result.done.sum())} of {result.done.size} measurements "
+                      f"made (status {result.status})")
+        if result.converged is not None and not result.converged[result.done].all():
+            page.note(f"{result.path.name}: some eigenvalues did not converge within max_steps (see the file's "
+                      f"/error_bounds)")
     eig = go.Figure()
     density = go.Figure()
     for f, result in enumerate(results):
@@ -380,8 +394,62 @@ def ablation_sections(page: Page, root: Path, preset: str) -> None:
         fig.update_layout(title=f"{METRICS[metric][0]}: ours against the report", barmode="group",
                           yaxis_title=METRICS[metric][0])
         page.figure(fig)
+        cell_curves(page, rows)
+        cell_envelopes(page, spec, rows)
     if not found:
         page.note(f"no ablation results under {root} for preset {preset}: run `landscape ablate run ... --preset {preset}`")
+
+
+def cell_curves(page: Page, rows) -> None:
+    """Every cell's training and test loss and accuracy per epoch (its best rate), as the reports draw them."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    present = [row for row in rows if not row.missing]
+    if not present:
+        return
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss (solid: train, dashed: test)",
+                                                       "accuracy % (solid: train, dashed: test)"))
+    for i, row in enumerate(present):
+        run = row.runs[0]
+        r = int(np.argmax(np.nan_to_num(run.epoch["test_acc"], nan=-1).max(axis=1))) if run.epochs_done else 0
+        epochs = np.arange(1, run.epochs_done + 1)
+        colour = FILE_COLOURS[i % len(FILE_COLOURS)]
+        for col, (train, test, scale) in enumerate((("train_loss", "test_loss", 1), ("train_acc", "test_acc", 100)),
+                                                   start=1):
+            fig.add_trace(go.Scatter(x=epochs, y=scale * run.epoch[train][r], mode="lines+markers",
+                                     line=dict(color=colour), name=row.cell.label, legendgroup=row.cell.label,
+                                     showlegend=col == 1), row=1, col=col)
+            fig.add_trace(go.Scatter(x=epochs, y=scale * run.epoch[test][r], mode="lines+markers",
+                                     line=dict(color=colour, dash="dash"), name=f"{row.cell.label} test",
+                                     legendgroup=row.cell.label, showlegend=False), row=1, col=col)
+    fig.update_layout(title="training curves of the cells")
+    fig.update_xaxes(title_text="epoch")
+    page.figure(fig)
+
+
+def cell_envelopes(page: Page, spec, rows) -> None:
+    """For cells that train several rates: the loss envelope per value of the axes other than the model (report
+    004's Figs. 11 and 12 are one batch size each)."""
+    import plotly.graph_objects as go
+
+    multi = [row for row in rows if row.runs and len(row.runs[0].lrs) > 1]
+    others = [axis for axis in spec.axes if axis != "model"]
+    groups: dict = {}
+    for row in multi:
+        groups.setdefault(tuple(row.cell.axis.get(a) for a in others), []).append(row)
+    for key, members in groups.items():
+        fig = go.Figure()
+        for i, row in enumerate(members):
+            band, colour = envelope(row.runs[0].train_loss), FILE_COLOURS[i % len(FILE_COLOURS)]
+            fig.add_trace(go.Scatter(x=band.steps, y=band.high, line=dict(width=0.6, color=colour),
+                                     legendgroup=row.cell.label, showlegend=False, name=f"{row.cell.label} max"))
+            fig.add_trace(go.Scatter(x=band.steps, y=band.low, fill="tonexty", line=dict(width=0.6, color=colour),
+                                     fillcolor=rgba(colour, 0.3), legendgroup=row.cell.label, name=row.cell.label))
+        where = ", ".join(f"{a}={v}" for a, v in zip(others, key))
+        fig.update_layout(title="loss envelope over the learning rates" + (f" ({where})" if where else ""),
+                          xaxis_title="training step", yaxis_title="loss")
+        page.figure(fig, "report 004, Figures 11-12")
 
 
 def md(text) -> str:

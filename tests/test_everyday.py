@@ -1,0 +1,128 @@
+"""Everyday use on real machines: threads honoured and recorded, Ctrl-C stops an ablation, progress off a
+terminal, partial files said to be partial, and an install that adds no generic top-level modules."""
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import pytest
+
+from tests.conftest import REPO
+from tests.test_cli import landscape
+
+SPEC = '''
+title = "test: three widths"
+source = "test"
+metrics = ["best_test_acc"]
+[base]
+model = "vgg_bn"
+dataset = "synthetic"
+train_subset = 512
+batch_size = 32
+lrs = [1e-3]
+epochs = 6
+device = "cpu"
+[[axes]]
+name = "width"
+values = [0.0625, 0.09375, 0.125]
+'''
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory, tiny_config):
+    from landscape.training.runner import train
+
+    return train(tiny_config(snapshot_every=1, epochs=3), tmp_path_factory.mktemp("every") / "snap.h5",
+                 progress=False)
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "landscape", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, **kwargs)
+
+
+def test_threads_are_honoured_and_recorded(snap, tmp_path):
+    done = cli("run", "--dataset", "synthetic", "--train-subset", "64", "--width", "0.0625", "--epochs", "1",
+               "--lrs", "1e-3", "--device", "cpu", "--threads", "1", "--quiet", "--out", tmp_path / "r.h5")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f.attrs["threads"] == 1
+    for command, extra in (("surface", ("--grid", "-1:1:3", "--images", "32")),
+                           ("hessian", ("--top-k", "1", "--max-steps", "4", "--images", "32"))):
+        done = cli(command, snap, "--lr", "1e-3", *extra, "--device", "cpu", "--threads", "1", "--out",
+                   tmp_path / f"{command}.h5")
+        assert done.returncode == 0, done.stderr
+        with h5py.File(tmp_path / f"{command}.h5") as f:
+            assert f.attrs["threads"] == 1
+        assert ("points (" if command == "surface" else "HVPs (") in done.stderr  # progress lines off a terminal
+
+
+def test_ctrl_c_stops_an_ablation_after_saving_the_running_cell_and_the_rerun_resumes(tmp_path):
+    spec = tmp_path / "three.toml"
+    spec.write_text(SPEC)
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "landscape", "ablate", "run", str(spec), "--preset", "quick", "--results",
+               str(results), "--quiet"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(results.rglob("*.ckpt")):  # the first cell has finished an epoch
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    sent = time.time()
+    out, err = process.communicate(timeout=60)
+    assert time.time() - sent < 30 and process.returncode == 1 and "Traceback" not in err
+    assert "interrupted" in err and "rerun the same" in err and "landscape run --resume" not in err
+    files = sorted(p.name for p in results.rglob("*_seed0.h5"))
+    assert len(files) == 1 and list(results.rglob("*.ckpt"))  # no further cell started; the checkpoint is kept
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "1 resumed" in rerun.stdout and "2 trained" in rerun.stdout, rerun.stderr
+
+
+def test_a_partial_hessian_file_is_said_to_be_partial(snap, tmp_path, capsys):
+    command = [sys.executable, "-m", "landscape", "hessian", str(snap), "--lr", "all", "--epoch", "all",
+               "--top-k", "1", "--max-steps", "30", "--tol", "1e-9", "--images", "256", "--device", "cpu", "--out",
+               str(tmp_path / "h.h5")]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    seen = ""
+    while time.time() < deadline:
+        line = process.stderr.readline()
+        seen += line
+        if line.startswith("hessian: lr="):  # the first measurement is in the file
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 1 and "keeps them (status interrupted)" in rest, seen + rest
+    code, out, _ = landscape("info", tmp_path / "h.h5", capsys=capsys)
+    assert "partial" in out and "not measured" in out
+    code, out, err = landscape("plot", tmp_path / "h.h5", "--out", tmp_path / "fig", capsys=capsys)
+    assert code in (0, None), err
+    from landscape.files.hessian_file import read_hessian
+    from landscape.views.curvature_plots import partial_note
+
+    assert "partial" in partial_note([read_hessian(tmp_path / "h.h5")])
+
+
+def test_the_install_adds_no_generic_top_level_modules(tmp_path):
+    for module in ("cli", "ablations"):
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=tmp_path, capture_output=True)
+        assert done.returncode != 0, f"`import {module}` works outside the repository"
+    done = subprocess.run([sys.executable, "-c", "import landscape.cli.main, landscape.ablations.spec"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_hessian_images_beyond_the_run_and_unconverged_eigenvalues_are_said(snap, tmp_path, capsys):
+    code, _, err = landscape("hessian", snap, "--lr", "1e-3", "--images", "999999", "--device", "cpu", "--out",
+                             tmp_path / "h.h5", capsys=capsys)
+    assert code == 2 and "exceeds the 256 train images" in err
+    code, out, err = landscape("hessian", snap, "--lr", "1e-3", "--top-k", "1", "--max-steps", "1", "--device",
+                               "cpu", "--out", tmp_path / "h1.h5", capsys=capsys)
+    assert code in (0, None) and "NOT CONVERGED" in err
+    code, out, _ = landscape("info", tmp_path / "h1.h5", capsys=capsys)
+    assert "NO" in out and "the first 256 images" in out
+    code, out, err = landscape("hessian", snap, "--lr", "1e-3", "--top-k", "1", "--max-steps", "4", "--device",
+                               "cpu", "--quiet", "--out", tmp_path / "h2.h5", capsys=capsys)
+    assert code in (0, None) and out == "" and err == ""  # --quiet: nothing but errors
