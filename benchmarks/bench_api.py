@@ -85,8 +85,14 @@ def loss_landscapes_plane(model, x, y, steps: int, device) -> float | None:
     metric = loss_landscapes.metrics.Loss(torch.nn.CrossEntropyLoss(), x.to(device), y.to(device))
     start = time.perf_counter()
     with torch.no_grad():
-        loss_landscapes.random_plane(model, metric, distance=1, steps=steps, normalization="filter",
-                                     deepcopy_model=True)
+        try:
+            loss_landscapes.random_plane(model, metric, distance=1, steps=steps, normalization="filter",
+                                         deepcopy_model=True)
+        except ZeroDivisionError:  # its filter normalisation divides by zero on zero-initialised BatchNorm biases
+            print("loss-landscapes: filter normalisation fails on this model (ZeroDivisionError), timed without it")
+            start = time.perf_counter()
+            loss_landscapes.random_plane(model, metric, distance=1, steps=steps, normalization=None,
+                                         deepcopy_model=True)
     return time.perf_counter() - start
 
 

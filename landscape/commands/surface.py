@@ -113,6 +113,7 @@ class Centre:
     trajectory: list | None = None
     trajectory_labels: list | None = None
     ends: list | None = None
+    registry: bool = False  # the architecture is one of the model registry's
 
 
 def parse_ends(text: str) -> list[str | float]:
@@ -143,10 +144,12 @@ def run_centre(source: Path, options: SurfaceOptions, device: torch.device) -> C
     params, buffers = snapshot_state(model, weights, index, epoch, device)
     images = ImageSet.of_run(run, device, options.data_root, options.dataset)
     lr = float(run.lrs[index])
+    registry = not (options.model_def or run.attrs.get("model_def") or run.attrs.get("source") == "recorder")
     centre = Centre(model, params, buffers, images, {
         "run_file": run.path.name, "weights_file": weights.path.name, "model": run.model, "lr": lr, "run": index,
         "epoch": epoch}, index, epoch,
-        run.path.with_name(f"{run.path.stem}_surface_lr{lr:g}_e{epoch}_{kind_name(options)}_{options.dims}d.h5"))
+        run.path.with_name(f"{run.path.stem}_surface_lr{lr:g}_e{epoch}_{kind_name(options)}_{options.dims}d.h5"),
+        registry=registry)
     if options.directions == "pca":
         others = [e for e in weights.epochs if e != epoch]
         centre.trajectory = [snapshot_state(model, weights, index, e, device)[0] for e in others]
@@ -225,8 +228,10 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
     bn_batches = (images.batches(images.split("train", min(options.bn_images, len(images.dataset.train)),
                                               "--bn-images"), images.batch_size)
                   if options.bn == "recompute" else None)
+    # channels_last convolutions: measured 1.6x faster on CPU for the registry's VGG-A; others keep the default
     evaluator = PointEvaluator(plan, images.batches(split, batch_size), objective, options.bn, bn_batches,
-                               autocast_for(options.precision, device, "--precision"))
+                               autocast_for(options.precision, device, "--precision"),
+                               channels_last=device.type == "cpu" and centre.registry)
     per_pass = evaluator.points_per_pass(options.points_per_pass)
     stored = json.dumps(options.stored(centre.index, centre.epoch), sort_keys=True)
     out.parent.mkdir(parents=True, exist_ok=True)

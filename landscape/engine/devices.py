@@ -27,9 +27,12 @@ def resolve_device(name: str | torch.device | None, option: str = "--device",
     return torch.device(name)
 
 
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before any command set another
+
+
 def default_threads() -> int:
     """torch's own choice, but never more threads than the cores this process may use."""
-    return max(1, min(torch.get_num_threads(), usable_cores()))
+    return max(1, min(TORCH_DEFAULT_THREADS, usable_cores()))
 
 
 def set_threads(threads: int | None, option: str = "--threads") -> int:

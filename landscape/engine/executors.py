@@ -82,6 +82,9 @@ def start_ray(address: str | None, init_options: dict | None = None):
     check_address(address)
     if ray.is_initialized():
         return ray, False
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.ERROR)  # Ray's notices (token auth...) would break our one-line output
     options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         if address:
@@ -258,9 +261,8 @@ class RayExecutor:
                     index = queue.pop(0)
                     running[worker.evaluate.remote(tasks[index])] = (index, worker)
                 if should_stop():
-                    for ref, (_, worker) in running.items():
-                        ray.cancel(ref, force=True)
-                        ray.kill(worker)
+                    for worker in idle + [worker for _, worker in running.values()]:
+                        ray.kill(worker)  # its task ends with it (actor tasks cannot be force-cancelled)
                     return
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in done:

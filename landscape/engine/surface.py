@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -87,6 +87,8 @@ class SurfacePlan:
     kind: str
     trajectory: dict[str, np.ndarray] | None = None
     explained: np.ndarray | None = None
+    scratch: Params | None = field(default=None, repr=False)  # one point's weights, reused (see `points`)
+    scratch_layout: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -105,13 +107,35 @@ class SurfacePlan:
             coords.append(torch.as_tensor(self.ys[chunk // nx], dtype=torch.float32, device=device))
         return coords
 
-    def points(self, chunk: np.ndarray) -> tuple[Params, Params]:
-        """Stacked parameters and buffers [C, ...] of the grid points `chunk`."""
+    def points(self, chunk: np.ndarray, channels_last: bool = False) -> tuple[Params, Params]:
+        """Stacked parameters and buffers [C, ...] of the grid points `chunk`. One point (the CPU's default) is
+        written into buffers kept from the last call: no weight-sized allocation per point."""
         coords = self.coordinates(chunk)
+        if len(chunk) == 1 and self.buffer_directions is None:
+            return self.one_point([float(c[0]) for c in coords], channels_last), expand_points(self.buffers, 1)
         params = along(self.origin, self.directions, coords)
         if self.buffer_directions is None:
             return params, expand_points(self.buffers, len(chunk))
         return params, nonnegative_variances(along(self.buffers, self.buffer_directions, coords))
+
+    def one_point(self, coords: list[float], channels_last: bool) -> Params:
+        """origin + sum_i coords_i directions_i into the plan's scratch tensors [1, ...]."""
+        if self.scratch is None or self.scratch_layout != channels_last:
+            layout = lambda v: torch.channels_last if channels_last and v.dim() == 4 else torch.contiguous_format  # noqa: E731
+            self.scratch = {n: torch.empty_like(v, memory_format=layout(v)) for n, v in self.origin.items()}
+            self.scratch_layout = channels_last
+        for name, value in self.origin.items():
+            out = self.scratch[name]
+            if not value.is_floating_point():
+                out.copy_(value)
+                continue
+            torch.add(value, self.directions[0][name], alpha=coords[0], out=out)
+            for c, d in zip(coords[1:], self.directions[1:]):
+                out.add_(d[name], alpha=c)
+        return {n: v.unsqueeze(0) for n, v in self.scratch.items()}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "scratch": None}  # a worker makes its own
 
     def to(self, device: torch.device) -> "SurfacePlan":
         move = lambda d: {n: v.to(device) for n, v in d.items()}  # noqa: E731
@@ -231,8 +255,7 @@ class PointEvaluator:
         self.plan, self.batches, self.objective, self.bn = plan, batches, objective, bn
         self.bn_batches = bn_batches if bn_batches is not None else batches
         self.autocast = autocast
-        device = next(iter(plan.origin.values())).device
-        self.channels_last = device.type == "cpu" if channels_last is None else channels_last
+        self.channels_last = bool(channels_last)  # channels_last convolutions: what the caller measured faster
 
     @property
     def device(self) -> torch.device:
@@ -240,7 +263,7 @@ class PointEvaluator:
 
     def evaluate(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
         """Mean loss and metrics at the grid points `chunk`, all in one pass over the batches."""
-        params, buffers = self.plan.points(np.asarray(chunk))
+        params, buffers = self.plan.points(np.asarray(chunk), self.channels_last)
         if self.bn == "recompute":
             buffers = recompute_statistics(self.plan.module, params, buffers, self.bn_batches, self.objective)
         values = evaluate_points(self.plan.module, params, buffers, self.batches, self.objective, self.autocast,
@@ -253,7 +276,8 @@ class PointEvaluator:
             return self
         return PointEvaluator(self.plan.to(device), self.batches.to(device), self.objective, self.bn,
                               self.bn_batches.to(device) if self.bn_batches is not self.batches else None,
-                              self.autocast if device.type == "cuda" else None, device.type == "cpu")
+                              self.autocast if device.type == "cuda" else None,
+                              self.channels_last and device.type == "cpu")
 
     def points_per_pass(self, requested: int = 0) -> int:
         """Points per vmapped pass: as asked (at most the grid, and what memory holds), else 1 on CPU (vmap's

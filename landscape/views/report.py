@@ -70,6 +70,10 @@ class Page:
     def note(self, text: str) -> None:
         self.add(f'<p class="note">{html.escape(text)}</p>')
 
+    def caution(self, text: str) -> None:
+        """A reason not to trust what follows (in the colours of a note, apart from the notes of skipped files)."""
+        self.add(f'<p class="note caution">{html.escape(text)}</p>')
+
     def figure(self, fig, caption: str = "") -> None:
         self.figures += 1
         fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=420,
@@ -195,7 +199,7 @@ def summary_section(page: Page, runs: list[Run], labels: dict) -> None:
         page.add("<p>" + html.escape(verdict) + "</p>" if sentences else
                  '<p class="muted">No measure is present in both files.</p>')
         for warning in warnings:
-            page.note(warning)
+            page.caution(warning)
         page.table(["measure", f"median {labels[id(plain)]}", f"median {labels[id(normed)]}", "smoother (median)",
                     f"max {labels[id(plain)]}", f"max {labels[id(normed)]}", "smoother (max)"], rows, classes=classes)
     page.add('<p class="muted">' + html.escape("; ".join(f"{k}: {v}" for k, v in SMOOTHNESS_MEASURES.items()))
