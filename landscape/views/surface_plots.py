@@ -129,7 +129,7 @@ def levels_of(losses: list[np.ndarray]) -> tuple[np.ndarray, float]:
 def clip_label(levels: np.ndarray, maximum: float) -> str:
     """The colour bar's label: says when values above the top level are drawn in the top colour."""
     if np.isfinite(maximum) and maximum > levels[-1] * (1 + 1e-9):
-        return f"loss (clipped at the {CLIP_PERCENTILE}th percentile, {levels[-1]:.3g}; maximum {maximum:.3g})"
+        return f"loss (clipped at p{CLIP_PERCENTILE} = {levels[-1]:.3g}; max {maximum:.3g})"
     return "loss"
 
 
@@ -212,6 +212,9 @@ def side_by_side_figure(surfaces: list[Surface], stem: Path) -> list[Path]:
         drawn = draw_plane(ax, surface, levels, filled=False)
         ax.set_title(surface.label + (f"\n{missing_note(surface)}" if missing_note(surface) else ""), fontsize="small")
         rows += [(surface.label, *row[:3]) for row in grid_rows(surface)]
-    fig.colorbar(drawn, ax=axes[0, -1], location="right", label=clip_label(levels, maximum) + " (shared levels)")
-    fig.suptitle("same grid and contour levels: a wider basin is a flatter minimum (Li et al. 2018)", fontsize="small")
+    fig.colorbar(drawn, ax=axes[0, -1], location="right", label="loss, shared levels")
+    clipped = clip_label(levels, maximum)
+    fig.suptitle("same grid and contour levels: a wider basin is a flatter minimum (Li et al. 2018)" +
+                 (f"\n{clipped[len('loss ('):-1]}: higher values in the top colour" if clipped != "loss" else ""),
+                 fontsize="small")
     return save_figure(fig, stem, ("label", "x", "y", "loss"), rows)
