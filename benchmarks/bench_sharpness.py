@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--lrs", default="0.05,0.1", help="plain SGD rates")
     parser.add_argument("--sharpness-images", type=int, default=0, help="images measured on (0: every training one)")
+    parser.add_argument("--train-images", type=int, default=0, help="training images (0: the whole subset)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--every", type=int, default=100, help="steps between measurements")
     parser.add_argument("--top-k", type=int, default=2)
@@ -76,7 +77,7 @@ def main() -> None:
     from landscape.engine.devices import resolve_device
 
     device = resolve_device(args.device)
-    data = load_dataset("cifar10", args.data_root, device=device)
+    data = load_dataset("cifar10", args.data_root, device=device, train_subset=args.train_images)
     normalize = Normalizer(data.mean, data.std, device)
     count = args.sharpness_images or len(data.train)
     subset = Split(data.train.images[:count], data.train.labels[:count], device)
@@ -136,7 +137,8 @@ def main() -> None:
               f"{np.median(overlaps):.3f}, range {min(overlaps):.3f}..{max(overlaps):.3f}")
     if args.overhead:
         base_config = RunConfig(model="vgg_bn", width=args.width, lrs=tuple(lrs), optimizer="sgd", momentum=0.0,
-                                epochs=args.epochs, data_root=args.data_root, snapshots=False, device=str(device),
+                                epochs=args.epochs, data_root=args.data_root, train_subset=args.train_images,
+                                snapshots=False, device=str(device),
                                 threads=args.threads)
         tracked = replace(base_config, sharpness_every=args.every, sharpness_top_k=args.top_k, sharpness_images=count)
         times = {}

@@ -53,11 +53,13 @@ def losses(results, spec_file):
     return out
 
 
-@pytest.fixture
-def reference(spec_file, tmp_path):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
     """The same grid with the in-process executor, one cell after another, 2 torch threads each (as the Ray cells
-    with --cpus-per-cell 2: equal results need equal thread counts)."""
-    results = tmp_path / "local"
+    with --cpus-per-cell 2: equal results need equal thread counts); trained once for the module."""
+    folder = tmp_path_factory.mktemp("reference")
+    spec_file, results = folder / "grid.toml", folder / "local"
+    spec_file.write_text(SPEC)
     subprocess.run(command(spec_file, results, "--threads", "2"), check=True, capture_output=True, timeout=300)
     return losses(results, spec_file)
 

@@ -49,11 +49,10 @@ def test_a_surface_on_ray_workers_equals_the_one_in_process_even_when_a_worker_d
 
 
 def test_ctrl_c_on_the_driver_keeps_the_points_done_and_resume_completes_them(snap, tmp_path, capsys):
-    code, _, err = landscape("surface", snap, *SURFACE, "--grid", "-1:1:7", "--quiet", "--out", tmp_path / "here.h5",
-                             capsys=capsys)
+    code, _, err = landscape("surface", snap, *SURFACE, "--quiet", "--out", tmp_path / "here.h5", capsys=capsys)
     assert code in (0, None), err
-    command = [sys.executable, "-m", "landscape", "surface", str(snap), *SURFACE, "--grid", "-1:1:7",
-               "--executor", "ray", "--workers", "1", "--points-per-task", "2", "--out", str(tmp_path / "ray.h5")]
+    command = [sys.executable, "-m", "landscape", "surface", str(snap), *SURFACE, "--executor", "ray", "--workers",
+               "1", "--points-per-task", "1", "--out", str(tmp_path / "ray.h5")]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     seen = ""
     deadline = time.time() + 300
@@ -67,7 +66,7 @@ def test_ctrl_c_on_the_driver_keeps_the_points_done_and_resume_completes_them(sn
     assert process.returncode == 1 and "resume with" in rest, seen + rest
     part = read_surface(tmp_path / "ray.h5")
     assert part.status == "interrupted" and 0 < part.done.sum() < part.done.size
-    done = cli("surface", snap, *SURFACE, "--grid", "-1:1:7", *RAY, "--resume", "--out", tmp_path / "ray.h5")
+    done = cli("surface", snap, *SURFACE, *RAY, "--resume", "--out", tmp_path / "ray.h5")
     assert done.returncode == 0, done.stderr[-2000:]
     whole, here = read_surface(tmp_path / "ray.h5"), read_surface(tmp_path / "here.h5")
     assert whole.status == "complete" and np.array_equal(whole.loss, here.loss)
@@ -121,10 +120,11 @@ torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
 x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
 here = landscape.surface(model, (x, y), grid="-1:1:4")
-there = landscape.surface(model, (x, y), grid="-1:1:4",
-                          executor=landscape.RayExecutor(workers=2, cpus_per_worker=1, points_per_task=3))
+with landscape.RayExecutor(workers=2, cpus_per_worker=1, points_per_task=3) as executor:  # one Ray
+    there = landscape.surface(model, (x, y), grid="-1:1:4", executor=executor)
+    spectrum = landscape.hessian(model, (x, y), top_k=2, executor=executor)
+    assert executor.ray.is_initialized()  # still up between the calls
 assert np.array_equal(here.loss, there.loss) and np.array_equal(here.acc, there.acc)
-spectrum = landscape.hessian(model, (x, y), top_k=2, executor=landscape.RayExecutor(cpus_per_worker=1))
 assert np.allclose(spectrum.eigenvalues, landscape.hessian(model, (x, y), top_k=2).eigenvalues, rtol=1e-9)
 print("ok")
 '''
