@@ -111,7 +111,7 @@ def cli() -> None:
               help="Training images (a fixed seeded subset) the sharpness is measured on, or batch: each measured "
                    "step's own batch (cheaper, noisier).")
 @click.option("--sharpness-top-k", type=int, default=1, show_default=True, help="Eigenvalues tracked per run.")
-@click.option("--sharpness-iters", type=int, default=12, show_default=True,
+@click.option("--sharpness-iters", type=int, default=20, show_default=True,
               help="Lanczos steps per measurement (from a random start seeded by the step).")
 @click.option("--sharpness-warm/--no-sharpness-warm", default=False, show_default=True,
               help="Start each measurement from the previous one's top Ritz vectors (plus a random part).")

@@ -72,7 +72,7 @@ class Recorder:
     def __init__(self, path: str | Path, model, optimizer, *, lrs=None, overwrite: bool = False,
                  log_every: int = 50, probe_every: int = 0, probe_multipliers=DEFAULT_MULTIPLIERS,
                  probe_bn: str = "train", loss=None, closure=None, sharpness_every: int = 0, sharpness_data=None,
-                 sharpness_images: int = 2048, sharpness_top_k: int = 1, sharpness_iters: int = 12,
+                 sharpness_images: int = 2048, sharpness_top_k: int = 1, sharpness_iters: int = 20,
                  sharpness_warm: bool = False, sharpness_cold_iters: int = 20, sharpness_check_every: int = 0,
                  snapshot_every: int = 1,
                  snapshots: bool = True, epochs: int | None = None, batch_size: int | None = None,

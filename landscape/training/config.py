@@ -96,7 +96,7 @@ class RunConfig:
     sharpness_every: int = 0
     sharpness_images: int | str = 2048
     sharpness_top_k: int = 1
-    sharpness_iters: int = 12  # Lanczos steps per measurement (benchmarks/bench_sharpness.py)
+    sharpness_iters: int = 20  # Lanczos steps per measurement: 12 were up to 4% off (benchmarks/bench_sharpness.py)
     sharpness_cold_iters: int = 20  # with sharpness_warm: the first measurement of each run
     sharpness_warm: bool = False  # start from the previous measurement's Ritz vectors
     sharpness_check_every: int = 0  # every M-th measurement also cold to convergence (0: never)
