@@ -150,6 +150,16 @@ def test_a_one_dimensional_pca_surface_is_drawn_and_redrawn(files, capsys):
     assert code in (0, None) and "pca_1d.png" in out, err
 
 
+def surface_and_hessian_refuse(files, expected: str, capsys) -> None:
+    """Both measuring commands on the (spoiled) run: one line naming `expected`, nothing on disk changed."""
+    before = checksums(files["folder"])
+    for args in (("surface", files["run"], "--lr", "1e-3", *FAST),
+                 ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "new.h5")):
+        code, _, err = landscape(*args, capsys=capsys)
+        assert expected in one_line_error(code, err)
+    assert checksums(files["folder"]) == before
+
+
 def test_a_damaged_weights_chunk_is_one_line_for_surface_and_hessian(files, capsys):
     path = files["weights"]
     with h5py.File(path, "r") as f:
@@ -158,12 +168,7 @@ def test_a_damaged_weights_chunk_is_one_line_for_surface_and_hessian(files, caps
     data = bytearray(path.read_bytes())
     data[offset + 16] ^= 0xFF
     path.write_bytes(bytes(data))
-    before = checksums(files["folder"])
-    for args in (("surface", files["run"], "--lr", "1e-3", *FAST),
-                 ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "new.h5")):
-        code, _, err = landscape(*args, capsys=capsys)
-        assert "unreadable weights file" in one_line_error(code, err)
-    assert checksums(files["folder"]) == before
+    surface_and_hessian_refuse(files, "unreadable weights file", capsys)
 
 
 @pytest.mark.parametrize("command", ["surface", "hessian", "report", "plot"])
@@ -224,12 +229,7 @@ def test_non_finite_weights_are_refused(files, capsys):
         values = data[...]
         values[0, 0, 0, 0, 0] = np.nan
         data[...] = values
-    before = checksums(files["folder"])
-    for args in (("surface", files["run"], "--lr", "1e-3", *FAST),
-                 ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "new.h5")):
-        code, _, err = landscape(*args, capsys=capsys)
-        assert "NaN or infinite" in one_line_error(code, err)
-    assert checksums(files["folder"]) == before
+    surface_and_hessian_refuse(files, "NaN or infinite", capsys)
 
 
 def test_between_past_its_ends_stays_finite(files, capsys):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landscape.training.optim import Ranger, lr_at_epoch, make_optimizer
+from landscape.training.optim import Ranger, make_optimizer
+from landscape.training.schedules import lr_at_epoch
 from landscape.training.loop import LockstepRuns
 from landscape.training.runner import EarlyStopping
 

@@ -15,6 +15,8 @@ from landscape import __version__
 from landscape.errors import LandscapeError, UsageError
 
 DEFAULT_LRS = "1e-3,2e-3,5e-4,1e-4"
+THREADS_OPTION = click.option("--threads", type=int, default=0, show_default=True,
+                              help="CPU threads (0: torch's choice within the cores this process may use).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,8 +85,7 @@ def cli() -> None:
               help="Batch size of the test evaluation after each epoch.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the initial weights, data order and augmentation.")
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="CPU threads (0: torch's choice within the cores this process may use).")
+@THREADS_OPTION
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--engine", default="auto", show_default=True,
               help="loop (one model after another) or fused (all runs as one stacked model; sgd/adam/adamw).")
@@ -232,8 +233,7 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
                          help="Dataset of the images [default: the run's; cifar10 for a foreign model]."),
             click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data]."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-            click.option("--threads", type=int, default=0, show_default=True,
-                         help="CPU threads (0: torch's choice within the cores this process may use)."),
+            THREADS_OPTION,
             click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                          help="local: this process; ray: workers on a local Ray or a cluster."),
             click.option("--address", default=None,

@@ -1,8 +1,8 @@
-"""Optimizers by name and learning-rate schedules by name.
+"""Optimizers by name.
 
 `make_optimizer("ranger", params, lr=...)` maps `--optimizer` to a torch optimizer; Ranger
-(RAdam + Lookahead + gradient centralization, reports 000-001) is defined here. `lr_at_epoch`
-gives the learning rate of an epoch under `--schedule`; the runner sets it at each epoch start.
+(RAdam + Lookahead + gradient centralization, reports 000-001) is defined here. The learning-rate
+schedules (`--schedule`) live in `schedules.py`, without torch.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Iterable
 import torch
 
 from landscape.errors import UsageError
-from landscape.training.schedules import lr_at_epoch  # noqa: F401  (the schedules, torch-free)
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "ranger")
 

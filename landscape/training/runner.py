@@ -35,7 +35,8 @@ from landscape.engine.batches import BatchSet
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.sharpness import SharpnessTracker
 from landscape.training.models import build_model, check_model_options, count_parameters, model_size_mb
-from landscape.training.optim import lr_at_epoch, make_optimizer
+from landscape.training.optim import make_optimizer
+from landscape.training.schedules import lr_at_epoch
 from landscape.training.loop import LockstepRuns
 from landscape.engine.memory import check_model_fits
 from landscape.engine.probe import ModelProbe
