@@ -157,7 +157,11 @@ def run_architecture(run: Run, model_def: str | None) -> nn.Module:
     if str(config.get("model")) not in MODELS or run.attrs.get("source") == "recorder":
         raise UsageError(f"{run.path} holds a {run.model} model that landscape cannot build itself: pass "
                          f"--model-def FILE.py:FACTORY (a function returning the architecture)")
-    options = RunConfig.from_json(run.attrs["config"])
+    try:
+        options = RunConfig.from_json(run.attrs["config"]).validate()
+    except UsageError as exc:
+        raise UsageError(f"{run.path}: {exc}; the file was damaged or edited, rerun `landscape run` to recreate "
+                         f"it") from None
     with torch.device("meta"):
         return build_model(options.model, width=options.width, num_classes=int(run.attrs["num_classes"]),
                            image_size=int(run.attrs["image_size"]), **{**options.model_options(), "pretrained": False})

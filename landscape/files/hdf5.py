@@ -15,6 +15,7 @@ import h5py
 
 from landscape import __version__
 from landscape.errors import UsageError
+from landscape.files.attributes import check_kinds
 
 
 def check_self_contained(f: h5py.File, path: Path) -> None:
@@ -61,9 +62,10 @@ def text_attrs(f: h5py.File) -> dict:
 
 
 @contextmanager
-def open_ours(path: str | Path, format_name: str, version: int, writer: str):
+def open_ours(path: str | Path, format_name: str, version: int, writer: str, kinds: dict[str, str] | None = None):
     """Open one of our files for reading, yield (file, attrs); UsageError (one line) when it is missing, foreign,
-    too new, reads outside itself, or is damaged while read inside the block."""
+    too new, reads outside itself, has a root attribute not of its kind in `kinds` (`files.attributes`), or is
+    damaged while read inside the block."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give a file written by `{writer}`")
@@ -85,6 +87,7 @@ def open_ours(path: str | Path, format_name: str, version: int, writer: str):
                 raise UsageError(f"{path}: schema version {found} of {format_name} is newer than this landscape "
                                  f"({__version__}, schema {version}); upgrade landscape to read it")
             check_self_contained(f, path)
+            check_kinds(attrs, kinds or {}, path, f"make it again with `{writer}`")
             yield f, attrs
     except UsageError:
         raise
@@ -94,9 +97,10 @@ def open_ours(path: str | Path, format_name: str, version: int, writer: str):
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
 
 
-def read_versioned(path: str | Path, format_name: str, version: int, writer: str, read):
+def read_versioned(path: str | Path, format_name: str, version: int, writer: str, read,
+                   kinds: dict[str, str] | None = None):
     """`read(file, attrs)` inside `open_ours`: every error while reading is one line."""
-    with open_ours(path, format_name, version, writer) as (f, attrs):
+    with open_ours(path, format_name, version, writer, kinds) as (f, attrs):
         return read(f, attrs)
 
 

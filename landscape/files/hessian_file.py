@@ -21,7 +21,9 @@ import numpy as np
 
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
+from landscape.files.attributes import FILE_NAME, NUMBER, STRING, WHOLE
 from landscape.files.hdf5 import read_versioned, root_attrs
+from landscape.files.lock import current_status
 
 HESSIAN_FORMAT = "landscape-hessian"
 HESSIAN_SCHEMA_VERSION = 2
@@ -59,6 +61,11 @@ TEXT = {
     "hvps": "Hessian-vector products computed in all (schema 1)",
 }
 DENSITY_POINTS = 1000
+ATTRIBUTE_KINDS = {"run_file": FILE_NAME, "weights_file": FILE_NAME, "model": STRING, "source": STRING,
+                   "optimizer": STRING, "momentum": NUMBER, "status": STRING, "message": STRING, "options": STRING,
+                   "bn": STRING, "hvp": STRING, "images": WHOLE, "images_used": STRING, "params": STRING,
+                   "batch_size": WHOLE, "tol": NUMBER, "max_steps": WHOLE, "seed": WHOLE, "device": STRING,
+                   "threads": WHOLE}
 
 
 @dataclass
@@ -79,7 +86,8 @@ class HessianResult:
 
     @property
     def status(self) -> str:
-        return str(self.attrs.get("status", "complete"))
+        """As written, except that a file still `running` whose writer is gone (killed) is `interrupted`."""
+        return current_status(str(self.attrs.get("status", "complete")), self.path)
 
     @property
     def done(self) -> np.ndarray:
@@ -155,7 +163,7 @@ def read_hessian(path: str | Path) -> HessianResult:
     def read(f, attrs: dict) -> HessianResult:
         return HessianResult(path=Path(path), attrs=attrs, arrays={name: f[name][...] for name in AXES if name in f})
 
-    result = read_versioned(path, HESSIAN_FORMAT, HESSIAN_SCHEMA_VERSION, "landscape hessian", read)
+    result = read_versioned(path, HESSIAN_FORMAT, HESSIAN_SCHEMA_VERSION, "landscape hessian", read, ATTRIBUTE_KINDS)
     if "eigen_hvps" not in result.arrays and "hvps" in result.arrays:
         result.arrays["eigen_hvps"] = result.arrays["hvps"]  # schema 1 counted all products together
     check_consistent(result)

@@ -14,7 +14,8 @@ from landscape.errors import UsageError
 
 
 class WriterLock:
-    """An exclusive lock on an output file for as long as one process writes it (context manager)."""
+    """An exclusive lock on an output file for as long as one process writes it (context manager); its folder is
+    created first when missing."""
 
     def __init__(self, run_path: str | Path):
         run_path = Path(run_path)
@@ -24,6 +25,7 @@ class WriterLock:
 
     def __enter__(self) -> "WriterLock":
         self.created = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # the output's folder, as every writing command needs
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,3 +64,11 @@ def writer_alive(path: Path) -> bool:
     finally:
         handle.close()
     return False
+
+
+def current_status(status: str, path: Path | None) -> str:
+    """A file's status as it stands: one that says `running` while no process holds its writer lock was stopped
+    without saying so (killed), so it is `interrupted`."""
+    if status == "running" and path is not None and not writer_alive(path):
+        return "interrupted"
+    return status

@@ -21,12 +21,25 @@ import numpy as np
 from landscape import __version__
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
+from landscape.files.attributes import FILE_NAME, FLAG, NUMBER, NUMBERS, STRING, WHOLE, wrong_kind
 from landscape.files.hdf5 import open_ours
 from landscape.files.lock import writer_alive
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "landscape-run"
 STATUSES = ("running", "complete", "failed", "interrupted")
+REDO = "rerun `landscape run` to recreate it"
+# the kinds of the root attributes and of the stored config's entries that readers and views convert
+ATTRIBUTE_KINDS = {"status": STRING, "message": STRING, "config": STRING, "model": STRING, "dataset": STRING,
+                   "device": STRING, "source": STRING, "model_def": STRING, "engine": STRING,
+                   "weights_file": FILE_NAME, "parameters": WHOLE, "model_size_mb": NUMBER, "image_size": WHOLE,
+                   "num_classes": WHOLE, "steps_per_epoch": WHOLE, "train_images": WHOLE, "test_images": WHOLE,
+                   "threads": WHOLE}
+CONFIG_KINDS = {"model": STRING, "dataset": STRING, "optimizer": STRING, "schedule": STRING, "augment": STRING,
+                "norm": STRING, "probe_direction": STRING, "width": NUMBER, "momentum": NUMBER,
+                "weight_decay": NUMBER, "label_smoothing": NUMBER, "dropout": NUMBER, "nesterov": FLAG,
+                "epochs": WHOLE, "batch_size": WHOLE, "seed": WHOLE, "image_size": WHOLE, "train_subset": WHOLE,
+                "lrs": NUMBERS, "probe_multipliers": NUMBERS}
 
 # name -> (dtype, description); each is [R, E]: one value per run per completed epoch.
 EPOCH_METRICS: dict[str, tuple[str, str]] = {
@@ -311,7 +324,7 @@ def read_run(path: str | Path) -> Run:
     """Read a run file; raise UsageError if it is missing, not HDF5, not ours, too new, reads outside itself,
     is damaged or inconsistent."""
     path = Path(path)
-    with open_ours(path, FORMAT_NAME, SCHEMA_VERSION, "landscape run") as (f, attrs):
+    with open_ours(path, FORMAT_NAME, SCHEMA_VERSION, "landscape run", ATTRIBUTE_KINDS) as (f, attrs):
         epoch = {name: f[f"epoch/{name}"][...] for name in EPOCH_METRICS}
         epoch["wall_time"] = f["epoch/wall_time"][...]
         probe = None
@@ -340,6 +353,8 @@ def check_consistent(run: Run) -> None:
     epochs = run.epoch["test_acc"].shape[1] if run.epoch["test_acc"].ndim == 2 else -1
     if not isinstance(run.config, dict):
         problem = "its config attribute is not a JSON object"
+    elif wrong_kind(run.config, CONFIG_KINDS):
+        problem = "in its config, " + wrong_kind(run.config, CONFIG_KINDS)
     elif runs == 0 or run.lrs.ndim != 1:
         problem = "it holds no learning rate (/lrs is empty)"
     elif run.train_loss.ndim != 2 or run.train_loss.shape[0] != runs:
@@ -351,8 +366,7 @@ def check_consistent(run: Run) -> None:
     elif run.diverged_step.shape != (runs,) or run.stopped_epoch.shape != (runs,):
         problem = "/diverged_step or /stopped_epoch does not have one entry per run"
     if problem:
-        raise UsageError(f"{run.path}: inconsistent run file: {problem}; it was damaged or edited, "
-                         f"rerun `landscape run` to recreate it")
+        raise UsageError(f"{run.path}: inconsistent run file: {problem}; it was damaged or edited, {REDO}")
 
 
 def shown_status(run: Run) -> str:

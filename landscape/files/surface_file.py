@@ -19,11 +19,20 @@ import numpy as np
 
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
+from landscape.files.attributes import FILE_NAME, NUMBER, STRING, WHOLE
 from landscape.files.hdf5 import read_versioned, root_attrs
+from landscape.files.lock import current_status
 
 SURFACE_FORMAT = "landscape-surface"
 SURFACE_SCHEMA_VERSION = 2
 STATUSES = ("running", "interrupted", "complete", "failed")
+ATTRIBUTE_KINDS = {"lr": NUMBER, "epoch": WHOLE, "run": WHOLE, "model": STRING, "run_file": FILE_NAME,
+                   "weights_file": FILE_NAME, "source": STRING, "status": STRING, "message": STRING,
+                   "options": STRING, "dims": WHOLE, "directions": STRING, "norm": STRING, "ignore": STRING,
+                   "seed": WHOLE, "to": STRING, "data": STRING, "images": WHOLE, "images_used": STRING, "bn": STRING,
+                   "bn_images": WHOLE, "batch_size": WHOLE, "precision": STRING, "points_per_pass": WHOLE,
+                   "device": STRING, "threads": WHOLE, "seconds": NUMBER, "nonfinite_points": WHOLE,
+                   "num_classes": WHOLE}
 METRIC_TEXT = {"acc": "fraction of the samples classified correctly at each point"}
 
 
@@ -59,7 +68,8 @@ class Surface:
 
     @property
     def status(self) -> str:
-        return str(self.attrs.get("status", "unknown"))
+        """As written, except that a file still `running` whose writer is gone (killed) is `interrupted`."""
+        return current_status(str(self.attrs.get("status", "unknown")), self.path)
 
     @property
     def complete(self) -> bool:
@@ -138,7 +148,8 @@ def read_surface(path: str | Path) -> Surface:
                        loss=f["loss"][...], metrics=metrics, done=f["done"][...].astype(bool), trajectory=trajectory,
                        explained_variance=f["explained_variance"][...] if "explained_variance" in f else None)
 
-    surface = read_versioned(path, SURFACE_FORMAT, SURFACE_SCHEMA_VERSION, "landscape surface", read)
+    surface = read_versioned(path, SURFACE_FORMAT, SURFACE_SCHEMA_VERSION, "landscape surface", read,
+                             ATTRIBUTE_KINDS)
     check_consistent(surface)
     return surface
 

@@ -21,10 +21,12 @@ import numpy as np
 from landscape import __version__
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
+from landscape.files.attributes import FILE_NAME, STRING
 from landscape.files.hdf5 import open_ours, read_versioned
 
 WEIGHTS_FORMAT = "landscape-weights"
 WEIGHTS_SCHEMA_VERSION = 1
+ATTRIBUTE_KINDS = {"run_file": FILE_NAME, "config": STRING, "model": STRING}
 
 
 def weights_path(run_path: str | Path) -> Path:
@@ -166,4 +168,4 @@ def read_weights(path: str | Path) -> Weights:
                        kinds={n: str(first[n].attrs["kind"]) for n in names},
                        shapes={n: tuple(first[n].shape[1:]) for n in names})
 
-    return read_versioned(path, WEIGHTS_FORMAT, WEIGHTS_SCHEMA_VERSION, "landscape run", read)
+    return read_versioned(path, WEIGHTS_FORMAT, WEIGHTS_SCHEMA_VERSION, "landscape run", read, ATTRIBUTE_KINDS)

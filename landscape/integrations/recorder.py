@@ -36,7 +36,8 @@ from landscape.engine.sharpness import SharpnessTracker
 from landscape.errors import UsageError
 from landscape.files.atomic import check_output, remove_stale_temporaries
 from landscape.files.lock import WriterLock
-from landscape.files.run_file import RunWriter
+from landscape.files.attributes import wrong_kind
+from landscape.files.run_file import CONFIG_KINDS, RunWriter
 from landscape.files.weights_file import SnapshotWriter, weights_path
 from landscape.options import non_negative, positive
 from landscape.training.records import StepLosses, probes_to_host, sharpness_to_host
@@ -129,6 +130,8 @@ class Recorder:
                     "epochs": epochs, "seed": seed, "dataset": dataset, "data_root": data_root,
                     "probe_every": probe_every, "probe_direction": "update", "sharpness_every": sharpness_every,
                     "snapshot_every": snapshot_every, "source": "recorder", **(config or {})}
+        if wrong_kind(recorded, CONFIG_KINDS):  # what readers of the run file convert must be of its kind
+            raise UsageError(f"config: {wrong_kind(recorded, CONFIG_KINDS)}; give it as such, or under another key")
         model = self.models[0]
         self.lock = WriterLock(self.path).__enter__()
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from landscape.errors import UsageError
+from landscape.machine import available_memory
 from landscape.options import (DEVICES, PROBE_DIRECTIONS, check_seed, check_sharpness_options, check_threads, choose,
                                in_range, non_negative, positive)
 
@@ -166,14 +167,12 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
-        """Rebuild a config from `to_json` output; unknown keys (newer versions) go to `extra`."""
+        """Rebuild a config from `to_json` output, each value checked as `config_values` checks a TOML file's
+        (UsageError when one is of the wrong type); unknown keys (newer versions) go to `extra`."""
         raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known}
-        values.setdefault("extra", {}).update({k: v for k, v in raw.items() if k not in known})
-        for name in TUPLE_FIELDS:
-            if name in values:
-                values[name] = tuple(values[name])
+        values = config_values({k: v for k, v in raw.items() if k in FIELD_NAMES}, where="the stored config")
+        extra = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
+        values["extra"] = {**extra, **{k: v for k, v in raw.items() if k not in FIELD_NAMES and k != "extra"}}
         return cls(**values)
 
 
@@ -263,6 +262,9 @@ def parse_multipliers(text: str) -> tuple[float, ...]:
             start, stop, count = text.split(":")
             if int(count) < 1:
                 raise ValueError
+            if int(count) * 64 > available_memory() // 4:  # the list itself, before any run is planned
+                raise UsageError(f"--probe-multipliers {text!r}: {int(count):,} multipliers would not fit in memory; "
+                                 f"give a few, e.g. 0.5:4:8")
             values = tuple(float(v) for v in np.linspace(float(start), float(stop), int(count)))
         else:
             values = tuple(float(v) for v in text.split(","))

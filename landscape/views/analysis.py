@@ -132,7 +132,7 @@ def stability_threshold(config: dict, lr: float) -> float | None:
     b, (2 + 2b)/(lr (1 + 2b)) with Nesterov; None for Adam-family optimizers, where it does not apply."""
     if config.get("optimizer") != "sgd":
         return None
-    b = float(config.get("momentum", 0.0))
+    b = float(config.get("momentum") or 0.0)
     if config.get("nesterov") and b:
         return (2 + 2 * b) / (lr * (1 + 2 * b))
     return (2 + 2 * b) / lr
@@ -142,7 +142,7 @@ def threshold_formula(config: dict) -> str:
     """The threshold's formula in words, as `stability_threshold` computes it."""
     if config.get("optimizer") != "sgd":
         return f"none for {config.get('optimizer')} (adaptive steps: 2/lr does not apply)"
-    b = float(config.get("momentum", 0.0))
+    b = float(config.get("momentum") or 0.0)
     if not b:
         return "2/lr"
     return f"(2 + 2b)/(lr (1 + 2b)), Nesterov b={b:g}" if config.get("nesterov") else f"(2 + 2b)/lr, b={b:g}"
@@ -219,31 +219,48 @@ def did_not_learn(run: Run) -> float | None:
         finite = row[np.isfinite(row)]
         if finite.size:
             finals.append(float(finite[-1]))
-    chance = float(np.log(classes))
-    if finals and all(abs(value - chance) <= LEARNED_SHARE * chance for value in finals):
+    if finals and all(at_chance(value, classes) for value in finals):
         return min(finals)
     return None
 
 
+def run_cautions(run: Run, label: str | None = None) -> list[str]:
+    """Why what one run shows cannot be trusted as it stands, one sentence each (none: nothing stands out)."""
+    label = label or run.model
+    cautions = []
+    final = did_not_learn(run)
+    if final is not None:
+        classes = int(run.attrs.get("num_classes") or 10)
+        cautions.append(f"{label} did not learn: its training loss ends at {final:.3f}, within "
+                        f"{100 * LEARNED_SHARE:.0f}% of ln({classes}) = {np.log(classes):.3f} (chance level), so a "
+                        f"flat landscape there says nothing about smoothness")
+    if run.steps < FEW_STEPS:
+        cautions.append(f"{label} trained only {run.steps} steps (fewer than {FEW_STEPS})")
+    if run.probe is not None and 0 < len(run.probe["step"]) < FEW_PROBES:
+        cautions.append(f"{label} has only {len(run.probe['step'])} probes (fewer than {FEW_PROBES})")
+    if "quick" in run.path.parts:
+        cautions.append(f"{label} is from the quick preset (narrower, shorter, fewer images than the report)")
+    return cautions
+
+
 def trust_warnings(plain: Run, batchnorm: Run) -> list[str]:
     """Why a comparison of two runs cannot be trusted, one sentence each (none: it can)."""
-    warnings = []
-    for run in (plain, batchnorm):
-        label = run.model
-        final = did_not_learn(run)
-        if final is not None:
-            classes = int(run.attrs.get("num_classes") or 10)
-            warnings.append(f"{label} did not learn: its training loss ends at {final:.3f}, within "
-                            f"{100 * LEARNED_SHARE:.0f}% of ln({classes}) = {np.log(classes):.3f} (chance level), so a "
-                            f"flat landscape there says nothing about smoothness")
-        if run.steps < FEW_STEPS:
-            warnings.append(f"{label} trained only {run.steps} steps (fewer than {FEW_STEPS})")
-        if run.probe is not None and 0 < len(run.probe["step"]) < FEW_PROBES:
-            warnings.append(f"{label} has only {len(run.probe['step'])} probes (fewer than {FEW_PROBES})")
-        if "quick" in run.path.parts:
-            warnings.append(f"{label} is from the quick preset (narrower, shorter, fewer images than the report)")
-    warnings.append("one seed each: a difference may be seed-to-seed noise (repeat with other --seed values)")
-    return warnings
+    return run_cautions(plain) + run_cautions(batchnorm) + [
+        "one seed each: a difference may be seed-to-seed noise (repeat with other --seed values)"]
+
+
+RANGE_CAVEAT = ("the range across rates mostly measures how differently the rates learn (a large rate drops the loss "
+                "sooner), not only how rough the landscape is")
+
+
+def chance_loss(classes: int) -> float:
+    """The cross-entropy of a model that has learned nothing: ln(classes)."""
+    return float(np.log(classes))
+
+
+def at_chance(loss: float, classes: int) -> bool:
+    """A loss within LEARNED_SHARE of chance: the model there has not learned."""
+    return bool(np.isfinite(loss) and abs(loss - chance_loss(classes)) <= LEARNED_SHARE * chance_loss(classes))
 
 
 def batchnorm_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
