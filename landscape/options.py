@@ -6,7 +6,6 @@ The option is named as the caller's user sees it: `--bn` on the command line, `b
 from __future__ import annotations
 
 import math
-import os
 
 from landscape.errors import UsageError
 
@@ -61,14 +60,6 @@ def check_device_name(option: str, name) -> None:
     if text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit()):
         return
     raise UsageError(f"{option} {text!r} is unknown: choose auto, cpu, cuda or cuda:N")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a cluster's scheduler sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def check_threads(option: str, threads) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from torch.func import grad, jvp
 
 from landscape.engine.batches import BatchSet, Objective, batch_set
+from landscape.engine.devices import with_threads
 from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_forward, check_module, flatten,
                                          module_buffers, prepared_module, state_of, unflatten)
 from landscape.engine.memory import available_bytes
@@ -316,7 +317,7 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, points: int = 1000,
 class SpectrumOptions:
     """What to measure of one Hessian, and how (the keyword arguments of `hessian`, the options of the command)."""
 
-    top_k: int = 1
+    top_k: int = 5
     tol: float = 1e-3
     max_steps: int = 80
     trace: bool = False
@@ -444,11 +445,12 @@ def products_planned(options: SpectrumOptions) -> int:
         (options.density_probes * options.density_steps if options.density else 0)
 
 
-def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top_k: int = 1, tol: float = 1e-3,
+@with_threads
+def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top_k: int = 5, tol: float = 1e-3,
             max_steps: int = 80, trace: bool = False, trace_samples: int = 100, density: bool = False,
             density_probes: int = 1, density_steps: int = 80, bn: str = "train", hvp: str = "auto", seed: int = 0,
             device=None, images: int | None = None, batch_size: int | None = None, executor=None,
-            progress: bool = False) -> Spectrum:
+            progress: bool = False, threads: int | None = None) -> Spectrum:
     """The Hessian of the mean loss of `model` on `data`: top-k eigenvalues (Lanczos), and optionally the trace
     (Hutchinson) and the spectral density (stochastic Lanczos quadrature).
 

@@ -1,10 +1,14 @@
 """Where the work runs: the device by name, and the CPU threads torch uses."""
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+
 import torch
 
 from landscape.errors import UsageError
-from landscape.options import check_device_name, check_threads, usable_cores
+from landscape.machine import idle_cores
+from landscape.options import check_device_name, check_threads
 
 
 def resolve_device(name: str | torch.device | None, option: str = "--device",
@@ -31,8 +35,10 @@ TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before an
 
 
 def default_threads() -> int:
-    """torch's own choice, but never more threads than the cores this process may use."""
-    return max(1, min(TORCH_DEFAULT_THREADS, usable_cores()))
+    """torch's own choice, but never more threads than the cores this process may use that other processes do not
+    keep busy right now (`machine.idle_cores`): an OpenMP thread that shares a core with other work stalls all the
+    others at every barrier (benchmarks/bench_threads.py measures it)."""
+    return max(1, min(TORCH_DEFAULT_THREADS, idle_cores()))
 
 
 def set_threads(threads: int | None, option: str = "--threads") -> int:
@@ -40,3 +46,27 @@ def set_threads(threads: int | None, option: str = "--threads") -> int:
     check_threads(option, threads or 0)
     torch.set_num_threads(threads or default_threads())
     return torch.get_num_threads()
+
+
+@contextmanager
+def call_threads(threads: int | None, option: str = "threads"):
+    """The Python API's `threads=`: that many CPU threads for the call, then torch's setting as it was. None: the
+    caller's own `torch.set_num_threads` if they changed torch's default, else `default_threads()`."""
+    check_threads(option, threads or 0)
+    before = torch.get_num_threads()
+    chosen = threads or (before if before != TORCH_DEFAULT_THREADS else default_threads())
+    torch.set_num_threads(chosen)
+    try:
+        yield chosen
+    finally:
+        torch.set_num_threads(before)
+
+
+def with_threads(function):
+    """An API function run under `call_threads` of its keyword argument `threads` (in its signature, default None)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with call_threads(kwargs.get("threads")):
+            return function(*args, **kwargs)
+
+    return wrapper

@@ -7,25 +7,40 @@ size at all (too many poolings) is refused the same way.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from landscape.errors import UsageError
+from landscape.machine import available_memory
 
 GIB = 2 ** 30
 BYTES_PER_PARAMETER = 16  # weight, gradient and two optimizer moments in float32 (Adam's; SGD needs less)
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory on a CUDA device, or the physical memory available to this process on the CPU."""
+    """Free memory on a CUDA device; on the CPU the kernel's estimate of what can be had without swapping
+    (MemAvailable: free memory plus the page cache and buffers it can reclaim), else the free pages."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
+
+
+def largest_output_bytes(run_forward) -> int:
+    """The bytes of the largest tensor any leaf module outputs while `run_forward()` runs (once, under hooks): with
+    its input, about the peak activation memory of an evaluation without gradients."""
+    largest = [0]
+
+    def count(module: nn.Module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    hooks = [torch.nn.modules.module.register_module_forward_hook(count)]
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 64 * GIB
+        run_forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest[0]
 
 
 def check_dataset_fits(images: int, size: int, device: torch.device, what: str) -> None:

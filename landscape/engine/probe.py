@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from landscape.engine.batches import Objective
+from landscape.engine.devices import with_threads
 from landscape.engine.functional import FunctionalModel, module_buffers
 from landscape.errors import UsageError
 from landscape.options import PROBE_DIRECTIONS
@@ -210,8 +211,9 @@ def probe_step(module: nn.Module, params: dict[str, torch.Tensor], buffers: dict
     return probe_along(loss_of, weights, grad, steps, tuple(float(m) for m in multipliers))
 
 
+@with_threads
 def probe(model: nn.Module, batch, direction, multipliers=DEFAULT_MULTIPLIERS, *, loss=None, closure=None,
-          bn: str = "train", lr: float | None = None, device=None) -> ProbeResult:
+          bn: str = "train", lr: float | None = None, device=None, threads: int | None = None) -> ProbeResult:
     """Santurkar et al.'s probe of one step of `model` on `batch`, along `direction` (a dict of tensors, e.g. the
     optimizer's update `after - before`, or "gradient" with `lr`): loss, gradient distance and distance [J] at
     w + m_j d, beta and the gradient norm, as numpy. Dropout off; `bn` train (batch statistics) or eval. The

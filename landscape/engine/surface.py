@@ -22,9 +22,11 @@ from torch import nn
 from landscape.engine.batches import BatchSet, Objective, batch_set
 from landscape.engine.directions import (IGNORES, NORMS, given_direction, normalize_direction, pca_directions,
                                          project, random_direction, state_dict_of, towards)
-from landscape.engine.functional import (BN_MODES, Params, check_finite, check_forward, check_module, evaluate_points,
-                                         expand_points, module_buffers, prepared_module, recompute_statistics, state_of)
-from landscape.engine.memory import available_bytes
+from landscape.engine.devices import with_threads
+from landscape.engine.functional import (BN_MODES, FunctionalModel, Params, check_finite, check_forward, check_module,
+                                         evaluate_points, expand_points, module_buffers, prepared_module,
+                                         recompute_statistics, state_of)
+from landscape.engine.memory import available_bytes, largest_output_bytes
 from landscape.errors import UsageError
 from landscape.files.surface_file import Surface
 from landscape.options import check_seed, choose, non_negative
@@ -61,7 +63,12 @@ def linear_grid(start: float, stop: float, count: int, option: str, given) -> np
     if count < 1 or not (math.isfinite(start) and math.isfinite(stop)) or (count > 1 and not stop > start):
         raise UsageError(f"{option} {given!r} is empty or reversed: give start < stop and a count of 1 or more, "
                          f"e.g. -1:1:51")
-    return np.linspace(start, stop, count)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.linspace(start, stop, count)
+    if not np.isfinite(values).all():
+        raise UsageError(f"{option} {given!r}: its coordinates overflow to infinity or NaN; give a range a float "
+                         f"can hold, e.g. -1:1:51")
+    return values
 
 
 def check_grid_fits(points: int, metrics: int) -> None:
@@ -279,18 +286,30 @@ class PointEvaluator:
                               self.autocast if device.type == "cuda" else None,
                               self.channels_last and device.type == "cpu")
 
+    @torch.no_grad()
+    def largest_activation_bytes(self) -> int:
+        """The largest activation of one point on one batch (measured by one forward pass at the centre)."""
+        params, buffers = self.plan.points(np.zeros(1, dtype=np.int64))
+        model = FunctionalModel(self.plan.module, {n: p[0] for n, p in params.items()},
+                                {n: b[0] for n, b in buffers.items()})
+        batch = next(iter(self.batches))
+        return largest_output_bytes(lambda: self.objective.values(model, batch))
+
     def points_per_pass(self, requested: int = 0) -> int:
         """Points per vmapped pass: as asked (at most the grid, and what memory holds), else 1 on CPU (vmap's
         grouped convolutions are slower there) and on CUDA as many as half the free memory holds."""
         non_negative("points_per_pass", requested)
-        point_bytes = sum(p.numel() * p.element_size() for p in self.plan.origin.values())
         have = available_bytes(self.device)
         if requested:
             chosen = min(requested, self.plan.size)
+            point_bytes = sum(p.numel() * p.element_size() for p in self.plan.origin.values())
+            if chosen > 1:  # each point also holds its own activations of a batch
+                point_bytes += 2 * self.largest_activation_bytes()
             if chosen * point_bytes > 0.5 * have:
-                raise UsageError(f"points_per_pass {requested:,} would stack {chosen * point_bytes / 2 ** 30:,.1f} "
-                                 f"GiB of weights, more than half of the {have / 2 ** 30:,.1f} GiB free on "
-                                 f"{self.device.type}: give at most {max(1, int(0.5 * have // point_bytes)):,}")
+                raise UsageError(f"points_per_pass {requested:,} would need {chosen * point_bytes / 2 ** 30:,.1f} GiB "
+                                 f"(each point's weights and activations of a batch), more than half of the "
+                                 f"{have / 2 ** 30:,.1f} GiB free on {self.device.type}: give at most "
+                                 f"{max(1, int(0.5 * have // point_bytes)):,}")
             return chosen
         if self.device.type != "cuda" or self.objective.closure is not None:
             return 1
@@ -369,11 +388,12 @@ def describe_callable(function) -> str | None:
     return getattr(function, "__qualname__", None) or type(function).__name__
 
 
+@with_threads
 def surface(model: nn.Module, data, *, loss=None, closure=None, metrics=None, directions="random", dims: int = 2,
             grid=None, grid_y=None, norm: str = "filter", ignore: str = "biasbn", seed: int = 0, to=None,
             trajectory=None, bn: str = "eval", bn_data=None, images: int | None = None, batch_size: int | None = None,
             device=None, precision: str = "auto", points_per_pass: int = 0, executor=None,
-            progress: bool = False) -> Surface:
+            progress: bool = False, threads: int | None = None) -> Surface:
     """The loss (and metrics) of `model` on `data` around its weights, on a 1D line or a 2D grid.
 
     `directions`: "random" (Gaussian, normalised by `norm` = filter | layer | none, zero on 1-D tensors with

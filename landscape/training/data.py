@@ -134,8 +134,11 @@ CIFAR_LAYOUT = {  # dataset -> (folder, files that must exist, torchvision class
 }
 
 
-def cifar_folder(root: str | Path, download: bool, name: str = "cifar10") -> Path:
-    """The folder holding CIFAR's python batches under `root` (or `root` itself); download if asked."""
+def cifar_folder(root: str | Path, download: bool, name: str = "cifar10",
+                 fetch: str = "pass --download, or unpack the python version there, or point --data-root at it",
+                 ) -> Path:
+    """The folder holding CIFAR's python batches under `root` (or `root` itself); download if asked. `fetch` says
+    how the caller's user asks for the download (a flag on the command line, an argument in Python)."""
     root = Path(root)
     folder_name, files, _ = CIFAR_LAYOUT[name]
     for folder in (root / folder_name, root):
@@ -149,7 +152,7 @@ def cifar_folder(root: str | Path, download: bool, name: str = "cifar10") -> Pat
         return root / folder_name
     raise UsageError(
         f"{name} not found: expected {folder_name}/ ({', '.join(files[:2])}...) under {root}; "
-        f"pass --download, or unpack the python version there, or point --data-root at it")
+        f"{fetch}")
 
 
 def download_with_torchvision(name: str, root: Path, **kwargs) -> None:
@@ -209,7 +212,8 @@ def cifar10_tensors(root: str | Path = "data", split: str = "train", count: int 
     32, 32], labels int64 [N]), the first `count` of `split` (train or test). A tensor pair any API call takes."""
     if split not in ("train", "test"):
         raise UsageError(f"split {split!r} is unknown: choose train or test")
-    train_x, train_y, test_x, test_y = read_cifar10(cifar_folder(root, download))
+    train_x, train_y, test_x, test_y = read_cifar10(cifar_folder(
+        root, download, fetch="give download=True, or unpack the python version there, or give its folder as root"))
     images, labels = (train_x, train_y) if split == "train" else (test_x, test_y)
     if count is not None:
         images, labels = images[:count], labels[:count]

@@ -40,6 +40,7 @@ from landscape.training.schedules import lr_at_epoch
 from landscape.training.loop import LockstepRuns
 from landscape.engine.memory import check_model_fits
 from landscape.engine.probe import ModelProbe
+from landscape.machine import available_memory
 from landscape.progress import bar, duration, live
 from landscape.files.weights_file import SnapshotWriter, weights_path
 from landscape.files.run_file import RunWriter, never_completed, read_run
@@ -219,6 +220,15 @@ def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) ->
     check_model_fits(build, name=f"{config.model} at --width {config.width:g}", runs=len(config.lrs),
                      batch_size=batch, image_size=dataset.image_size, device=device,
                      stacked=choose_engine(config) == "fused")
+    if config.probe_every:  # the probe record (loss, gradient distance, distance per multiplier) stays in memory
+        probes = config.epochs * steps_per_epoch(len(dataset.train), config.batch_size) // config.probe_every + 1
+        need = len(config.lrs) * probes * len(config.probe_multipliers) * 3 * 8
+        have = available_memory()
+        if need > 0.25 * have:
+            raise UsageError(f"--probe-multipliers: {len(config.probe_multipliers):,} multipliers at {probes:,} probes "
+                             f"x {len(config.lrs)} runs need {need / 2 ** 30:,.1f} GiB of probe records, more than a "
+                             f"quarter of the {have / 2 ** 30:,.1f} GiB available: give fewer multipliers (e.g. "
+                             f"0.5:4:8) or a larger --probe-every")
 
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
