@@ -42,19 +42,27 @@ class Progress:
         self.every, self.next_line, self.done = every, every, 0
 
     def update(self, done: int) -> None:
-        """`done` units of the total are finished."""
+        """`done` units of the total are finished. The first update also says the estimated total time (units x
+        seconds per unit so far), on a terminal too, so a request of days is known at once."""
         if done == self.done:
             return
+        first = self.done == 0
         self.bar.update(done - self.bar.n)
         self.done = done
-        if not self.enabled or self.bar.disable is False:
+        if not self.enabled:
+            return
+        spent = time.perf_counter() - self.started
+        estimate = spent * self.total / done if done else float("nan")
+        if first and done < self.total:
+            self.write(f"{self.description}: the first {done:,} {self.unit}(s) took {duration(spent)}: about "
+                       f"{duration(estimate)} for all {self.total:,}")
+        if self.bar.disable is False:
             return
         share = done / self.total
         if share >= self.next_line or done == self.total:
-            spent = time.perf_counter() - self.started
-            left = spent * (self.total - done) / done if done else float("nan")
             sys.stderr.write(f"{self.description}: {done:,}/{self.total:,} {self.unit}s ({100 * share:.0f}%), "
-                             f"{duration(spent)} so far, {duration(left) if done else '?'} left\n")
+                             f"{duration(spent)} so far, {duration(estimate - spent)} left of about "
+                             f"{duration(estimate)}\n")
             sys.stderr.flush()
             while self.next_line <= share:
                 self.next_line += self.every

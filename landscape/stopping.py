@@ -12,6 +12,11 @@ import threading
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Stopped(Exception):
+    """Raised from inside long work (between two products, two points) once a stop was asked; the caller keeps
+    what is done and says how to resume."""
+
+
 class StopSignals:
     """SIGINT and SIGTERM set `received` instead of interrupting (context manager; main thread only)."""
 

@@ -146,14 +146,16 @@ def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrit
 
         path, resumed = resume_run(resume, {**from_file, **config_values(on_command_line, where="command line")},
                                    **runtime)
-        click.echo(f"wrote {path}" if resumed else f"nothing to resume: {path} is complete")
+        if not quiet:
+            click.echo(f"wrote {path}" if resumed else f"nothing to resume: {path} is complete")
         return
     given = on_command_line if from_file else options
     config = RunConfig(**{**from_file, **config_values(given, where="command line")}).validate()
     from landscape.training.runner import train
 
     path = train(config, out or default_out_path(config.model), overwrite=overwrite, **runtime)
-    click.echo(f"wrote {path}")
+    if not quiet:
+        click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -340,15 +342,17 @@ def surface(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.option("--params", default=None,
               help="Only these parameters (name patterns, comma-separated, e.g. 'layer4.*'): that block's Hessian.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the Lanczos and Hutchinson vectors.")
+@click.option("--resume", is_flag=True,
+              help="Finish the Hessian file in --out (or the default path): same options, the missing measurements.")
 def hessian(run_file: Path | None, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
-            executor: str, address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float,
-            **options) -> None:
+            resume: bool, executor: str, address: str | None, workers: int, cpus_per_worker: float,
+            gpus_per_worker: float, **options) -> None:
     """Top Hessian eigenvalues, trace and spectral density of snapshots of a run file (or of a foreign model)."""
     from landscape.commands.hessian import HessianOptions, compute_hessian
 
     pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)
     path = compute_hessian(run_file, HessianOptions(run=run_index, **options), out, overwrite=overwrite,
-                           progress=not quiet, executor=pool)
+                           resume=resume, progress=not quiet, executor=pool)
     from landscape.views.curvature_plots import plot_hessians
     from landscape.files.hessian_file import read_hessian
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from landscape.commands.resume_line import resume_line
 from landscape.commands.sources import (MACHINE_ONLY, ImageSet, SourceOptions, build_from_definition, fit_state,
                                         load_state_dict, run_architecture, snapshot_state)
 from landscape.engine.batches import Objective
@@ -26,13 +27,13 @@ from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.functional import check_finite, module_buffers, prepared_module
 from landscape.errors import RunFailed, UsageError
 from landscape.files.atomic import check_output
-from landscape.files.hessian_file import hessian_result, write_hessian
+from landscape.files.hessian_file import hessian_result, read_hessian, write_hessian
 from landscape.files.lock import WriterLock
 from landscape.files.run_file import read_run
 from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
 from landscape.options import choose, non_negative, positive
 from landscape.progress import Progress
-from landscape.stopping import StopSignals, ignore_file_size_signal
+from landscape.stopping import StopSignals, Stopped, ignore_file_size_signal
 
 DEFAULT_IMAGES = 4096
 
@@ -41,7 +42,6 @@ DEFAULT_IMAGES = 4096
 class HessianOptions(SourceOptions, SpectrumOptions):
     """Every option of `landscape hessian` (stored as JSON in the Hessian file, less MACHINE_ONLY)."""
 
-    top_k: int = 5
     lr: str | None = None  # a rate of the run file, or "all"
     run: int | None = None
     epoch: str | None = None  # a snapshot epoch, or "all"; default the last
@@ -108,9 +108,26 @@ def not_converged_note(spectrum, tol: float) -> str:
             f"--max-steps")
 
 
+def resumed_arrays(out: Path, planned) -> dict:
+    """The arrays of the Hessian file `out` to finish, checked to be what `planned` (same options) would write."""
+    done = read_hessian(out)
+    if done.attrs.get("options") != planned.attrs["options"]:
+        raise UsageError(f"{out} was measured with other options; resume it with the same options, or choose "
+                         f"another --out")
+    if any(done.arrays.get(name, np.zeros(0)).shape != values.shape for name, values in planned.arrays.items()):
+        raise UsageError(f"{out} holds other measurements than these options plan; resume it with the same options")
+    if not (np.array_equal(done.arrays["runs"], planned.arrays["runs"]) and
+            np.array_equal(done.arrays["epochs"], planned.arrays["epochs"])):
+        raise UsageError(f"{out} measured other runs or epochs; resume it with the same --lr and --epoch")
+    return {name: done.arrays[name] for name in planned.arrays}
+
+
 def compute_hessian(source: str | Path | None, options: HessianOptions, out: str | Path | None = None, *,
-                    overwrite: bool = False, progress: bool = True, executor=None) -> Path:
-    """Measure the chosen snapshots of a run file (or a foreign model) and write the Hessian file; return its path."""
+                    overwrite: bool = False, resume: bool = False, progress: bool = True, executor=None) -> Path:
+    """Measure the chosen snapshots of a run file (or a foreign model) and write the Hessian file; return its path.
+
+    Ctrl-C or SIGTERM stops within one Hessian-vector product: the measurements done stay in the file
+    (`interrupted`) and `resume` (same options) makes only the others."""
     options.validate()
     ignore_file_size_signal()
     threads = set_threads(options.threads)
@@ -147,7 +164,8 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         def state(index: int, epoch: int):
             return loaded
     out = Path(out) if out else default_out
-    check_output(out, overwrite, inputs)
+    if not resume:
+        check_output(out, overwrite, inputs)
     split = images.split("train", options.images if options.images is not None else
                          min(DEFAULT_IMAGES, len(images.dataset.train)))
     batch_size = options.batch_size or images.batch_size
@@ -167,14 +185,20 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         lrs, runs, epochs, options.top_k, trace=options.trace,
         density=(options.density_probes, options.density_steps) if options.density else None)
     measurements = [(i, j) for i in range(len(runs)) for j in range(len(epochs))]
+    if resume:
+        result.arrays = resumed_arrays(out, result)
+        measurements = [(i, j) for i, j in measurements if not result.done[i, j]]
     planned = products_planned(spectrum_options) * len(measurements)
     shown = Progress(planned if not on_ray else len(measurements), "hessian", "HVP" if not on_ray else "measurement",
                      progress)
     counted = [0]
+    signals = StopSignals()
 
     def product() -> None:
         counted[0] += 1
         shown.update(counted[0])
+        if signals.received is not None:
+            raise Stopped  # within one product of Ctrl-C; the measurements done are in the file
 
     tasks = []
     for i, j in measurements:
@@ -203,11 +227,14 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
 
     out.parent.mkdir(parents=True, exist_ok=True)
     executor = executor or InProcess()
-    with executor, WriterLock(out), StopSignals() as signals:
-        check_output(out, overwrite, inputs)  # again, now that no other writer can slip in
+    with executor, WriterLock(out), signals:
+        if not resume:
+            check_output(out, overwrite, inputs)  # again, now that no other writer can slip in
         write_hessian(result)
         try:
             executor.run_tasks(tasks, landed, lambda: signals.received is not None)
+        except Stopped:
+            pass  # the measurement under way is dropped; those done are in the file
         except BaseException as exc:
             result.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
             write_hessian(result)
@@ -218,8 +245,8 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
             result.attrs["status"] = "interrupted"
             write_hessian(result)
             raise RunFailed(f"stopped by {signals.name or 'a signal'} after {int(result.done.sum())} of "
-                            f"{len(measurements)} measurements; {out} keeps them (status interrupted): rerun with "
-                            f"--overwrite for the rest")
+                            f"{result.done.size} measurements; {out} keeps them (status interrupted); resume with: "
+                            f"{resume_line('hessian', source, options, out)}")
         result.attrs["status"] = "complete"
         write_hessian(result)
     if progress and not result.converged.all():

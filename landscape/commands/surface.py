@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from landscape.commands.resume_line import resume_line
 from landscape.commands.sources import (MACHINE_ONLY, ImageSet, SourceOptions, build_from_definition, fit_state,
                                         load_state_dict, run_architecture, snapshot_state)
 from landscape.engine.batches import Objective
@@ -256,6 +257,7 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
             "bn": options.bn, "bn_images": options.bn_images if options.bn == "recompute" else 0,
             "batch_size": batch_size, "precision": "bf16" if evaluator.autocast else "fp32",
             "points_per_pass": per_pass, "device": str(device), "threads": threads,
+            "num_classes": images.dataset.num_classes,
             "executor": type(executor).__name__ if executor is not None else "InProcess",
             "torch_version": torch.__version__})
         write_surface(surface)
@@ -289,9 +291,8 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
         if not surface.done.all():
             surface.attrs["status"] = "interrupted"
             write_surface(surface)
-            again = f"landscape surface {source} " if source else "landscape surface "
             raise RunFailed(f"stopped by {signals.name or 'a signal'} after {int(surface.done.sum())} of "
-                            f"{surface.done.size} points; resume with: {again}--resume --out {out} (same options)")
+                            f"{surface.done.size} points; resume with: {resume_line('surface', source, options, out)}")
         bad = surface.nonfinite
         surface.attrs.update(status="complete", nonfinite_points=bad)
         write_surface(surface)
