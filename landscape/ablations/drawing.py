@@ -101,7 +101,7 @@ def envelope_or_range(rows: list[Row], stem: Path, title: str, kind: str) -> lis
     """The min-max envelope (or the range) over the learning rates of exactly these cells, one band each."""
     import matplotlib.pyplot as plt
 
-    from landscape.views.analysis import envelope
+    from landscape.views.analysis import RANGE_CAVEAT, envelope
     from landscape.views.figures import save_figure
     from landscape.views.plots import envelope_figure, range_figure
 
@@ -114,7 +114,7 @@ def envelope_or_range(rows: list[Row], stem: Path, title: str, kind: str) -> lis
     bands = [envelope(row.runs[0].train_loss) for row in present]
     if kind == "envelope":
         return envelope_figure(labels, bands, stem, log_y=False, title=title)
-    return range_figure(labels, bands, stem, title=title)
+    return range_figure(labels, bands, stem, title=f"{title}\n({RANGE_CAVEAT})")
 
 
 def landscape_groups(spec: Spec, rows: list[Row], stem: Path) -> list[Path]:

@@ -53,15 +53,23 @@ def eigenvalue_figure(results: list[HessianResult], stem: Path) -> list[Path]:
                 ok = converged[i, :, rank] if converged is not None else np.ones(len(epochs), dtype=bool)
                 unconverged += int((~ok & np.isfinite(values[i, :, rank])).sum())
                 ax.plot(epochs, values[i, :, rank], linestyle="-" if rank == 0 else ":", color=colour,
-                        alpha=1.0 if rank == 0 else 0.5, linewidth=1 if rank == 0 else 0.7,
-                        label=f"{result.label} {rate_text(lr)}" if rank == 0 else None)
+                        alpha=1.0 if rank == 0 else 0.5, linewidth=1 if rank == 0 else 0.7)
+                if rank == 0:  # the legend shows the marker that tells the rates apart
+                    ax.plot([], [], linestyle="-", marker=marker, color=colour, markersize=6,
+                            label=f"{result.label} {rate_text(lr)}")
                 size = 6 if rank == 0 else 3
                 ax.plot(epochs[ok], values[i, ok, rank], linestyle="none", marker=marker, color=colour, markersize=size)
                 ax.plot(epochs[~ok], values[i, ~ok, rank], linestyle="none", marker=marker, markerfacecolor="white",
                         color=colour, markersize=size)
                 rows += [(result.label, float(lr), int(e), rank + 1, float(v), int(c))
                          for e, v, c in zip(epochs, values[i, :, rank], ok)]
-    ax.set_xlabel("snapshot epoch")
+    epochs = np.unique(np.concatenate([r.arrays["epochs"] for r in results]))
+    if (epochs < 0).all():  # a foreign model: its given weights, no epoch
+        ax.set_xticks([-1], ["the given weights"])
+        ax.set_xlabel("")
+    else:
+        ax.set_xticks(epochs if len(epochs) <= 12 else epochs[:: -(-len(epochs) // 12)])  # whole epochs only
+        ax.set_xlabel("snapshot epoch")
     ax.set_ylabel("Hessian eigenvalue (top: solid; next: dotted)")
     note = f"; hollow: {unconverged} not converged (raise --max-steps)" if unconverged else ""
     ax.set_title(f"top-{values.shape[2]} Hessian eigenvalues, BN {results[0].attrs.get('bn')}, "
@@ -74,19 +82,16 @@ def eigenvalue_figure(results: list[HessianResult], stem: Path) -> list[Path]:
 def density_figure(results: list[HessianResult], stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = []
-    for colour, result in zip(category_colours(len(results)), results):
+    lines = [(f, result, i, lr) for f, result in enumerate(results) for i, lr in enumerate(result.arrays["lrs"])
+             if result.done[i].any()]
+    for colour, (f, result, i, lr) in zip(category_colours(len(lines)), lines):  # a colour per line, a style per file
         grid, values = result.arrays["density/grid"], result.arrays["density/values"]
-        done = result.done
-        for i, lr in enumerate(result.arrays["lrs"]):
-            measured = np.flatnonzero(done[i])
-            if not measured.size:
-                continue
-            j = int(measured[-1])  # the last measured epoch
-            epoch = int(result.arrays["epochs"][j])
-            line_style = LINE_STYLES[i % len(LINE_STYLES)]
-            ax.semilogy(grid[i, j], np.maximum(values[i, j], 1e-12), linestyle=line_style, color=colour,
-                        label=f"{result.label} {rate_text(lr)} epoch {epoch}")
-            rows += [(result.label, float(lr), epoch, float(x), float(y)) for x, y in zip(grid[i, j], values[i, j])]
+        j = int(np.flatnonzero(result.done[i])[-1])  # the last measured epoch
+        epoch = int(result.arrays["epochs"][j])
+        ax.semilogy(grid[i, j], np.maximum(values[i, j], 1e-12), linestyle=LINE_STYLES[f % len(LINE_STYLES)],
+                    color=colour, linewidth=1.4, label=f"{result.label} {rate_text(lr)}" +
+                    (f" epoch {epoch}" if epoch >= 0 else ""))
+        rows += [(result.label, float(lr), epoch, float(x), float(y)) for x, y in zip(grid[i, j], values[i, j])]
     ax.set_ylim(bottom=1e-6)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log scale)")

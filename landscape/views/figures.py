@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -104,8 +105,25 @@ def short_stem(stem: str) -> str:
     return f"{stem[:60]}_{hashlib.sha1(stem.encode()).hexdigest()[:8]}"
 
 
+def wrap_titles(fig) -> None:
+    """Break every axes title and the figure's title into lines that fit their width (never cut at the edges)."""
+    width_points = fig.get_figwidth() * 72
+
+    def wrapped(text, points: float) -> None:
+        chars = max(20, int(points / (0.52 * text.get_fontsize())))  # an average glyph is about half its size
+        lines = text.get_text().split("\n")
+        if any(len(line) > chars for line in lines):
+            text.set_text("\n".join(textwrap.fill(line, chars) for line in lines))
+
+    for ax in fig.axes:
+        wrapped(ax.title, ax.get_position().width * width_points)
+    if fig._suptitle is not None:
+        wrapped(fig._suptitle, 0.95 * width_points)
+
+
 def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> list[Path]:
     """Write the figure in every format and its data as CSV under `stem`, each file atomically; close the figure."""
+    wrap_titles(fig)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # colour bars spanning several axes: tight_layout's best effort
         if fig.get_layout_engine() is None:

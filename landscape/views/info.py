@@ -114,7 +114,8 @@ def describe_surface(surface: Surface) -> str:
         finite = surface.done & np.isfinite(surface.loss)
         if finite.any():
             index = np.unravel_index(np.nanargmin(np.where(finite, surface.loss, np.nan)), surface.loss.shape)
-            lines.append(f"minimum     loss {surface.loss[index]:.4g} at {index}; maximum "
+            where = f"x = {surface.x[index[-1]]:g}" + (f", y = {surface.y[index[0]]:g}" if surface.dims == 2 else "")
+            lines.append(f"minimum     loss {surface.loss[index]:.4g} at {where}; maximum "
                          f"{np.nanmax(np.where(finite, surface.loss, np.nan)):.4g}")
         if surface.nonfinite:
             lines.append(f"non-finite  {surface.nonfinite} computed point(s) have a NaN or infinite loss")

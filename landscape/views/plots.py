@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from landscape.files.run_file import Run
-from landscape.views.analysis import Envelope, envelope, moving_average, probe_bands, run_label
+from landscape.views.analysis import (RANGE_CAVEAT, Envelope, envelope, moving_average, probe_bands, run_cautions,
+                                     run_label)
 from landscape.views.figures import category_colours, joined_stem, rate_colours, save_figure, setup, short_stem
 
 
@@ -30,11 +31,15 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, smooth: int = 1, stride: 
     for run, label in zip(runs, labels):
         written += per_rate_figure(run, label, out_dir / f"{short_stem(run.path.stem)}_per_rate",
                                    smooth=smooth, stride=stride, log_y=log_y)
-    written += envelope_figure(labels, bands, out_dir / joined_stem(stems, "envelope"), log_y=log_y)
-    written += range_figure(labels, bands, out_dir / joined_stem(stems, "range"))
+    caution = cautions_line([c for run, label in zip(runs, labels) for c in run_cautions(run, label)])
+    written += envelope_figure(labels, bands, out_dir / joined_stem(stems, "envelope"), log_y=log_y,
+                               title="loss landscape: min-max training loss over learning rates" + caution)
+    written += range_figure(labels, bands, out_dir / joined_stem(stems, "range"),
+                            title=f"loss range: max - min over learning rates\n({RANGE_CAVEAT})" + caution)
     probed = [(run, label) for run, label in zip(runs, labels) if run.probe is not None and len(run.probe["step"])]
     for lr in sorted({float(lr) for run, _ in probed for lr in run.lrs}, reverse=True):
-        written += probe_figure(probed, lr, out_dir / joined_stem(stems, f"probes_lr{lr:g}"), log_y=log_y)
+        written += probe_figure(probed, lr, out_dir / joined_stem(stems, f"probes_lr{lr:g}"), log_y=log_y,
+                                caution=cautions_line([c for run, label in probed for c in run_cautions(run, label)]))
     tracked = [(run, label) for run, label in zip(runs, labels)
                if run.sharpness is not None and len(run.sharpness["step"])]
     if tracked:
@@ -87,7 +92,8 @@ def range_figure(labels: list[str], bands: list[Envelope], stem: Path,
     return save_figure(fig, stem, ("label", "step", "min", "max", "range"), rows)
 
 
-def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y: bool) -> list[Path]:
+def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y: bool,
+                 caution: str = "") -> list[Path]:
     """Santurkar et al. Fig. 4 at one learning rate: loss variation, gradient predictiveness, beta."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     rows = []
@@ -106,7 +112,8 @@ def probe_figure(probed: list[tuple[Run, str]], lr: float, stem: Path, *, log_y:
         rows += [(label, f"{lr:g}", int(s), *map(float, v)) for s, *v in
                  zip(b.steps, b.loss_low, b.loss_high, b.grad_low, b.grad_high, b.beta)]
     titles = ("loss variation", "gradient predictiveness", "effective beta-smoothness")
-    fig.suptitle("measured at the probed steps (markers: min and max over the step multipliers)", fontsize="small")
+    fig.suptitle("measured at the probed steps (markers: min and max over the step multipliers)" + caution,
+                 fontsize="small")
     ylabels = ("loss along the step", "||grad(p) - grad(w)||", "max ||grad(p) - grad(w)|| / ||p - w||")
     for ax, title, ylabel in zip(axes, titles, ylabels):
         finish(ax, f"{title} (lr = {lr:g})", ylabel, log_y)
@@ -118,6 +125,11 @@ def envelope_rows(label: str, band: Envelope) -> list[tuple]:
     """Long-format CSV rows of one band."""
     return [(label, int(s), float(lo), float(hi), float(r))
             for s, lo, hi, r in zip(band.steps, band.low, band.high, band.range)]
+
+
+def cautions_line(cautions: list[str]) -> str:
+    """The report's trust warnings as a figure's last title line ('' when there are none)."""
+    return ("\nCAUTION: " + "; ".join(cautions)) if cautions else ""
 
 
 def finish(ax, title: str, ylabel: str, log_y: bool) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from landscape import __version__
-from landscape.views.analysis import (SMOOTHNESS_MEASURES, batchnorm_pairs, best_accuracy, compare_smoothness, envelope,
-                                      probe_bands, run_label, stability_threshold, trust_warnings)
+from landscape.views.analysis import (RANGE_CAVEAT, SMOOTHNESS_MEASURES, batchnorm_pairs, best_accuracy,
+                                      compare_smoothness, envelope, probe_bands, run_label, stability_threshold,
+                                      trust_warnings)
 from landscape.files.any_file import read_inputs
 from landscape.views.figures import rate_colours
 from landscape.files.hessian_file import HessianResult
@@ -237,7 +238,7 @@ def loss_sections(page: Page, runs: list[Run], labels: dict, colours: dict) -> N
     ranges.update_layout(title="loss range: max - min over learning rates", xaxis_title="training step",
                          yaxis_title="max - min loss")
     page.figure(fig, "report 004, Figures 11-12")
-    page.figure(ranges, "report 004, Figure 13")
+    page.figure(ranges, f"report 004, Figure 13. Read it with care: {RANGE_CAVEAT}")
 
 
 def rgba(colour: str, alpha: float) -> str:
@@ -326,7 +327,8 @@ def surface_section(page: Page, surface: Surface) -> None:
         contour.add_trace(go.Scatter(x=surface.trajectory["x"], y=surface.trajectory["y"], mode="lines+markers+text",
                                      text=[str(int(e)) for e in surface.trajectory["epoch"]], textposition="top right",
                                      name="trajectory (epochs)", line=dict(color="black")))
-    contour.update_layout(title=f"{surface.path.name}: contours", xaxis_title="x", yaxis_title="y")
+    contour.update_layout(title=f"{surface.path.name}: contours", xaxis_title="x", yaxis_title="y",
+                          yaxis=dict(scaleanchor="x", scaleratio=1))  # the grid's own aspect, never stretched
     page.figure(contour)
 
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from landscape.files.surface_file import Surface
+from landscape.views.analysis import at_chance, chance_loss
 from landscape.views.figures import category_colours, joined_stem, save_figure, setup, short_stem
 
 LEVELS = 30
@@ -34,13 +35,27 @@ def plot_surfaces(surfaces: list[Surface], out_dir: str | Path) -> list[Path]:
         written += line_figure(lines, out_dir / joined_stem([s.path.stem for s in lines], "1d"))
     for surface in planes:
         stem = out_dir / short_stem(surface.path.stem)
-        written += contour_figure(surface, stem, filled=False)
-        written += contour_figure(surface, stem, filled=True)
+        if contourable(surface):
+            written += contour_figure(surface, stem, filled=False)
+            written += contour_figure(surface, stem, filled=True)
+            written += surface_3d_figure(surface, stem)
         written += heatmap_figure(surface, stem)
-        written += surface_3d_figure(surface, stem)
-    if len(planes) > 1:
-        written += side_by_side_figure(planes, out_dir / joined_stem([s.path.stem for s in planes], "contours"))
+    contoured = [s for s in planes if contourable(s)]
+    if len(contoured) > 1:
+        written += side_by_side_figure(contoured, out_dir / joined_stem([s.path.stem for s in contoured], "contours"))
     return written
+
+
+def contourable(surface: Surface) -> bool:
+    """Contours and a 3D surface need at least 2 points along each direction; a thinner plane gets its heatmap."""
+    return min(len(surface.x), len(surface.y)) >= 2
+
+
+def thin_note(surface: Surface) -> str:
+    """Says why a plane of fewer than 2 points along a direction has no contour or 3D figure ('' otherwise)."""
+    if contourable(surface):
+        return ""
+    return f"{len(surface.x)} x {len(surface.y)} points: too few for contours or a 3D view, shown as a heatmap"
 
 
 def axis_labels(surface: Surface) -> list[str]:
@@ -69,10 +84,26 @@ def missing_note(surface: Surface) -> str:
     return "; ".join(notes)
 
 
+def centre_loss(surface: Surface) -> float:
+    """The loss at the grid point nearest the centre (coordinates 0, 0)."""
+    ix = int(np.argmin(np.abs(surface.x)))
+    if surface.dims == 1:
+        return float(finite_loss(surface)[ix])
+    return float(finite_loss(surface)[int(np.argmin(np.abs(surface.y))), ix])
+
+
+def chance_note(surface: Surface) -> str:
+    """Says when the centre's loss is at chance level (ln of the classes the file records), '' otherwise."""
+    classes = surface.attrs.get("num_classes")
+    if not classes or not at_chance(centre_loss(surface), int(classes)):
+        return ""
+    return f"at chance loss (ln {int(classes)} = {chance_loss(int(classes)):.3f}): not a trained minimum"
+
+
 def title(surface: Surface) -> str:
-    note = missing_note(surface)
-    return (f"{surface.label}: {surface.attrs.get('data', 'train')} loss, {surface.attrs.get('images')} images, "
-            f"BN {surface.attrs.get('bn', 'eval')}" + (f"\n{note}" if note else ""))
+    notes = [note for note in (missing_note(surface), chance_note(surface)) if note]
+    return "\n".join([f"{surface.label}: {surface.attrs.get('data', 'train')} loss, {surface.attrs.get('images')} "
+                      f"images, BN {surface.attrs.get('bn', 'eval')}", *notes])
 
 
 def finite_loss(surface: Surface) -> np.ndarray:
@@ -171,7 +202,7 @@ def contour_figure(surface: Surface, stem: Path, *, filled: bool) -> list[Path]:
 
 def heatmap_figure(surface: Surface, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.6, 5.4))
-    extent = (surface.x[0], surface.x[-1], surface.y[0], surface.y[-1])
+    extent = (*half_step_edges(surface.x), *half_step_edges(surface.y))
     levels, maximum = levels_of([finite_loss(surface)])
     image = ax.imshow(np.clip(finite_loss(surface), None, levels[-1]), origin="lower", extent=extent, aspect="auto",
                       cmap="viridis")
@@ -179,8 +210,14 @@ def heatmap_figure(surface: Surface, stem: Path) -> list[Path]:
     xlabel, ylabel = axis_labels(surface)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title(surface), fontsize="small")
+    ax.set_title(title(surface) + (f"\n{thin_note(surface)}" if thin_note(surface) else ""), fontsize="small")
     return save_figure(fig, stem.with_name(stem.name + "_heatmap"), grid_header(surface), grid_rows(surface))
+
+
+def half_step_edges(coordinates: np.ndarray) -> tuple[float, float]:
+    """The outer edges of the cells centred on the first and last coordinate (a lone point gets a cell of 1)."""
+    step = float(coordinates[1] - coordinates[0]) if len(coordinates) > 1 else 1.0
+    return float(coordinates[0]) - step / 2, float(coordinates[-1]) + step / 2
 
 
 def surface_3d_figure(surface: Surface, stem: Path) -> list[Path]:
@@ -208,13 +245,18 @@ def side_by_side_figure(surfaces: list[Surface], stem: Path) -> list[Path]:
                              layout="constrained")
     drawn = None
     rows = []
+    untrained = []
     for ax, surface in zip(axes[0], surfaces):
         drawn = draw_plane(ax, surface, levels, filled=False)
-        ax.set_title(surface.label + (f"\n{missing_note(surface)}" if missing_note(surface) else ""), fontsize="small")
+        notes = [note for note in (missing_note(surface), chance_note(surface)) if note]
+        untrained += [surface.label] if chance_note(surface) else []
+        ax.set_title("\n".join([surface.label, *notes]), fontsize="small")
         rows += [(surface.label, *row[:3]) for row in grid_rows(surface)]
     fig.colorbar(drawn, ax=axes[0, -1], location="right", label="loss, shared levels")
     clipped = clip_label(levels, maximum)
-    fig.suptitle("same grid and contour levels: a wider basin is a flatter minimum (Li et al. 2018)" +
-                 (f"\n{clipped[len('loss ('):-1]}: higher values in the top colour" if clipped != "loss" else ""),
+    claim = ("same grid and contour levels: a wider basin is a flatter minimum (Li et al. 2018)" if not untrained else
+             f"same grid and contour levels; CAUTION: {', '.join(untrained)} at chance loss, not a trained minimum, "
+             f"so its basin's width says nothing about flatness")
+    fig.suptitle(claim + (f"\n{clipped[len('loss ('):-1]}: higher values in the top colour" if clipped != "loss" else ""),
                  fontsize="small")
     return save_figure(fig, stem, ("label", "x", "y", "loss"), rows)
