@@ -47,3 +47,33 @@ def tiny_run(tmp_path_factory, tiny_config) -> Path:
     from landscape.training.runner import train
 
     return train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny.h5", progress=False)
+
+
+# No correctness test waits on the clock: a subprocess is waited for until it exits or prints what the test awaits,
+# and this guard only ends a test that hangs (a busy machine may be many times slower than a quiet one).
+HANG_GUARD = 1800
+
+
+def wait_for(condition, process=None, poll: float = 0.05):
+    """Poll `condition()` until it holds; fail (with the process's output) if `process` ends first or the hang
+    guard passes."""
+    import time
+
+    started = time.monotonic()
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended (exit {process.returncode}) before the awaited event: "
+                                 f"{process.communicate()}")
+        if time.monotonic() - started > HANG_GUARD:
+            raise AssertionError("the awaited event did not come within the hang guard")
+        time.sleep(poll)
+
+
+def read_until(stream, marker: str) -> str:
+    """Lines of `stream` up to and including the first that contains `marker` (fails at end of stream)."""
+    seen = ""
+    for line in iter(stream.readline, ""):
+        seen += line
+        if marker in line:
+            return seen
+    raise AssertionError(f"the output ended without {marker!r}:\n{seen}")

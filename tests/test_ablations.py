@@ -4,7 +4,6 @@ import hashlib
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import pytest
@@ -14,6 +13,7 @@ from landscape.ablations.spec import load_spec, spec_paths
 from landscape.ablations.tables import regenerate
 from landscape.cli.main import main
 from landscape.errors import UsageError
+from tests.conftest import wait_for
 
 SPECS = spec_paths()
 
@@ -93,10 +93,7 @@ def test_quick_spec_runs_resumes_and_tables_read_back(tmp_path, cifar_root):
     spec = load_spec(spec_file)
     paths = [job.path for job in plan(spec, "quick", 1, results)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while cell_status(paths[0]) != "complete":
-        assert time.time() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    wait_for(lambda: cell_status(paths[0]) == "complete", process)
     process.send_signal(signal.SIGKILL)  # interrupted after the first cell
     process.wait()
     first = hashlib.sha256(paths[0].read_bytes()).hexdigest()

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 import landscape
 from landscape.errors import UsageError
-from tests.conftest import REPO
+from tests.conftest import HANG_GUARD, REPO
 from tests.test_cli import checksums, landscape as run_cli
 
 MODEL_DEFS = REPO / "tests" / "model_defs.py"
@@ -304,5 +304,5 @@ def test_the_readme_python_examples_run(tmp_path, cifar_root):
         processes.append(subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for block, process in zip(blocks, processes):
-        _, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=HANG_GUARD)
         assert process.returncode == 0, f"README example failed:\n{block}\n{err[-2000:]}"

@@ -4,14 +4,14 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO, real_data_root
+from tests.conftest import HANG_GUARD, REPO, real_data_root
 
 
 def test_device_check_dry_run_passes_and_writes_its_tables(tmp_path):
     data = real_data_root()
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
     command = ["bash", "benchmarks/device_check.sh", "--dry-run"] + (["--data-root", str(data)] if data else [])
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "device_check.json").read_text())
     names = {row["check"] for row in report["smoke"]}

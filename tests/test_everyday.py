@@ -3,12 +3,11 @@ terminal, partial files said to be partial, and an install that adds no generic 
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import HANG_GUARD, REPO, read_until, wait_for
 from tests.test_cli import landscape
 
 SPEC = '''
@@ -39,7 +38,7 @@ def snap(tmp_path_factory, tiny_config):
 
 def cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "landscape", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300, **kwargs)
+                          cwd=REPO, timeout=HANG_GUARD, **kwargs)
 
 
 def test_threads_are_honoured_and_recorded(snap, tmp_path):
@@ -52,7 +51,7 @@ def test_threads_are_honoured_and_recorded(snap, tmp_path):
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for name, args in commands.items()}  # one thread each: the three side by side
     for name, process in processes.items():
-        _, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=HANG_GUARD)
         assert process.returncode == 0, err
         with h5py.File(tmp_path / f"{name}.h5") as f:
             assert f.attrs["threads"] == 1
@@ -67,18 +66,14 @@ def test_ctrl_c_stops_an_ablation_after_saving_the_running_cell_and_the_rerun_re
     command = [sys.executable, "-m", "landscape", "ablate", "run", str(spec), "--preset", "quick", "--results",
                str(results), "--quiet"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not list(results.rglob("*.ckpt")):  # the first cell has finished an epoch
-        assert time.time() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    wait_for(lambda: list(results.rglob("*.ckpt")), process)  # the first cell has finished an epoch
     process.send_signal(signal.SIGINT)
-    sent = time.time()
-    out, err = process.communicate(timeout=60)
-    assert time.time() - sent < 30 and process.returncode == 1 and "Traceback" not in err
+    out, err = process.communicate(timeout=HANG_GUARD)
+    assert process.returncode == 1 and "Traceback" not in err
     assert "interrupted" in err and "rerun the same" in err and "landscape run --resume" not in err
     files = sorted(p.name for p in results.rglob("*_seed0.h5"))
     assert len(files) == 1 and list(results.rglob("*.ckpt"))  # no further cell started; the checkpoint is kept
-    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
     assert rerun.returncode == 0 and "1 resumed" in rerun.stdout and "2 trained" in rerun.stdout, rerun.stderr
 
 
@@ -87,15 +82,9 @@ def test_a_partial_hessian_file_is_said_to_be_partial(snap, tmp_path, capsys):
                "--top-k", "1", "--max-steps", "16", "--tol", "1e-9", "--images", "128", "--device", "cpu", "--out",
                str(tmp_path / "h.h5")]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    seen = ""
-    while time.time() < deadline:
-        line = process.stderr.readline()
-        seen += line
-        if line.startswith("hessian: lr="):  # the first measurement is in the file
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.communicate(timeout=120)[1]
+    seen = read_until(process.stderr, "hessian: lr=")  # the first measurement is in the file
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=HANG_GUARD)[1]
     assert process.returncode == 1 and "keeps them (status interrupted)" in rest, seen + rest
     code, out, _ = landscape("info", tmp_path / "h.h5", capsys=capsys)
     assert "partial" in out and "not measured" in out
@@ -128,3 +117,55 @@ def test_hessian_images_beyond_the_run_and_unconverged_eigenvalues_are_said(snap
     code, out, err = landscape("hessian", snap, "--lr", "1e-3", "--top-k", "1", "--max-steps", "4", "--device",
                                "cpu", "--quiet", "--out", tmp_path / "h2.h5", capsys=capsys)
     assert code in (0, None) and out == "" and err == ""  # --quiet: nothing but errors
+
+
+def run_printed(line: str, **kwargs):
+    """Run a `landscape ...` line exactly as printed (with this interpreter)."""
+    import shlex
+
+    words = shlex.split(line)
+    assert words[0] == "landscape", line
+    return subprocess.run([sys.executable, "-m", "landscape", *words[1:]], capture_output=True, text=True, cwd=REPO,
+                          timeout=HANG_GUARD, **kwargs)
+
+
+@pytest.mark.parametrize("command", ["hessian", "surface"])
+def test_ctrl_c_stops_within_a_product_or_point_and_the_printed_resume_line_finishes(snap, tmp_path, command, capsys):
+    out = tmp_path / f"{command}.h5"
+    args = {"hessian": ("--lr", "3e-4", "--top-k", "1", "--max-steps", "400", "--tol", "1e-12", "--images", "256"),
+            "surface": ("--lr", "3e-4", "--dims", "1", "--grid", "-1:1:400", "--images", "64")}[command]
+    process = subprocess.Popen([sys.executable, "-m", "landscape", command, str(snap), *args, "--device", "cpu",
+                                "--threads", "1", "--out", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    read_until(process.stderr, "the first")  # one product (one point) is done: the measurement is under way
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=HANG_GUARD)[1]
+    assert process.returncode == 1 and "Traceback" not in rest, rest
+    line = rest.strip().splitlines()[-1]
+    assert "resume with: landscape" in line and ("--lr 0.0003" in line or "--lr 3e-4" in line), line
+    code, info, _ = landscape("info", out, capsys=capsys)
+    assert "interrupted" in info
+    if command == "hessian":  # a single measurement stopped within its products: nothing done, nothing wrong kept
+        with h5py.File(out) as f:
+            assert f["done"][...].sum() == 0
+        resumed = run_printed(line.split("resume with: ")[1].replace("--max-steps 400", "--max-steps 8"))
+        assert resumed.returncode == 2 and "other options" in resumed.stderr  # other options are refused
+    resumed = run_printed(line.split("resume with: ")[1])
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "complete"
+
+
+def test_a_killed_surface_leaves_no_lock_that_blocks_and_shows_as_interrupted(snap, tmp_path, capsys):
+    out = tmp_path / "killed.h5"
+    command = [sys.executable, "-m", "landscape", "surface", str(snap), "--lr", "3e-4", "--dims", "1", "--grid",
+               "-1:1:400", "--images", "64", "--device", "cpu", "--threads", "1", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    read_until(process.stderr, "the first")
+    wait_for(out.exists, process)
+    process.kill()
+    process.wait(timeout=HANG_GUARD)
+    code, info, _ = landscape("info", out, capsys=capsys)
+    assert "interrupted" in info and "running" not in info
+    again = subprocess.run(command[:-2] + ["--resume", "--out", str(out), "--quiet"],
+                           cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert again.returncode == 0, again.stderr

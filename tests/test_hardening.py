@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import HANG_GUARD
 from tests.test_cli import checksums, landscape
 
 TINY = ["--model", "vgg_bn", "--width", "0.0625", "--train-subset", "64", "--epochs", "1", "--batch-size", "32",
@@ -226,7 +227,7 @@ def test_a_file_size_limit_during_the_checkpoint_write_keeps_the_last_good_files
 
     command = [sys.executable, "-m", "landscape", "run", *TINY, "--dataset", "synthetic", "--train-subset", "256",
                "--lrs", "1e-3,3e-4", "--epochs", "2", "--no-snapshots", "--out", str(tmp_path / "r.h5")]
-    done = subprocess.run(command, preexec_fn=limited, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, preexec_fn=limited, capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 1, done.stderr
     line = one_line_error(1, done.stderr, 1)
     assert "no space left on the device (or a file-size limit) while writing r.h5.ckpt" in line
@@ -238,7 +239,7 @@ def test_a_file_size_limit_during_the_checkpoint_write_keeps_the_last_good_files
     run = read_run(tmp_path / "r.h5")
     assert run.status == "failed" and "r.h5.ckpt" in run.attrs["message"] and run.epochs_done == 1
     resumed = subprocess.run([sys.executable, "-m", "landscape", "run", "--resume", str(tmp_path / "r.h5"), "--quiet"],
-                             capture_output=True, text=True, timeout=120)  # space again: it goes on
+                             capture_output=True, text=True, timeout=HANG_GUARD)  # space again: it goes on
     assert resumed.returncode == 0 and read_run(tmp_path / "r.h5").status == "complete"
 
 

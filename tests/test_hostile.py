@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import HANG_GUARD, REPO
 from tests.test_cli import checksums, landscape
 from tests.test_hardening import cifar_folder, one_line_error
 
@@ -135,7 +135,7 @@ def test_one_writer_per_output(files, command, capsys):
     commands = [[sys.executable, "-m", "landscape", command, str(files["run"]), "--lr", "1e-3", *extra, "--out",
                  str(files["folder"] / "both.h5")] for _ in range(2)]
     processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
-    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    outcomes = [(p.wait(timeout=HANG_GUARD), p.stderr.read()) for p in processes]
     assert sorted(code for code, _ in outcomes) == [0, 2], outcomes  # one writes, the other is refused in one line
     refused = next(err for code, err in outcomes if code == 2)
     assert len(refused.strip().splitlines()) == 1 and ("being written" in refused or "already exists" in refused)
@@ -184,7 +184,7 @@ def test_a_file_size_limit_while_writing_is_one_line_and_keeps_what_was_there(fi
             "plot": ("plot", files["run"], "--out", files["folder"] / "fig")}[command]
     before = checksums(files["folder"])
     done = subprocess.run([sys.executable, "-m", "landscape", *map(str, args)], preexec_fn=limited,
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+                          capture_output=True, text=True, timeout=HANG_GUARD, cwd=REPO)
     assert "no space left on the device (or a file-size limit)" in one_line_error(done.returncode, done.stderr, 1)
     after = checksums(files["folder"])
     assert all(after.get(name) == digest for name, digest in before.items())
@@ -304,3 +304,76 @@ def test_ray_resources_are_checked_before_ray_starts(tmp_path, capsys):
     code, _, err = landscape("ablate", "run", spec, "--preset", "quick", "--results", tmp_path / "r", "--executor",
                              "ray", "--gpus-per-cell", "2.5", capsys=capsys)
     assert "whole GPUs" in one_line_error(code, err) and not (tmp_path / "r").exists()
+
+
+def edit_config(path, **changes):
+    import json
+
+    with h5py.File(path, "a") as f:
+        config = json.loads(f.attrs["config"])
+        config.update(changes)
+        f.attrs["config"] = json.dumps(config)
+
+
+EDITED = [  # (file, how it is edited, commands that read it)
+    ("run", lambda p: edit_config(p, width="wide"), ["surface", "hessian", "info", "plot"]),
+    ("run", lambda p: edit_config(p, momentum="heavy"), ["info", "plot", "report", "surface"]),
+    ("run", lambda p: h5py.File(p, "a").attrs.__setitem__("model_size_mb", "abc"), ["info", "report"]),
+    ("run", lambda p: h5py.File(p, "a").attrs.__setitem__("weights_file", "../x.weights.h5"), ["surface", "hessian"]),
+    ("surface", lambda p: h5py.File(p, "a").attrs.__setitem__("lr", "abc"), ["info", "plot", "report"]),
+    ("hessian", lambda p: h5py.File(p, "a").attrs.__setitem__("images", "many"), ["info", "plot", "report"]),
+]
+
+
+@pytest.mark.parametrize("target,edit,commands", EDITED, ids=[
+    "config width text", "config momentum text", "model_size_mb text", "weights_file outside", "surface lr text",
+    "hessian images text"])
+def test_edited_attributes_are_the_files_one_line_or_a_report_note(files, target, edit, commands, capsys):
+    edit(files[target])
+    before = checksums(files["folder"])
+    commands_of = {"surface": ("surface", files["run"], "--lr", "1e-3", *FAST, "--out", files["folder"] / "n.h5"),
+                   "hessian": ("hessian", files["run"], *HESSIAN, "--out", files["folder"] / "n.h5"),
+                   "info": ("info", files[target]), "plot": ("plot", files[target], "--out", files["folder"] / "fig"),
+                   "report": ("report", files[target], "--out", files["folder"] / "r.html")}
+    for command in commands:
+        code, out, err = landscape(*commands_of[command], capsys=capsys)
+        if command == "report":  # the one bad input is a note on the page
+            page = (files["folder"] / "r.html").read_text()
+            assert "damaged or edited" in page and "Traceback" not in err
+            (files["folder"] / "r.html").unlink()
+            continue
+        assert "damaged or edited" in one_line_error(code, err), (command, err)
+    assert checksums(files["folder"]) == before
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("surface", "{run}", "--lr", "1e-3", "--grid", "-1e308:1e308:3", "--device", "cpu"), "overflow"),
+    (("surface", "{run}", "--lr", "1e-3", "--grid", "-1:1:400", "--images", "32", "--points-per-pass", "100000",
+      "--device", "cpu"), "activations of a batch"),
+    (("run", "--dataset", "synthetic", "--train-subset", "64", "--width", "0.0625", "--epochs", "1", "--probe-every",
+      "1", "--probe-multipliers", "0.5:4:100000000", "--device", "cpu", "--out", "{folder}/p.h5"),
+     "would not fit in memory"),
+    (("run", "--dataset", "synthetic", "--train-subset", "64", "--batch-size", "1", "--width", "0.0625", "--epochs",
+      "1000000", "--probe-every", "1", "--probe-multipliers", "0.5:4:1000", "--model", "vgg", "--device", "cpu",
+      "--out", "{folder}/p.h5"), "of probe records"),
+])
+def test_sizes_that_cannot_fit_are_refused_before_any_work(files, args, expected, capsys, monkeypatch):
+    eight_gib = lambda *device: 8 * 2 ** 30  # noqa: E731  (the same verdict on any machine)
+    monkeypatch.setattr("landscape.engine.surface.available_bytes", eight_gib)
+    monkeypatch.setattr("landscape.training.config.available_memory", eight_gib)
+    monkeypatch.setattr("landscape.training.runner.available_memory", eight_gib)
+    before = checksums(files["folder"])
+    code, _, err = landscape(*[a.format(**files) for a in args], capsys=capsys)
+    assert expected in one_line_error(code, err)
+    assert checksums(files["folder"]) == before
+
+
+def test_a_single_point_plane_is_drawn_as_a_heatmap(files, capsys):
+    out = files["folder"] / "one.h5"
+    code, _, err = landscape("surface", files["run"], "--lr", "1e-3", "--grid", "0:0:1", "--images", "32", "--device",
+                             "cpu", "--out", out, capsys=capsys)
+    assert code in (0, None), err
+    assert "one_heatmap.png" in " ".join(p.name for p in files["folder"].iterdir())
+    assert not list(files["folder"].glob("one_contour*"))
+    code, out_text, err = landscape("info", out, capsys=capsys)
+    assert code in (0, None) and "np." not in out_text

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from landscape.ablations.runner import cell_status, plan
 from landscape.ablations.spec import load_spec
+from tests.conftest import HANG_GUARD, wait_for
 from tests.test_cli import checksums, landscape
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
@@ -60,7 +60,7 @@ def reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
     spec_file, results = folder / "grid.toml", folder / "local"
     spec_file.write_text(SPEC)
-    subprocess.run(command(spec_file, results, "--threads", "2"), check=True, capture_output=True, timeout=300)
+    subprocess.run(command(spec_file, results, "--threads", "2"), check=True, capture_output=True, timeout=HANG_GUARD)
     return losses(results, spec_file)
 
 
@@ -68,7 +68,7 @@ def test_ray_gives_the_in_process_results_with_fractional_gpus_passed_on(spec_fi
     results = tmp_path / "ray"
     env = {**os.environ, "LANDSCAPE_RAY_NUM_GPUS": "1"}  # a GPU resource on this GPU-less machine
     done = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2",
-                                  "--gpus-per-cell", "0.25"), capture_output=True, text=True, timeout=300, env=env)
+                                  "--gpus-per-cell", "0.25"), capture_output=True, text=True, timeout=HANG_GUARD, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("[CPU 2, GPU 0.25]") == 2  # what the scheduler gave each task
     assert "cells: 2 done, 0 running, 0 waiting, 0 failed" in done.stderr
@@ -81,17 +81,18 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_identical_result(spec_fil
     results = tmp_path / "ray"
     process = subprocess.Popen(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    killed = None
-    while killed is None:  # wait for the first epoch's checkpoint to reach the results, then kill that worker
-        assert time.time() < deadline and process.poll() is None, process.communicate()
+    killed = []
+
+    def checkpoint_shipped_and_worker_killed() -> bool:  # the first epoch's checkpoint is in the results
         if list(results.rglob("*.ckpt")):
             workers = subprocess.run(["pgrep", "-f", "ray::cell_task"], capture_output=True, text=True).stdout.split()
             if workers:
-                killed = int(workers[0])
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
-    out, err = process.communicate(timeout=300)
+                killed.append(int(workers[0]))
+                os.kill(killed[0], signal.SIGKILL)
+        return bool(killed)
+
+    wait_for(checkpoint_shipped_and_worker_killed, process)
+    out, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 0, err[-2000:]
     assert "resumed" in err  # the retry went on from the shipped checkpoint, it did not start over
     mine = losses(results, spec_file)
@@ -103,17 +104,14 @@ def test_ctrl_c_keeps_finished_cells_and_a_rerun_trains_the_rest(spec_file, tmp_
     paths = [job.path for job in plan(load_spec(spec_file), "quick", 1, results)]
     process = subprocess.Popen(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not any(cell_status(p) == "complete" for p in paths):
-        assert time.time() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    wait_for(lambda: any(cell_status(p) == "complete" for p in paths), process)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode != 0 and "Traceback" not in err
     finished = [p for p in paths if cell_status(p) == "complete"]
     kept = checksums(finished[0].parent)
     rerun = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=HANG_GUARD)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{len(finished)} skipped" in rerun.stdout
     assert all(cell_status(p) == "complete" for p in paths)
@@ -124,7 +122,7 @@ def test_ctrl_c_keeps_finished_cells_and_a_rerun_trains_the_rest(spec_file, tmp_
 def test_shared_results_are_written_by_the_tasks(spec_file, tmp_path):
     results = tmp_path / "shared"
     done = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "1", "--shared-results"),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(cell_status(job.path) == "complete" for job in plan(load_spec(spec_file), "quick", 1, results))
 

@@ -4,14 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from landscape.files.hessian_file import read_hessian
 from landscape.files.surface_file import read_surface
-from tests.conftest import REPO
+from tests.conftest import HANG_GUARD, REPO, read_until
 from tests.test_cli import checksums, landscape
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
@@ -27,7 +26,7 @@ def snap(tmp_path_factory, tiny_config):
 
 def cli(*args, env=None, **kwargs):
     return subprocess.run([sys.executable, "-m", "landscape", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=400, **kwargs)
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=HANG_GUARD, **kwargs)
 
 
 SURFACE = ("--lr", "1e-3", "--grid", "-1:1:5", "--images", "64", "--device", "cpu", "--threads", "1")
@@ -54,15 +53,9 @@ def test_ctrl_c_on_the_driver_keeps_the_points_done_and_resume_completes_them(sn
     command = [sys.executable, "-m", "landscape", "surface", str(snap), *SURFACE, "--executor", "ray", "--workers",
                "1", "--points-per-task", "1", "--out", str(tmp_path / "ray.h5")]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        line = process.stderr.readline()
-        seen += line
-        if "points (" in line:  # a progress line: some points have landed
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.communicate(timeout=120)[1]
+    seen = read_until(process.stderr, "points (")  # a progress line: some points have landed
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=HANG_GUARD)[1]
     assert process.returncode == 1 and "resume with" in rest, seen + rest
     part = read_surface(tmp_path / "ray.h5")
     assert part.status == "interrupted" and 0 < part.done.sum() < part.done.size
@@ -105,7 +98,7 @@ def test_bad_executor_options_are_one_line_and_write_nothing(snap, extra, expect
 def test_without_ray_the_option_says_how_to_install_it(snap, tmp_path):
     code = ("import sys; sys.modules['ray'] = None; from landscape.cli.main import main; "
             f"main(['surface', {str(snap)!r}, '--lr', '1e-3', '--executor', 'ray', '--out', {str(tmp_path / 'x.h5')!r}])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD)
     assert done.returncode == 2 and "pip install" in done.stderr and not (tmp_path / "x.h5").exists()
 
 
@@ -128,6 +121,6 @@ assert np.array_equal(here.loss, there.loss) and np.array_equal(here.acc, there.
 assert np.allclose(spectrum.eigenvalues, landscape.hessian(model, (x, y), top_k=2).eigenvalues, rtol=1e-9)
 print("ok")
 '''
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=HANG_GUARD,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from landscape.files.lock import WriterLock
 from landscape.training.checkpoint import checkpoint_path
 from landscape.errors import RunFailed
 from landscape.files.run_file import read_run
+from tests.conftest import HANG_GUARD, wait_for
 
 pytestmark = pytest.mark.slow
 RUN = ["--model", "vgg_bn", "--width", "0.0625", "--lrs", "1e-3,3e-4", "--train-subset", "1536",
@@ -33,17 +33,10 @@ def finish(cifar_root, *args):
     return result
 
 
-def wait_for_epochs(out, epochs, process, timeout=120):
+def wait_for_epochs(out, epochs, process):
     """Poll the run file while it trains (it is always readable) until `epochs` epochs are in it."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if out.exists():
-            run = read_run(out)
-            if run.epochs_done >= epochs:
-                return run
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
-    raise AssertionError("the run did not reach the epoch in time")
+    wait_for(lambda: out.exists() and read_run(out).epochs_done >= epochs, process, poll=0.02)
+    return read_run(out)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +90,7 @@ def test_sigterm_saves_mid_epoch_and_resumes(tmp_path, cifar_root, reference):
     process = start(cifar_root, out)
     wait_for_epochs(out, 1, process)
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 1
     assert len(stderr.strip().splitlines()) == 1 and "landscape run --resume" in stderr and "SIGTERM" in stderr
     assert read_run(out).status == "interrupted"

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import HANG_GUARD
 from tests.test_cli import landscape
 
 
@@ -90,6 +91,7 @@ def test_the_page_works_in_a_real_browser_offline(report_runs, tmp_path, capsys)
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--no-first-run", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(HANG_GUARD * 1000)  # a hang guard, not a deadline: a busy machine is slow
         fetched, errors = [], []
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
                    else (fetched.append(route.request.url), route.abort()))
@@ -108,7 +110,7 @@ def test_the_page_works_in_a_real_browser_offline(report_runs, tmp_path, capsys)
         visible = f"{envelope}.data.filter(t => t.visible !== 'legendonly').length"
         before = page.evaluate(visible)
         page.locator(".js-plotly-plot").nth(2).locator(".legendtoggle").first.click()
-        page.wait_for_function(f"{visible} < {before}", timeout=5000)  # plotly waits out a double-click first
+        page.wait_for_function(f"{visible} < {before}")  # plotly waits out a double-click first
         # clicking a column heading sorts the table
         table = page.locator("table.sortable").first
         column = "Array.from(document.querySelector('table.sortable').tBodies[0].rows).map(r => r.cells[0].innerText)"
