@@ -285,8 +285,8 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
          [python, "benchmarks/bench_hessian.py", "--device", device, "--data-root", str(data_root),
           "--skip", "pyhessian",
           *(["--width", "1", "--images", "4096", "--sharpness-subset", "5085"] if full else
-            ["--width", "0.0625", "--images", "128", "--sharpness-subset", "256", "--sharpness-every", "2",
-             "--sharpness-images", "64"])]),
+            ["--width", "0.0625", "--images", "64", "--sharpness-subset", "128", "--sharpness-every", "4",
+             "--sharpness-images", "32"])]),
         ("api: torchvision resnet18 surface vs loss-landscapes and the reference; Recorder overhead", 45 if full else 90,
          [python, "benchmarks/bench_api.py", "--device", device, "--data-root", str(data_root),
           *(["--images", "1000", "--steps", "11", "--loop-images", "5085"] if full else
@@ -299,8 +299,8 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
         ("sharpness: cold and warm Lanczos against converged", 40 if full else 90,
          [python, "benchmarks/bench_sharpness.py", "--data-root", str(data_root),
           *(["--width", "1", "--epochs", "3", "--every", "40"] if full else
-            ["--width", "0.0625", "--sharpness-images", "64", "--train-images", "384", "--epochs", "1",
-             "--every", "2"])]),
+            ["--width", "0.0625", "--sharpness-images", "32", "--train-images", "192", "--epochs", "1",
+             "--every", "3"])]),
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     if dry_run:  # nothing is timed: two at a time, one thread each, so the test suite waits half as long

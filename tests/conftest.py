@@ -29,12 +29,13 @@ def cifar_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    """A run that takes about a second on CPU: synthetic data, width 1/16, 2 rates, 2 epochs."""
+    """A run that takes about a second on CPU: synthetic data, width 1/16, 2 rates, 2 epochs, one thread (runs that
+    are compared bit for bit must share their arithmetic, whatever the machine's load)."""
     from landscape.training.config import RunConfig
 
     def make(**overrides) -> RunConfig:
         base = dict(model="vgg_bn", lrs=(1e-3, 3e-4), width=1 / 16, dataset="synthetic", train_subset=256,
-                    epochs=2, batch_size=32, eval_batch_size=256, log_every=3, device="cpu")
+                    epochs=2, batch_size=32, eval_batch_size=256, log_every=3, device="cpu", threads=1)
         base.update(overrides)
         return RunConfig(**base)
 

@@ -132,8 +132,8 @@ def run_printed(line: str, **kwargs):
 @pytest.mark.parametrize("command", ["hessian", "surface"])
 def test_ctrl_c_stops_within_a_product_or_point_and_the_printed_resume_line_finishes(snap, tmp_path, command, capsys):
     out = tmp_path / f"{command}.h5"
-    args = {"hessian": ("--lr", "3e-4", "--top-k", "1", "--max-steps", "400", "--tol", "1e-12", "--images", "256"),
-            "surface": ("--lr", "3e-4", "--dims", "1", "--grid", "-1:1:400", "--images", "64")}[command]
+    args = {"hessian": ("--lr", "3e-4", "--top-k", "1", "--max-steps", "150", "--tol", "1e-12", "--images", "128"),
+            "surface": ("--lr", "3e-4", "--dims", "1", "--grid", "-1:1:200", "--images", "32")}[command]
     process = subprocess.Popen([sys.executable, "-m", "landscape", command, str(snap), *args, "--device", "cpu",
                                 "--threads", "1", "--out", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
     read_until(process.stderr, "the first")  # one product (one point) is done: the measurement is under way
@@ -147,7 +147,7 @@ def test_ctrl_c_stops_within_a_product_or_point_and_the_printed_resume_line_fini
     if command == "hessian":  # a single measurement stopped within its products: nothing done, nothing wrong kept
         with h5py.File(out) as f:
             assert f["done"][...].sum() == 0
-        resumed = run_printed(line.split("resume with: ")[1].replace("--max-steps 400", "--max-steps 8"))
+        resumed = run_printed(line.split("resume with: ")[1].replace("--max-steps 150", "--max-steps 8"))
         assert resumed.returncode == 2 and "other options" in resumed.stderr  # other options are refused
     resumed = run_printed(line.split("resume with: ")[1])
     assert resumed.returncode == 0, resumed.stderr
@@ -158,7 +158,7 @@ def test_ctrl_c_stops_within_a_product_or_point_and_the_printed_resume_line_fini
 def test_a_killed_surface_leaves_no_lock_that_blocks_and_shows_as_interrupted(snap, tmp_path, capsys):
     out = tmp_path / "killed.h5"
     command = [sys.executable, "-m", "landscape", "surface", str(snap), "--lr", "3e-4", "--dims", "1", "--grid",
-               "-1:1:400", "--images", "64", "--device", "cpu", "--threads", "1", "--out", str(out)]
+               "-1:1:200", "--images", "32", "--device", "cpu", "--threads", "1", "--out", str(out)]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     read_until(process.stderr, "the first")
     wait_for(out.exists, process)

@@ -13,6 +13,8 @@ from landscape.ablations.spec import load_spec
 from tests.conftest import HANG_GUARD, wait_for
 from tests.test_cli import checksums, landscape
 
+pytestmark = pytest.mark.xdist_group("ray-cells")  # kills workers found by name: one such test at a time
+
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
 
 SPEC = '''

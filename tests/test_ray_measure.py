@@ -14,6 +14,7 @@ from tests.conftest import HANG_GUARD, REPO, read_until
 from tests.test_cli import checksums, landscape
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
+pytestmark = pytest.mark.xdist_group("ray-measure")  # one at a time: they count and kill workers
 
 
 @pytest.fixture(scope="module")

@@ -295,14 +295,18 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
            checkpoint_every: int = 1, keep_checkpoint: bool = False, on_checkpoint=None) -> tuple[Path, bool]:
     """Continue the run in `path` from its checkpoint; return (path, False) if it was already complete.
 
-    `overrides` are options the user gave again: any that differs from the run's is refused.
+    `overrides` are options the user gave again: any that differs from the run's is refused, except `threads`
+    (default: the threads the run used, so the resumed steps compute exactly as the first ones did).
     """
     path = Path(path)
     ignore_file_size_signal()
     run = read_run(path)
     config = RunConfig.from_json(run.attrs["config"])
+    overrides = dict(overrides or {})
+    # the machine's choice, not the run's: the threads given now, else those the run used (the same arithmetic)
+    config.threads = overrides.pop("threads", 0) or config.threads or int(run.attrs.get("threads") or 0)
     differing = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})"
-                 for k, v in (overrides or {}).items() if getattr(config, k) != v]
+                 for k, v in overrides.items() if getattr(config, k) != v]
     if differing:
         raise UsageError(f"cannot resume {path} with changed options: {'; '.join(differing)}; "
                          f"drop them, or start a new run with another --out")
