@@ -17,6 +17,7 @@ PUBLIC = {
     "Recorder": ("landscape.integrations.recorder", "Recorder"),
     "RayExecutor": ("landscape.engine.executors", "RayExecutor"),
     "LandscapeCallback": ("landscape.integrations.lightning", "LandscapeCallback"),
+    "HFCallback": ("landscape.integrations.huggingface", "HFCallback"),
     "cifar10": ("landscape.training.data", "cifar10_tensors"),
     "read_run": ("landscape.files.run_file", "read_run"),
     "read_surface": ("landscape.files.surface_file", "read_surface"),

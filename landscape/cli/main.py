@@ -34,6 +34,7 @@ def cli() -> None:
     landscape surface artifacts/vgg_bn.h5 --lr 1e-3         Li et al. loss surface around a snapshot
     landscape hessian artifacts/vgg_bn.h5 --lr all          Hessian eigenvalues, trace, density
     landscape report artifacts/vgg.h5 artifacts/vgg_bn.h5   one interactive HTML page
+    landscape export SURFACE.h5 --format vtk                a surface for ParaView (or csv, npz)
     """
 
 
@@ -227,12 +228,14 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
             click.option("--epoch", type=str if lr_type is str else int, default=None,
                          help="The snapshot's epoch [default: the last saved]" + (" or all." if lr_type is str else ".")),
             click.option("--model-def", default=None,
-                         help="FILE.py:FACTORY, a function returning the architecture: for a foreign model (with "
-                              "--weights) or a Recorder's run file."),
+                         help="FILE.py:FACTORY, a function returning the architecture, or torchvision:NAME or "
+                              "timm:NAME: for a foreign model (with --weights) or a Recorder's run file."),
             click.option("--weights", default=None,
                          help="A foreign model's state dict (.pt, loaded with weights_only=True, or .safetensors)."),
             click.option("--dataset", default=None,
                          help="Dataset of the images [default: the run's; cifar10 for a foreign model]."),
+            click.option("--num-classes", type=int, default=None,
+                         help="A foreign model's outputs [default: the dataset's classes]."),
             click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data]."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
             THREADS_OPTION,
@@ -387,6 +390,29 @@ def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Pa
     out = out or default
     path = write_markdown(list(files), out, overwrite=overwrite) if markdown else \
         write_report(list(files), out, ablations=ablations, preset=preset, overwrite=overwrite)
+    if not quiet:
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("surface_file", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="vtk", show_default=True,
+              help="vtk (a .vts structured grid for ParaView), csv or npz.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file [default: beside the surface file, .vts, .csv or .npz].")
+@click.option("--log-scale", is_flag=True, help="vtk: the height of each point is log(loss) (the loss stays as data).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never the surface file).")
+@click.option("--quiet", is_flag=True, help="Do not print the file written.")
+def export(surface_file: Path, fmt: str, out: Path | None, log_scale: bool, overwrite: bool, quiet: bool) -> None:
+    """A surface file as a ParaView structured grid (.vts), CSV or NumPy arrays."""
+    from landscape.files.surface_file import read_surface
+    from landscape.views.export import FORMATS, SUFFIX, export_surface
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
+    surface = read_surface(surface_file)
+    path = export_surface(surface, out or surface_file.with_suffix(SUFFIX[fmt]), fmt, log_scale=log_scale,
+                          overwrite=overwrite)
     if not quiet:
         click.echo(f"wrote {path}")
 

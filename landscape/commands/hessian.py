@@ -151,7 +151,7 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         if not options.model_def or not options.weights:
             raise UsageError("give a run file, or a foreign model as --model-def FILE.py:FACTORY --weights MODEL.pt")
         images = ImageSet(options.dataset or "cifar10", options.data_root or "data", device)
-        model = build_from_definition(options.model_def, images.dataset.num_classes)
+        model = build_from_definition(options.model_def, options.classes(images))
         path = Path(options.weights)
         loaded = fit_state(model, load_state_dict(path), f"--weights {path}", device)
         check_finite(loaded[0], f"--weights {path}")

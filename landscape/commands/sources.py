@@ -28,7 +28,7 @@ from landscape.files.run_file import Run
 from landscape.files.weights_file import Weights
 from landscape.training.config import RunConfig
 from landscape.training.data import Normalizer, Split, eval_batches, load_dataset
-from landscape.options import check_device_name, check_threads
+from landscape.options import check_device_name, check_threads, positive
 from landscape.training.models import MODELS, build_model
 
 
@@ -41,18 +41,58 @@ class SourceOptions:
     model_def: str | None = None  # FILE.py:FACTORY
     weights: str | None = None  # a foreign model's state dict
     dataset: str | None = None  # default: the run's own; cifar10 for a foreign model
+    num_classes: int | None = None  # a foreign model's outputs; default: the dataset's classes
     threads: int = 0
 
     def validate_source(self) -> None:
         check_device_name("--device", self.device)
         check_threads("--threads", self.threads)
+        if self.num_classes is not None:
+            positive("--num-classes", self.num_classes)
+        if self.model_def and str(self.model_def).partition(":")[0] in HUBS:
+            load_factory(self.model_def)  # a hub name that does not exist is refused before the data is read
+
+    def classes(self, images: "ImageSet") -> int:
+        """The foreign model's number of outputs: --num-classes, else the dataset's classes."""
+        return self.num_classes or images.dataset.num_classes
 
 
 MACHINE_ONLY = ("device", "data_root", "threads")  # not part of what a measurement is
 
 
+HUBS = ("torchvision", "timm")
+
+
+def hub_factory(hub: str, name: str):
+    """A factory of the architecture `name` of torchvision or timm, random weights (nothing is ever downloaded)."""
+    if hub == "torchvision":
+        import torchvision.models
+
+        known = torchvision.models.list_models()
+        if name not in known:
+            close = [n for n in known if name.lower()[:4] in n][:6]
+            raise UsageError(f"--model-def torchvision:{name}: torchvision has no such model"
+                             + (f" (close: {', '.join(close)})" if close else "") + "; see torchvision.models.list_models()")
+        return lambda num_classes=1000: torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"--model-def timm:{name} needs timm: pip install timm") from None
+    if not timm.list_models(name):
+        close = timm.list_models(f"*{name[:4]}*")[:6]
+        raise UsageError(f"--model-def timm:{name}: timm has no such model" +
+                         (f" (close: {', '.join(close)})" if close else "") + "; see timm.list_models()")
+    return lambda num_classes=1000: timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
 def load_factory(spec: str):
-    """The callable named by 'FILE.py:FACTORY' (the file is imported as a module of its own)."""
+    """The callable named by 'FILE.py:FACTORY' (the file is imported as a module of its own), or an architecture
+    of a model hub by name: 'torchvision:NAME' or 'timm:NAME' (random weights: give yours with --weights)."""
+    hub, _, hub_name = str(spec).partition(":")
+    if hub in HUBS:
+        if not hub_name:
+            raise UsageError(f"--model-def {spec!r}: name the architecture, e.g. {hub}:resnet18")
+        return hub_factory(hub, hub_name)
     path_text, _, name = str(spec).rpartition(":")
     if not path_text or not name:
         raise UsageError(f"--model-def {spec!r}: write FILE.py:FACTORY, e.g. models.py:make_model")

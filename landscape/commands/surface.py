@@ -180,7 +180,7 @@ def foreign_centre(options: SurfaceOptions, device: torch.device) -> Centre:
         raise UsageError("--directions pca needs a trajectory: a run file with snapshots (or the Python API's "
                          "landscape.surface(..., directions='pca', trajectory=[...]))")
     images = ImageSet(options.dataset or "cifar10", options.data_root or "data", device)
-    model = build_from_definition(options.model_def, images.dataset.num_classes)
+    model = build_from_definition(options.model_def, options.classes(images))
     weights = Path(options.weights)
     params, buffers = fit_state(model, load_state_dict(weights), f"--weights {weights}", device)
     from landscape.engine.functional import check_finite

@@ -136,7 +136,15 @@ class HessianOperator:
         as_params = unflatten(vector, self.params)
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
         for index, (share, batch) in enumerate(zip(self.shares, self.batches)):
-            total += share * flatten(self.batch_product(as_params, batch, index), list(self.params))
+            try:
+                product = self.batch_product(as_params, batch, index)
+            except (RuntimeError, NotImplementedError) as exc:
+                if "derivative for" not in str(exc) and "not implemented" not in str(exc):
+                    raise
+                raise UsageError(f"the model uses an operation without a second derivative in torch "
+                                 f"({' '.join(str(exc).split())[:120]}): use a plain implementation of it (for "
+                                 f"HuggingFace models, attn_implementation='eager')") from None
+            total += share * flatten(product, list(self.params))
         self.products += 1
         if self.on_product is not None:
             self.on_product()

@@ -40,9 +40,18 @@ def check_module(model, what: str = "model") -> nn.Module:
     return model
 
 
+HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
 def skeleton(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` whose parameters and buffers are meta tensors (shapes only), in eval mode."""
+    """A deep copy of `model` whose parameters and buffers are meta tensors (shapes only), in eval mode, without the
+    forward and backward hooks the user (or a framework's callback) put on it: measurements do not run them."""
     memo = {}
+    for module in model.modules():
+        for table in HOOK_TABLES:
+            if hasattr(module, table):
+                memo[id(getattr(module, table))] = type(getattr(module, table))()
     for tensor in list(model.parameters()) + list(model.buffers()):
         if id(tensor) not in memo:
             stand_in = torch.empty_like(tensor, device="meta")

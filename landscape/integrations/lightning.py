@@ -4,13 +4,15 @@ Needs the optional extra `pip install -e '.[lightning]'`. Every optimizer step (
 gradient accumulation counts steps, not batches) is recorded with the loss `training_step` returned; at the
 end of each training epoch the validation numbers the module logged (`val_loss`, `val_acc` by default) go
 into the run file as the epoch's test loss and accuracy; the file is closed when fitting ends (`failed` if
-it raised). The keyword arguments are the Recorder's (probes, sharpness, snapshots, loss or closure).
+it raised). The keyword arguments are the Recorder's (probes, sharpness, snapshots, loss or closure). What it
+records also goes to the trainer's loggers (`integrations.tracking`), unless `log=` says otherwise.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from landscape.errors import UsageError
+from landscape.integrations.tracking import lightning_log
 
 try:
     import lightning.pytorch as pl
@@ -47,7 +49,10 @@ class LandscapeCallback(pl.Callback):
             raise UsageError("LandscapeCallback: the LightningModule configured no optimizer")
         optimizer = trainer.optimizers[0]
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
-        self.recorder = Recorder(self.path, pl_module, optimizer, epochs=trainer.max_epochs, **self.options)
+        options = dict(self.options)
+        if "log" not in options and trainer.loggers:  # what it records also goes to the trainer's own loggers
+            options["log"] = lightning_log(trainer)
+        self.recorder = Recorder(self.path, pl_module, optimizer, epochs=trainer.max_epochs, **options)
         self.last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -39,6 +39,7 @@ from landscape.files.lock import WriterLock
 from landscape.files.attributes import wrong_kind
 from landscape.files.run_file import CONFIG_KINDS, RunWriter
 from landscape.files.weights_file import SnapshotWriter, weights_path
+from landscape.integrations.tracking import send_epoch
 from landscape.options import non_negative, positive
 from landscape.training.records import StepLosses, probes_to_host, sharpness_to_host
 
@@ -78,7 +79,7 @@ class Recorder:
                  snapshot_every: int = 1,
                  snapshots: bool = True, epochs: int | None = None, batch_size: int | None = None,
                  dataset: str | None = None, data_root: str | None = None, model_def: str | None = None,
-                 seed: int = 0, config: dict | None = None):
+                 seed: int = 0, config: dict | None = None, log=None):
         self.models = as_list(model, "model")
         self.optimizers = as_list(optimizer, "optimizer")
         for m in self.models:
@@ -132,6 +133,10 @@ class Recorder:
                     "snapshot_every": snapshot_every, "source": "recorder", **(config or {})}
         if wrong_kind(recorded, CONFIG_KINDS):  # what readers of the run file convert must be of its kind
             raise UsageError(f"config: {wrong_kind(recorded, CONFIG_KINDS)}; give it as such, or under another key")
+        if log is not None and not callable(log):
+            raise UsageError(f"log must be a callable of (name, value, step), e.g. SummaryWriter(...).add_scalar; "
+                             f"got {type(log).__name__}")
+        self.log, self.recorded = log, recorded
         model = self.models[0]
         self.lock = WriterLock(self.path).__enter__()
         try:
@@ -267,13 +272,14 @@ class Recorder:
                    "train_acc": per_run(train_acc, "train_acc") if train_acc is not None else measured_acc,
                    "test_loss": per_run(test_loss, "test_loss"), "test_acc": acc,
                    "best_test_acc": self.best_acc, "best_epoch": self.best_epoch}
+        probes = probes_to_host(self.probe_steps, self.probe_values) if self.probe_every else None
+        sharpness = sharpness_to_host(self.sharp_steps, self.sharp_values) if self.tracker is not None else None
+        first_step = self.writer.train_loss.shape[1]
         self.writer.append_epoch(step_losses=losses, epoch=self.epochs_done, metrics=metrics,
                                  wall_time=time.perf_counter() - self.started, diverged_step=self.diverged,
-                                 stopped_epoch=np.full(runs, -1, dtype=np.int64),
-                                 probes=probes_to_host(self.probe_steps, self.probe_values) if self.probe_every
-                                 else None,
-                                 sharpness=sharpness_to_host(self.sharp_steps, self.sharp_values)
-                                 if self.tracker is not None else None)
+                                 stopped_epoch=np.full(runs, -1, dtype=np.int64), probes=probes, sharpness=sharpness)
+        if self.log is not None:  # the same numbers, now on the host, to the user's tracker
+            send_epoch(self.log, self.lrs, self.recorded, first_step, losses, probes, sharpness)
         self.probe_steps, self.probe_values, self.sharp_steps, self.sharp_values = [], [], [], []
         self.correct.zero_()
         self.counted = 0
