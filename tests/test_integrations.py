@@ -4,7 +4,6 @@ import csv
 import json
 import sys
 
-import h5py
 import numpy as np
 import pytest
 import torch

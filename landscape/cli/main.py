@@ -405,14 +405,9 @@ def report(files: tuple[Path, ...], ablations: Path | None, preset: str, out: Pa
 @click.option("--quiet", is_flag=True, help="Do not print the file written.")
 def export(surface_file: Path, fmt: str, out: Path | None, log_scale: bool, overwrite: bool, quiet: bool) -> None:
     """A surface file as a ParaView structured grid (.vts), CSV or NumPy arrays."""
-    from landscape.files.surface_file import read_surface
-    from landscape.views.export import FORMATS, SUFFIX, export_surface
+    from landscape.views.export import export_file
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
-    surface = read_surface(surface_file)
-    path = export_surface(surface, out or surface_file.with_suffix(SUFFIX[fmt]), fmt, log_scale=log_scale,
-                          overwrite=overwrite)
+    path = export_file(surface_file, fmt, out, log_scale=log_scale, overwrite=overwrite)
     if not quiet:
         click.echo(f"wrote {path}")
 

@@ -72,7 +72,8 @@ def hub_factory(hub: str, name: str):
         if name not in known:
             close = [n for n in known if name.lower()[:4] in n][:6]
             raise UsageError(f"--model-def torchvision:{name}: torchvision has no such model"
-                             + (f" (close: {', '.join(close)})" if close else "") + "; see torchvision.models.list_models()")
+                             + (f" (close: {', '.join(close)})" if close else "")
+                             + "; see torchvision.models.list_models()")
         return lambda num_classes=1000: torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     try:
         import timm

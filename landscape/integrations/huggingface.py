@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from landscape.errors import UsageError
 
 try:
@@ -68,8 +70,6 @@ class HFCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.recorder is None or not self.micro_losses:
             return
-        import torch
-
         loss = torch.stack(self.micro_losses).float().mean()
         batch, self.micro_losses = self.last_batch, []
         self.measuring = True

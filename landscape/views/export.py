@@ -64,7 +64,7 @@ def export_surface(surface: Surface, out: str | Path, fmt: str, *, log_scale: bo
                    overwrite: bool = False) -> Path:
     """Write `surface` as `fmt` (vtk, csv or npz) to `out` (atomically; never over the surface file itself)."""
     if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
     out = Path(out)
     check_output(out, overwrite, [surface.path] if surface.path is not None else [])
     if fmt == "vtk":
@@ -87,3 +87,15 @@ def export_surface(surface: Surface, out: str | Path, fmt: str, *, log_scale: bo
         arrays.update({f"metric_{name}": values for name, values in surface.metrics.items()})
         write_atomically(out, lambda buffer: np.savez(buffer, **arrays))
     return out
+
+
+def export_file(path: str | Path, fmt: str, out: str | Path | None = None, *, log_scale: bool = False,
+                overwrite: bool = False) -> Path:
+    """`landscape export`: the surface file `path` as `fmt`, to `out` (default: beside it, with the format's suffix)."""
+    from landscape.files.surface_file import read_surface
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    return export_surface(read_surface(path), out or path.with_suffix(SUFFIX[fmt]), fmt, log_scale=log_scale,
+                          overwrite=overwrite)
