@@ -330,8 +330,11 @@ def surface(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.option("--tol", type=float, default=1e-3, show_default=True,
               help="Stop when every error bound is below tol x |eigenvalue|.")
 @click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
-@click.option("--trace", is_flag=True, help="Also estimate the trace (Hutchinson, with its standard error).")
-@click.option("--trace-samples", type=int, default=100, show_default=True, help="Rademacher vectors for --trace.")
+@click.option("--trace", is_flag=True, help="Also estimate the trace, with its standard error.")
+@click.option("--trace-samples", type=int, default=100, show_default=True,
+              help="Hessian-vector products for --trace.")
+@click.option("--trace-method", default="hutch++", show_default=True,
+              help="hutch++ (Meyer et al. 2021: a sketch of the top of the spectrum, exact there) or hutchinson.")
 @click.option("--density", is_flag=True, help="Also the spectral density (stochastic Lanczos quadrature).")
 @click.option("--density-probes", type=int, default=1, show_default=True, help="Probe vectors for --density.")
 @click.option("--density-steps", type=int, default=80, show_default=True, help="Lanczos steps per probe.")

@@ -181,6 +181,7 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         "images_used": f"the first {len(split):,} images of the {images.name} training split",
         "params": ",".join(wrt) if wrt else "all", "batch_size": batch_size, "tol": options.tol,
         "max_steps": options.max_steps, "seed": options.seed, "device": str(device), "threads": threads,
+        **({"trace_method": options.trace_method, "trace_products": options.trace_samples} if options.trace else {}),
         "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         lrs, runs, epochs, options.top_k, trace=options.trace,
         density=(options.density_probes, options.density_steps) if options.density else None)

@@ -53,7 +53,7 @@ TEXT = {
     "eigen_hvps": "Hessian-vector products spent on the eigenvalues",
     "trace_hvps": "Hessian-vector products spent on the trace",
     "density_hvps": "Hessian-vector products spent on the density",
-    "seconds": "wall time of the measurement", "trace": "Hutchinson estimate of the Hessian trace",
+    "seconds": "wall time of the measurement", "trace": "estimate of the Hessian trace (the root attribute trace_method: hutch++ or hutchinson)",
     "trace_stderr": "standard error of the trace estimate",
     "density/nodes": "stochastic Lanczos quadrature nodes (Ritz values) per probe vector",
     "density/weights": "quadrature weights (squared first eigenvector components), summing to one per probe",
@@ -65,7 +65,7 @@ ATTRIBUTE_KINDS = {"run_file": FILE_NAME, "weights_file": FILE_NAME, "model": ST
                    "optimizer": STRING, "momentum": NUMBER, "status": STRING, "message": STRING, "options": STRING,
                    "bn": STRING, "hvp": STRING, "images": WHOLE, "images_used": STRING, "params": STRING,
                    "batch_size": WHOLE, "tol": NUMBER, "max_steps": WHOLE, "seed": WHOLE, "device": STRING,
-                   "threads": WHOLE}
+                   "threads": WHOLE, "trace_method": STRING, "trace_products": WHOLE}
 
 
 @dataclass
