@@ -180,7 +180,7 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
             for method in ("double-backward", "forward-over-reverse"):
                 options = HessianOptions(lr=str(base.lrs[0]), top_k=2, images=min(128, base.train_subset),
                                          device=device, hvp=method, tol=1e-5, max_steps=40 if not dry_run else 20,
-                                         trace=True, trace_samples=4 if not dry_run else 2, density=True,
+                                         trace=True, trace_samples=6 if not dry_run else 3, density=True,
                                          density_steps=10 if not dry_run else 5)
                 out = compute_hessian(folder / "loop.h5", options, folder / f"h_{device}_{method}.h5",
                                       progress=False)
