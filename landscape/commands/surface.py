@@ -96,6 +96,8 @@ class SurfaceOptions(SourceOptions):
         values.update(lr=None, run=index, epoch=epoch)
         for machine_only in (*MACHINE_ONLY, "points_per_pass"):
             values.pop(machine_only)
+        if values["num_classes"] is None:  # the default: stored as files from before the option were
+            values.pop("num_classes")
         return values
 
 
