@@ -26,7 +26,7 @@ def available_bytes(device: torch.device) -> int:
 
 
 def largest_output_bytes(run_forward) -> int:
-    """The bytes of the largest tensor any leaf module outputs while `run_forward()` runs (once, under hooks): with
+    """The bytes of the largest tensor any module outputs while `run_forward()` runs (once, under a global hook): with
     its input, about the peak activation memory of an evaluation without gradients."""
     largest = [0]
 
@@ -34,12 +34,11 @@ def largest_output_bytes(run_forward) -> int:
         if isinstance(output, torch.Tensor):
             largest[0] = max(largest[0], output.numel() * output.element_size())
 
-    hooks = [torch.nn.modules.module.register_module_forward_hook(count)]
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
     try:
         run_forward()
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
     return largest[0]
 
 

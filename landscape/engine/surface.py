@@ -286,12 +286,15 @@ class PointEvaluator:
                               self.autocast if device.type == "cuda" else None,
                               self.channels_last and device.type == "cpu")
 
+    def first_point(self) -> tuple[Params, Params]:
+        """The parameters and buffers of the grid's first point, unstacked."""
+        params, buffers = self.plan.points(np.zeros(1, dtype=np.int64))
+        return {n: p[0] for n, p in params.items()}, {n: b[0] for n, b in buffers.items()}
+
     @torch.no_grad()
     def largest_activation_bytes(self) -> int:
-        """The largest activation of one point on one batch (measured by one forward pass at the centre)."""
-        params, buffers = self.plan.points(np.zeros(1, dtype=np.int64))
-        model = FunctionalModel(self.plan.module, {n: p[0] for n, p in params.items()},
-                                {n: b[0] for n, b in buffers.items()})
+        """The largest activation of one point on one batch (measured by one forward pass at the first point)."""
+        model = FunctionalModel(self.plan.module, *self.first_point())
         batch = next(iter(self.batches))
         return largest_output_bytes(lambda: self.objective.values(model, batch))
 
@@ -347,10 +350,8 @@ def empty_surface(plan: SurfacePlan, metric_names: list[str], attrs: dict) -> Su
 def metric_names(evaluator: PointEvaluator, what: str = "the model") -> list[str]:
     """The metrics the objective gives, found on one point of one batch (which also checks that the model takes
     the data: one line if not)."""
-    params, buffers = evaluator.plan.points(np.zeros(1, dtype=np.int64))
-    first = {n: p[0] for n, p in params.items()}
-    values = check_forward(evaluator.plan.module, first, {n: b[0] for n, b in buffers.items()},
-                           next(iter(evaluator.batches)), evaluator.objective, what)
+    values = check_forward(evaluator.plan.module, *evaluator.first_point(), next(iter(evaluator.batches)),
+                           evaluator.objective, what)
     return [name for name in values if name != "loss"]
 
 

@@ -43,11 +43,11 @@ class HFCallback(TrainerCallback):
         self.last_batch = None
         self.pending_eval: dict = {}
         self.epoch_open = False  # an epoch ended and waits for the evaluation that follows it
-        self.measuring = False  # our own probes and sharpness run the model too: not training micro-batches
 
     def capture(self, module, args, kwargs, output) -> None:
-        """Forward hook: the loss and inputs of each training micro-batch (not of evaluation or of our probes)."""
-        if not module.training or self.recorder is None or self.measuring:
+        """Forward hook: the loss and inputs of each training micro-batch (not of evaluation; probes and sharpness run
+        copies of the model without its hooks)."""
+        if not module.training or self.recorder is None:
             return
         loss = output.get("loss") if hasattr(output, "get") else getattr(output, "loss", None)
         if loss is not None:
@@ -72,11 +72,7 @@ class HFCallback(TrainerCallback):
             return
         loss = torch.stack(self.micro_losses).float().mean()
         batch, self.micro_losses = self.last_batch, []
-        self.measuring = True
-        try:
-            self.recorder.step(loss, batch)
-        finally:
-            self.measuring = False
+        self.recorder.step(loss, batch)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.pending_eval = dict(metrics or {})
