@@ -326,10 +326,16 @@ def surface(run_file: Path | None, run_index: int | None, out: Path | None, over
 
 @cli.command()
 @snapshot_options(str, "The run to measure, by its learning rate, or all.")
+@click.option("--operator", default="hessian", show_default=True,
+              help="The matrix: hessian, ggn (the generalized Gauss-Newton matrix J'H_out J) or fisher (the "
+                   "empirical Fisher, mean of per-sample gradient outer products; needs --bn eval with BatchNorm).")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Largest eigenvalues to find (Lanczos).")
 @click.option("--tol", type=float, default=1e-3, show_default=True,
-              help="Stop when every error bound is below tol x |eigenvalue|.")
+              help="Stop when every error bound is below tol x |eigenvalue| and stays so for a quarter more steps.")
 @click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
+@click.option("--basis-vectors", type=int, default=0, show_default=True,
+              help="Vectors the Lanczos basis may hold (0: --max-steps, or as many as fit in half the available "
+                   "memory); fewer than --max-steps: thick-restarted.")
 @click.option("--trace", is_flag=True, help="Also estimate the trace, with its standard error.")
 @click.option("--trace-samples", type=int, default=100, show_default=True,
               help="Hessian-vector products for --trace.")
@@ -353,7 +359,8 @@ def surface(run_file: Path | None, run_index: int | None, out: Path | None, over
 def hessian(run_file: Path | None, run_index: int | None, out: Path | None, overwrite: bool, quiet: bool,
             resume: bool, executor: str, address: str | None, workers: int, cpus_per_worker: float,
             gpus_per_worker: float, **options) -> None:
-    """Top Hessian eigenvalues, trace and spectral density of snapshots of a run file (or of a foreign model)."""
+    """Top eigenvalues, trace and spectral density of the Hessian (or Gauss-Newton matrix, or empirical Fisher) of
+    snapshots of a run file (or of a foreign model)."""
     from landscape.commands.hessian import HessianOptions, compute_hessian
 
     pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)

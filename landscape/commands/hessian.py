@@ -21,10 +21,11 @@ from landscape.commands.resume_line import resume_line
 from landscape.commands.sources import (MACHINE_ONLY, ImageSet, SourceOptions, build_from_definition, fit_state,
                                         load_state_dict, run_architecture, snapshot_state)
 from landscape.engine.batches import Objective
-from landscape.engine.curvature import (DEFAULT_HVP, HVP_METHODS, HessianTask, SpectrumOptions, products_planned,
+from landscape.engine.curvature import (HessianTask, SpectrumOptions, density_note, products_planned,
                                         select_parameters)
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.functional import check_finite, module_buffers, prepared_module
+from landscape.engine.operators import DEFAULT_HVP, HVP_METHODS, OPERATOR_NAMES
 from landscape.errors import RunFailed, UsageError
 from landscape.files.atomic import check_output
 from landscape.files.hessian_file import hessian_result, read_hessian, write_hessian
@@ -182,6 +183,7 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         "params": ",".join(wrt) if wrt else "all", "batch_size": batch_size, "tol": options.tol,
         "max_steps": options.max_steps, "seed": options.seed, "device": str(device), "threads": threads,
         **({"trace_method": options.trace_method, "trace_products": options.trace_samples} if options.trace else {}),
+        "operator": options.operator,
         "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         lrs, runs, epochs, options.top_k, trace=options.trace,
         density=(options.density_probes, options.density_steps) if options.density else None)
@@ -213,6 +215,8 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
     def landed(index: int, spectrum) -> None:
         i, j = measurements[index]
         result.put(i, j, spectrum)
+        if options.density:
+            result.attrs["density_reorthogonalisation"] = density_note(spectrum)
         write_hessian(result)  # what is done so far is on disk
         if on_ray:
             shown.update(int(result.done.sum()))
@@ -220,8 +224,11 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
             counted[0] = max(counted[0], products_planned(spectrum_options) * (index + 1))
             shown.update(counted[0])
         where = f"lr={lrs[i]:g} epoch {epochs[j]}" if np.isfinite(lrs[i]) else "the model"
-        shown.write(f"hessian: {where}: top eigenvalue {spectrum.eigenvalues[0]:.4g} ({spectrum.lanczos_steps} "
-                    f"Lanczos steps, {spectrum.hvps} HVPs, {spectrum.seconds:.1f}s)"
+        restarted = (f", basis of {spectrum.basis_vectors} vectors restarted {spectrum.restarts} times to fit in "
+                     f"memory" if spectrum.restarts else "")
+        shown.write(f"hessian: {where}: top {OPERATOR_NAMES[options.operator]} eigenvalue "
+                    f"{spectrum.eigenvalues[0]:.4g} ({spectrum.lanczos_steps} Lanczos steps{restarted}, "
+                    f"{spectrum.hvps} products, {spectrum.seconds:.1f}s)"
                     + not_converged_note(spectrum, options.tol))
 
     from landscape.engine.executors import InProcess

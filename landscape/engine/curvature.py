@@ -1,19 +1,17 @@
-"""Curvature of any model's loss: Hessian-vector products, top eigenvalues, trace and spectral density.
+"""Curvature of any model's loss: top eigenvalues, trace and spectral density of a curvature operator.
 
-`HessianOperator` gives v -> H v for the mean loss over a fixed set of batches (the batch-size-weighted
-sum of the batches' Hessians is the Hessian of the whole set), with respect to all parameters or a chosen
-block of them (`wrt`: the others are held fixed, so its spectrum is that of the block's submatrix), by
-double backward (the default, measured faster on CPU; every batch's first-order graph is built once and
-reused while it fits in a quarter of the free memory) or forward-over-reverse (`torch.func.jvp` of
-`torch.func.grad`). BatchNorm uses batch statistics (`train`, running statistics neither used nor changed)
-or the snapshot's (`eval`); dropout is off (`functional.prepared_module`). On top, in float64 on the device:
-- `lanczos`: Lanczos with full reorthogonalisation (twice, "twice is enough");
-- `top_eigenvalues`: the k largest (algebraic) eigenvalues, to a relative error-bound tolerance;
-- `hutchpp_trace` (the default) and `hutchinson_trace`: tr H from a budget of products, Hutch++ (Meyer et al.
+The operators (`engine.operators`: the Hessian, the generalized Gauss-Newton matrix, the empirical Fisher) give
+v -> M v for the mean loss over a fixed set of batches. On top, in float64 on the device:
+- `top_eigenvalues`: the k largest (algebraic) eigenvalues by Lanczos with full reorthogonalisation (twice,
+  "twice is enough"), stopped when every error bound min(r, r^2/gap) is within tol and stays so over a quarter
+  more products with the same values (`Confirmation`); its basis holds every step while that fits in half the
+  available memory, else a fixed number of vectors with thick restarts (memory independent of the steps);
+- `hutchpp_trace` (the default) and `hutchinson_trace`: tr M from a budget of products, Hutch++ (Meyer et al.
   2021: the exact trace on a sketch of the top of the spectrum, Hutchinson on the rest) or plain Hutchinson
-  (mean of v'Hv over Rademacher v), each with its standard error;
+  (mean of v'Mv over Rademacher v), each with its standard error;
 - `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019): per probe vector, the Ritz
-  values and the squared first components of their eigenvectors (weights summing to one).
+  values and the squared first components of their eigenvectors (weights summing to one); reorthogonalised
+  while the basis fits, else by the three-term recurrence alone.
 `measure` runs the ones asked for and counts each one's products; `hessian(model, data, ...)` is the API.
 """
 from __future__ import annotations
@@ -28,20 +26,16 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import grad, jvp
-
 from landscape.engine.batches import BatchSet, Objective, batch_set
 from landscape.engine.devices import with_threads
-from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_forward, check_module, flatten,
-                                         module_buffers, prepared_module, state_of, unflatten)
+from landscape.engine.functional import (Params, check_finite, check_forward, check_module, module_buffers,
+                                         prepared_module, state_of)
 from landscape.engine.memory import available_bytes
+from landscape.engine.operators import (DEFAULT_HVP, OPERATORS, CurvatureOperator, HessianOperator,
+                                        curvature_operator)
 from landscape.errors import UsageError
 from landscape.options import check_seed, choose, in_range, positive
 
-HVP_METHODS = ("double-backward", "forward-over-reverse")
-# `auto` is double backward: 1.25-1.4x faster than forward-over-reverse on CPU for VGG-A with BatchNorm
-# (width 1/16 and 1/4, batch 64; benchmarks/bench_hessian.py prints both on the device at hand).
-DEFAULT_HVP = "double-backward"
 BASIS_MEMORY_SHARE = 0.5  # the Lanczos basis may take at most this share of the device's free memory
 
 
@@ -70,89 +64,6 @@ def select_parameters(params: Params, chosen) -> list[str]:
     return picked
 
 
-class HessianOperator:
-    """H v of the mean loss of `module` at `params` over `batches`, with respect to the parameters in `wrt`."""
-
-    def __init__(self, module: nn.Module, params: Params, buffers: Params, batches: BatchSet | list,
-                 objective: Objective | None = None, method: str = "auto", reuse_graph: bool | None = None,
-                 wrt: list[str] | None = None, on_product: Callable[[], None] | None = None):
-        method = DEFAULT_HVP if method == "auto" else method
-        choose("hvp", method, HVP_METHODS)
-        if not isinstance(batches, BatchSet):
-            batches = BatchSet(list(batches))
-        self.module, self.buffers, self.method = module, buffers, method
-        self.objective = objective or Objective()
-        self.batches = batches.fixed()
-        self.shares = batches.shares
-        names = wrt or list(params)
-        self.params = {n: params[n].detach() for n in names}
-        self.frozen = {n: p.detach() for n, p in params.items() if n not in self.params}
-        self.size = sum(p.numel() for p in self.params.values())
-        self.device = next(iter(self.params.values())).device
-        self.products = 0  # Hessian-vector products computed so far
-        self.on_product = on_product
-        self.reuse_graph = reuse_graph if method == "double-backward" else False
-        self.graphs: list[tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] | None = None
-
-    def loss(self, params: Params, batch) -> torch.Tensor:
-        return self.objective.loss_only(FunctionalModel(self.module, {**self.frozen, **params}, self.buffers), batch)
-
-    def first_order(self, batch) -> tuple[list[torch.Tensor], tuple]:
-        """Leaf copies of the parameters and the batch's gradient with its graph (for a second backward)."""
-        leaves = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
-        grads = torch.autograd.grad(self.loss(leaves, batch), list(leaves.values()), create_graph=True,
-                                    allow_unused=True)
-        grads = tuple(g if g is not None else torch.zeros_like(p) for g, p in zip(grads, leaves.values()))
-        return list(leaves.values()), grads
-
-    def build_graphs(self) -> None:
-        """Decide whether to keep every batch's graph (measured on the first) and, if so, build them."""
-        if self.reuse_graph is None:
-            saved = [0]
-
-            def count(tensor: torch.Tensor) -> torch.Tensor:
-                saved[0] += tensor.numel() * tensor.element_size()
-                return tensor
-
-            with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-                first = self.first_order(self.batches[0])
-            self.reuse_graph = saved[0] * len(self.batches) < 0.25 * available_bytes(self.device)
-            self.graphs = [first] if self.reuse_graph else None
-        if self.reuse_graph:
-            self.graphs = (self.graphs or [])[:1] + [self.first_order(batch) for batch in self.batches[1:]]
-
-    def batch_product(self, vector: Params, batch, index: int) -> Params:
-        """H_B v for batch `index`."""
-        if self.method == "forward-over-reverse":
-            _, product = jvp(lambda p: grad(self.loss)(p, batch), (self.params,), (vector,))
-            return product
-        leaves, grads = self.graphs[index] if self.graphs is not None else self.first_order(batch)
-        products = torch.autograd.grad(grads, leaves, grad_outputs=list(vector.values()),
-                                       retain_graph=self.graphs is not None, allow_unused=True)
-        return {n: p if p is not None else torch.zeros_like(v) for (n, v), p in zip(vector.items(), products)}
-
-    def __call__(self, vector: torch.Tensor) -> torch.Tensor:
-        """H v for a flat float64 vector v [P]; returns float64 [P]."""
-        if self.method == "double-backward" and self.graphs is None and self.reuse_graph is not False:
-            self.build_graphs()
-        as_params = unflatten(vector, self.params)
-        total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        for index, (share, batch) in enumerate(zip(self.shares, self.batches)):
-            try:
-                product = self.batch_product(as_params, batch, index)
-            except (RuntimeError, NotImplementedError) as exc:
-                if "derivative for" not in str(exc) and "not implemented" not in str(exc):
-                    raise
-                raise UsageError(f"the model uses an operation without a second derivative in torch "
-                                 f"({' '.join(str(exc).split())[:120]}): use a plain implementation of it (for "
-                                 f"HuggingFace models, attn_implementation='eager')") from None
-            total += share * flatten(product, list(self.params))
-        self.products += 1
-        if self.on_product is not None:
-            self.on_product()
-        return total
-
-
 @dataclass
 class Lanczos:
     """m steps of Lanczos: the tridiagonal (alpha [m], beta [m - 1]) and the orthonormal basis [m, P]."""
@@ -171,39 +82,32 @@ class Lanczos:
         return torch.linalg.eigh(t)
 
 
-def check_basis_fits(steps: int, size: int, device: torch.device, option: str = "max_steps") -> None:
-    """Refuse a Lanczos run whose basis of `steps` float64 vectors cannot be held on the device."""
-    need, have = steps * size * 8, available_bytes(device)
-    if need > BASIS_MEMORY_SHARE * have:
-        most = max(1, int(BASIS_MEMORY_SHARE * have // (size * 8)))
-        raise UsageError(f"{option} {steps:,}: the Lanczos basis would take {need / 2 ** 30:,.1f} GiB ({steps:,} vectors "
-                         f"of {size:,} parameters), more than half of the {have / 2 ** 30:,.1f} GiB free on "
-                         f"{device.type}: give at most {most:,}")
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int, sync: bool = True,
+            reorthogonalise: bool = True) -> Lanczos:
+    """Lanczos from `start` for at most `steps` steps, the basis fully reorthogonalised (twice) and kept.
 
-
-def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int,
-            should_stop: Callable[["Lanczos"], bool] | None = None, check_every: int = 5,
-            sync: bool = True) -> Lanczos:
-    """Lanczos from `start` for at most `steps` steps, fully reorthogonalised.
-
-    With `sync`, it stops early on an invariant subspace (beta ~ 0) and when `should_stop` (called every
-    `check_every` steps) says so; without, it runs exactly `steps` steps and never waits for the device.
-    """
+    With `sync`, it stops early on an invariant subspace (beta ~ 0); without, it runs exactly `steps` steps and
+    never waits for the device. Without `reorthogonalise`, only the three-term recurrence runs and two vectors are
+    held (the basis is not kept): the tridiagonal then still gives the quadrature of stochastic Lanczos quadrature
+    (the lost orthogonality adds copies of converged Ritz values, whose weights share their eigenvalue's; Paige,
+    Meurant & Strakos), not eigenvectors."""
     size = start.shape[0]
     steps = min(steps, size)
-    basis = torch.zeros(steps, size, dtype=torch.float64, device=start.device)
+    basis = torch.zeros(steps if reorthogonalise else 2, size, dtype=torch.float64, device=start.device)
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
     q = start / start.norm()
     beta = torch.zeros((), dtype=torch.float64, device=start.device)
     scale = 0.0
     for j in range(steps):
-        basis[j] = q
+        row = j if reorthogonalise else j % 2
+        basis[row] = q
         w = matvec(q)
         alpha = torch.dot(w, q)
-        w = w - alpha * q - (beta * basis[j - 1] if j else 0)
-        for _ in range(2):  # full reorthogonalisation against every earlier vector
-            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        w = w - alpha * q - (beta * basis[row - 1] if j else 0)
+        if reorthogonalise:
+            for _ in range(2):  # full reorthogonalisation against every earlier vector
+                w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
         beta = w.norm()
         alphas.append(alpha)
         if j + 1 == steps:
@@ -212,20 +116,17 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
             scale = max(scale, abs(float(alpha)), float(beta))
             if float(beta) <= 1e-10 * max(scale, 1e-300):
                 break  # the Krylov space is invariant: its Ritz values are exact eigenvalues
-            if should_stop is not None and (j + 1) % check_every == 0 and should_stop(
-                    Lanczos(torch.stack(alphas), torch.stack(betas) if betas else beta.new_zeros(0),
-                            basis[:j + 1], beta)):
-                break
         betas.append(beta)
         q = w / beta.clamp(min=1e-300)
     m = len(alphas)
-    return Lanczos(torch.stack(alphas), torch.stack(betas[:m - 1]) if m > 1 else beta.new_zeros(0), basis[:m], beta)
+    return Lanczos(torch.stack(alphas), torch.stack(betas[:m - 1]) if m > 1 else beta.new_zeros(0),
+                   basis[:m] if reorthogonalise else basis[:0], beta)
 
 
 @dataclass
 class Eigen:
-    """Top eigenvalues (descending), their error bounds and residuals, whether each met the tolerance, the Lanczos
-    steps taken, and optionally the Ritz vectors [k, P]."""
+    """Top eigenvalues (descending), their error bounds and residuals, whether each met the tolerance, the products
+    taken, how many vectors the basis held and how often it restarted, and optionally the Ritz vectors [k, P]."""
 
     values: np.ndarray
     residuals: np.ndarray
@@ -233,35 +134,132 @@ class Eigen:
     converged: np.ndarray
     steps: int
     vectors: torch.Tensor | None = None
+    basis: int = 0
+    restarts: int = 0
 
 
-def ritz_pairs(result: Lanczos, k: int, tol: float, vectors: bool = False) -> Eigen:
-    """The k largest Ritz values of a Lanczos run, descending, with residuals, error bounds and convergence."""
-    values, vecs = result.ritz()
-    top = min(k, values.shape[0])
-    residual = (result.last_beta * vecs[-1, -top:]).abs()
-    bound = error_bound(values, vecs, result.last_beta, top)
-    converged = bound <= tol * values[-top:].abs().clamp(min=1e-12)
-    order = torch.arange(values.shape[0] - 1, values.shape[0] - 1 - top, -1, device=values.device)
-    eigvecs = (result.basis.T @ vecs[:, order]).T if vectors else None
-    return Eigen(values[order].cpu().numpy(), residual.flip(0).cpu().numpy(), bound.flip(0).cpu().numpy(),
-                 converged.flip(0).cpu().numpy(), int(result.alpha.shape[0]), eigvecs)
+MIN_CONFIRM_STEPS = 5
 
 
-def top_eigenvalues(operator: HessianOperator, k: int, *, max_steps: int = 80, tol: float = 1e-3, seed: int = 0,
-                    vectors: bool = False, start: torch.Tensor | None = None) -> Eigen:
-    """The k largest eigenvalues of H by Lanczos, until every error bound is within tol * |value| (or max_steps)."""
+class Confirmation:
+    """The stopping rule: every error bound within tol (min(r, r^2/gap), Parlett 11.7) is necessary but not enough,
+    since an eigenvalue the Krylov space has not yet reached makes the gaps look wide and can leave a Ritz value
+    standing for the wrong eigenvalue. So the bounds must hold again after a quarter more products (at least
+    MIN_CONFIRM_STEPS), with the same top-k values to within tol; a change (an eigenvalue arrived) starts over."""
+
+    def __init__(self, k: int, tol: float):
+        self.k, self.tol = k, tol
+        self.first: tuple[int, torch.Tensor] | None = None
+
+    def done(self, products: int, values: torch.Tensor, bounds_met: bool) -> bool:
+        top = values[-self.k:]
+        if not bounds_met:
+            self.first = None
+            return False
+        if self.first is None:
+            self.first = (products, top)
+            return False
+        since, earlier = self.first
+        if ((top - earlier).abs() > self.tol * top.abs().clamp(min=1e-12)).any():
+            self.first = (products, top)  # the top moved: an eigenvalue arrived; confirm anew
+            return False
+        return products >= since + max(MIN_CONFIRM_STEPS, since // 4)
+
+
+def basis_capacity(k: int, max_steps: int, size: int, device: torch.device, basis_vectors: int | None = None,
+                   option: str = "max_steps") -> int:
+    """How many vectors the Lanczos basis holds: all `max_steps` when they fit in half the available memory (or
+    `basis_vectors`, if given and smaller), else as many as fit (a thick restart then keeps the top Ritz vectors);
+    UsageError when not even k + 4 fit."""
+    need = min(max_steps, size)
+    fit = int(BASIS_MEMORY_SHARE * available_bytes(device) // (size * 8))
+    capacity = min(need, fit, basis_vectors or need)
+    least = min(k + 4, need)
+    if capacity < least:
+        raise UsageError(f"{option} {max_steps:,}: even a restarted Lanczos needs {least} vectors of {size:,} "
+                         f"parameters ({least * size * 8 / 2 ** 30:,.1f} GiB), more than half of the "
+                         f"{available_bytes(device) / 2 ** 30:,.1f} GiB available on {device.type}"
+                         + (f" (or than basis_vectors {basis_vectors})" if basis_vectors and basis_vectors < least
+                            else "") + ": measure a block of parameters (params) or fewer top eigenvalues")
+    return capacity
+
+
+def check_basis_fits(steps: int, size: int, device: torch.device, option: str = "max_steps") -> None:
+    """Refuse a run that must hold `steps` float64 vectors (Hutch++'s sketch) when they cannot be held."""
+    need, have = steps * size * 8, available_bytes(device)
+    if need > BASIS_MEMORY_SHARE * have:
+        most = max(1, int(BASIS_MEMORY_SHARE * have // (size * 8)))
+        raise UsageError(f"{option} {steps:,}: {steps:,} vectors of {size:,} parameters would take "
+                         f"{need / 2 ** 30:,.1f} GiB, more than half of the {have / 2 ** 30:,.1f} GiB available on "
+                         f"{device.type}: give at most {most:,}")
+
+
+def combine_rows(basis: torch.Tensor, rows: int, coefficients: torch.Tensor, chunk: int = 1 << 20) -> None:
+    """basis[:c] = coefficients' @ basis[:rows] in place (coefficients [rows, c]), a slab of columns at a time, so
+    no second basis is ever held."""
+    for start in range(0, basis.shape[1], chunk):
+        slab = basis[:rows, start:start + chunk]
+        basis[:coefficients.shape[1], start:start + chunk] = coefficients.T @ slab
+
+
+def top_eigenvalues(operator: CurvatureOperator, k: int, *, max_steps: int = 80, tol: float = 1e-3, seed: int = 0,
+                    vectors: bool = False, start: torch.Tensor | None = None,
+                    basis_vectors: int | None = None) -> Eigen:
+    """The k largest eigenvalues of the operator by Lanczos with full reorthogonalisation, at most `max_steps`
+    products, stopped by the confirmed error-bound rule (`Confirmation`).
+
+    The basis holds `basis_capacity(...)` vectors: all the products when they fit (plain Lanczos), else a thick
+    restart (Wu & Simon 2000) whenever it is full keeps the top Ritz vectors (half the basis, at least k + 1) and
+    continues from the residual, so memory is capacity x parameters x 8 bytes whatever the step count."""
+    size = operator.size
+    capacity = basis_capacity(k, max_steps, size, operator.device, basis_vectors)
+    steps = min(max_steps, size)
+    keep = min(capacity - 2, max(k + 1, capacity // 2))
     if start is None:
         generator = torch.Generator().manual_seed(seed)
-        start = torch.randn(operator.size, generator=generator, dtype=torch.float64).to(operator.device)
-
-    def converged(result: Lanczos) -> bool:
-        if result.alpha.shape[0] < k + 1:
-            return False
-        values, vecs = result.ritz()
-        return bool((error_bound(values, vecs, result.last_beta, k) <= tol * values[-k:].abs().clamp(min=1e-12)).all())
-
-    return ritz_pairs(lanczos(operator, start, max_steps, converged, check_every=1), k, tol, vectors)
+        start = torch.randn(size, generator=generator, dtype=torch.float64).to(operator.device)
+    basis = torch.zeros(capacity, size, dtype=torch.float64, device=operator.device)
+    projected = torch.zeros(capacity, capacity, dtype=torch.float64, device=operator.device)
+    basis[0] = start / start.norm()
+    confirmation = Confirmation(k, tol)
+    column, restarts, scale = 0, 0, 0.0
+    beta = torch.zeros((), dtype=torch.float64, device=operator.device)
+    for products in range(1, steps + 1):
+        w = operator(basis[column])
+        coefficients = torch.zeros(column + 1, dtype=torch.float64, device=operator.device)
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            h = basis[:column + 1] @ w
+            w = w - basis[:column + 1].T @ h
+            coefficients += h
+        projected[column, :column + 1] = coefficients
+        projected[:column + 1, column] = coefficients
+        beta = w.norm()
+        used = column + 1
+        values, ritz = torch.linalg.eigh(projected[:used, :used])
+        scale = max(scale, float(values.abs().max()))
+        if float(beta) <= 1e-10 * max(scale, 1e-300) or used == size:
+            break  # the Krylov space is invariant: its Ritz values are exact eigenvalues
+        top = min(k, used)
+        met = used > k and bool((error_bound(values, ritz, beta, top) <= tol * values[-top:].abs().clamp(min=1e-12)).all())
+        if confirmation.done(products, values, met) or products == steps:
+            break
+        if used == capacity:  # full: keep the top Ritz vectors, continue from the residual
+            combine_rows(basis, used, ritz[:, -keep:])
+            projected.zero_()
+            projected[:keep, :keep] = torch.diag(values[-keep:])
+            column, restarts = keep, restarts + 1
+        else:
+            column = used
+        basis[column] = w / beta
+    values, ritz = torch.linalg.eigh(projected[:used, :used])
+    top = min(k, used)
+    residual = (beta * ritz[-1, -top:]).abs()
+    bound = error_bound(values, ritz, beta, top)
+    converged = bound <= tol * values[-top:].abs().clamp(min=1e-12)
+    order = torch.arange(used - 1, used - 1 - top, -1, device=values.device)
+    eigvecs = (basis[:used].T @ ritz[:, order]).T if vectors else None
+    return Eigen(values[order].cpu().numpy(), residual.flip(0).cpu().numpy(), bound.flip(0).cpu().numpy(),
+                 converged.flip(0).cpu().numpy(), products, eigvecs, capacity, restarts)
 
 
 def error_bound(values: torch.Tensor, vectors: torch.Tensor, last_beta: torch.Tensor, k: int) -> torch.Tensor:
@@ -333,16 +331,17 @@ def estimate_trace(operator: HessianOperator, products: int, method: str, seed: 
     return (hutchpp_trace if method == "hutch++" else hutchinson_trace)(operator, products, seed)
 
 
-def spectral_density(operator: HessianOperator, probes: int, steps: int,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def spectral_density(operator: CurvatureOperator, probes: int, steps: int, seed: int = 0,
+                     reorthogonalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic Lanczos quadrature: nodes and weights [probes, steps] (weights of each probe sum to one;
-    a probe whose Lanczos stopped early has NaN nodes and zero weights in its unused slots)."""
+    a probe whose Lanczos stopped early has NaN nodes and zero weights in its unused slots). Without
+    `reorthogonalise` each probe holds two vectors instead of `steps` (see `lanczos`)."""
     generator = torch.Generator().manual_seed(seed + 2)
     nodes = np.full((probes, steps), np.nan)
     weights = np.zeros((probes, steps))
     for i in range(probes):
         start = torch.randn(operator.size, generator=generator, dtype=torch.float64).to(operator.device)
-        values, vectors = lanczos(operator, start, steps).ritz()
+        values, vectors = lanczos(operator, start, steps, reorthogonalise=reorthogonalise).ritz()
         m = values.shape[0]
         nodes[i, :m] = values.cpu().numpy()
         weights[i, :m] = (vectors[0] ** 2).cpu().numpy()
@@ -379,6 +378,8 @@ class SpectrumOptions:
     density_steps: int = 80
     seed: int = 0
     trace_method: str = "hutch++"
+    operator: str = "hessian"
+    basis_vectors: int = 0  # 0: as many as max_steps, or as fit in half the available memory (then restarted)
 
     def validate(self, dash: str = "") -> "SpectrumOptions":
         """Check every value; options are named with `dash` ("--" on the command line) and dashes or underscores."""
@@ -393,6 +394,10 @@ class SpectrumOptions:
         in_range(name("tol"), self.tol, 0, 1, low_open=True)
         check_seed(name("seed"), self.seed)
         choose(name("trace_method"), self.trace_method, TRACE_METHODS)
+        choose(name("operator"), self.operator, OPERATORS)
+        if self.basis_vectors and self.basis_vectors < min(self.top_k + 4, self.max_steps):
+            raise UsageError(f"{name('basis_vectors')} {self.basis_vectors}: a restarted Lanczos for {self.top_k} "
+                             f"eigenvalue(s) needs at least {self.top_k + 4} vectors; give more, or 0 (automatic)")
         if self.trace and self.trace_method == "hutch++" and self.trace_samples < 3:
             raise UsageError(f"{name('trace_samples')} {self.trace_samples}: Hutch++ needs at least 3 products; give "
                              f"3 or more, or {name('trace_method')} hutchinson")
@@ -418,7 +423,10 @@ class Spectrum:
     density: np.ndarray | None = None  # [1000], the smoothed density on density_grid
     density_hvps: int = 0
     seconds: float = 0.0
-    parameters: int = 0  # how many parameters the Hessian is over
+    parameters: int = 0  # how many parameters the matrix is over
+    basis_vectors: int = 0  # vectors the Lanczos basis held (fewer than lanczos_steps: restarted)
+    restarts: int = 0  # thick restarts of the basis
+    density_reorthogonalised: bool = True  # False: the density's basis did not fit; three-term recurrence only
     attrs: dict = field(default_factory=dict)
 
     @property
@@ -440,22 +448,28 @@ class Spectrum:
         return result.path
 
 
-def measure(operator: HessianOperator, options: SpectrumOptions) -> Spectrum:
+def density_fits(options: SpectrumOptions, size: int, device: torch.device) -> bool:
+    """Whether the density's Lanczos basis (density_steps vectors) fits in half the available memory."""
+    return min(options.density_steps, size) * size * 8 <= BASIS_MEMORY_SHARE * available_bytes(device)
+
+
+def measure(operator: CurvatureOperator, options: SpectrumOptions) -> Spectrum:
     """Top eigenvalues, and the trace and density if asked, of one operator; each one's products counted."""
     started = time.perf_counter()
-    check_basis_fits(options.max_steps, operator.size, operator.device, "max_steps")
-    eigen = top_eigenvalues(operator, options.top_k, max_steps=options.max_steps, tol=options.tol, seed=options.seed)
+    eigen = top_eigenvalues(operator, options.top_k, max_steps=options.max_steps, tol=options.tol, seed=options.seed,
+                            basis_vectors=options.basis_vectors or None)
     counted = operator.products
     spectrum = Spectrum(eigen.values, eigen.residuals, eigen.bounds, eigen.converged, eigen.steps, counted,
-                        parameters=operator.size)
+                        parameters=operator.size, basis_vectors=eigen.basis, restarts=eigen.restarts)
     if options.trace:
         check_basis_fits(2 * (options.trace_samples // 3), operator.size, operator.device, "trace_samples")
         spectrum.trace, spectrum.trace_stderr = estimate_trace(operator, options.trace_samples, options.trace_method,
                                                                options.seed)
         spectrum.trace_hvps, counted = operator.products - counted, operator.products
     if options.density:
-        check_basis_fits(options.density_steps, operator.size, operator.device, "density_steps")
-        nodes, weights = spectral_density(operator, options.density_probes, options.density_steps, options.seed)
+        spectrum.density_reorthogonalised = density_fits(options, operator.size, operator.device)
+        nodes, weights = spectral_density(operator, options.density_probes, options.density_steps, options.seed,
+                                          spectrum.density_reorthogonalised)
         spectrum.density_nodes, spectrum.density_weights = nodes, weights
         spectrum.density_grid, spectrum.density = smoothed_density(nodes, weights)
         spectrum.density_hvps = operator.products - counted
@@ -480,24 +494,28 @@ class HessianTask:
     device: str = "auto"
 
     def check(self, what: str = "the model") -> None:
-        """Before any work: one forward on the first batch (one line if the model cannot take the data), and the
-        Lanczos bases must fit in memory."""
+        """Before any work: one forward on the first batch (one line if the model cannot take the data), the
+        operator's own conditions (see `engine.operators`), and the least Lanczos basis must fit in memory."""
         size = sum(p.numel() for n, p in self.params.items() if self.wrt is None or n in self.wrt)
         device = next(iter(self.params.values())).device
-        check_basis_fits(self.options.max_steps, size, device, "max_steps")
+        basis_capacity(self.options.top_k, self.options.max_steps, size, device, self.options.basis_vectors or None)
         if self.options.trace and self.options.trace_method == "hutch++":
             check_basis_fits(2 * (self.options.trace_samples // 3), size, device, "trace_samples")
-        if self.options.density:
-            check_basis_fits(self.options.density_steps, size, device, "density_steps")
-        check_forward(self.module, self.params, self.buffers, next(iter(self.batches)), self.objective, what)
+        first = next(iter(self.batches))
+        check_forward(self.module, self.params, self.buffers, first, self.objective, what)
+        self.operator(device, BatchSet([first]))
+
+    def operator(self, device: torch.device, batches: BatchSet,
+                 on_product: Callable[[], None] | None = None) -> CurvatureOperator:
+        return curvature_operator(self.options.operator, self.module,
+                                  {n: p.to(device) for n, p in self.params.items()},
+                                  {n: b.to(device) for n, b in self.buffers.items()}, batches, self.objective,
+                                  hvp=self.hvp, wrt=self.wrt, on_product=on_product)
 
     def __call__(self, on_product: Callable[[], None] | None = None) -> Spectrum:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
             else torch.device(self.device)
-        operator = HessianOperator(self.module, {n: p.to(device) for n, p in self.params.items()},
-                                   {n: b.to(device) for n, b in self.buffers.items()}, self.batches.to(device),
-                                   self.objective, self.hvp, wrt=self.wrt, on_product=on_product)
-        return measure(operator, self.options)
+        return measure(self.operator(device, self.batches.to(device), on_product), self.options)
 
 
 def products_planned(options: SpectrumOptions) -> int:
@@ -506,15 +524,24 @@ def products_planned(options: SpectrumOptions) -> int:
         (options.density_probes * options.density_steps if options.density else 0)
 
 
+def density_note(spectrum: Spectrum) -> str:
+    """How the density's Lanczos was orthogonalised, as a file attribute says it."""
+    return "full" if spectrum.density_reorthogonalised else \
+        "none: three-term recurrence only (the basis would not fit in memory)"
+
+
 @with_threads
 def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top_k: int = 5, tol: float = 1e-3,
             max_steps: int = 80, trace: bool = False, trace_samples: int = 100, trace_method: str = "hutch++",
             density: bool = False, density_probes: int = 1, density_steps: int = 80, bn: str = "train",
             hvp: str = "auto", seed: int = 0, device=None, images: int | None = None, batch_size: int | None = None,
-            executor=None, progress: bool = False, threads: int | None = None) -> Spectrum:
-    """The Hessian of the mean loss of `model` on `data`: top-k eigenvalues (Lanczos), and optionally the trace
-    (`trace_samples` products of Hutch++, or of Hutchinson) and the spectral density (stochastic Lanczos
-    quadrature).
+            executor=None, progress: bool = False, threads: int | None = None, operator: str = "hessian",
+            basis_vectors: int = 0) -> Spectrum:
+    """The Hessian (or `operator` "ggn": the generalized Gauss-Newton matrix, "fisher": the empirical Fisher) of
+    the mean loss of `model` on `data`: top-k eigenvalues (Lanczos), and optionally the trace (`trace_samples`
+    products of Hutch++, or of Hutchinson) and the spectral density (stochastic Lanczos quadrature).
+    `basis_vectors` caps the vectors the Lanczos basis holds (0: max_steps, or what fits in half the available
+    memory); below max_steps the basis is thick-restarted.
 
     `params`: all parameters (None), a name pattern ('layer4.*'), a list of patterns or a predicate of the name:
     the Hessian of that block, the others held fixed. `data`, `loss`, `closure` as for `surface`; `bn`: train
@@ -527,7 +554,7 @@ def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top
     check_module(model)
     choose("bn", bn, ("train", "eval"))
     options = SpectrumOptions(top_k, tol, max_steps, trace, trace_samples, density, density_probes, density_steps,
-                              seed, trace_method).validate()
+                              seed, trace_method, operator, basis_vectors).validate()
     device = resolve_device(device, "device", default=next(model.parameters()).device)
     objective = Objective(loss=loss, closure=closure, metrics={})
     module = prepared_module(model, bn)
@@ -546,13 +573,14 @@ def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top
         products = bar(products_planned(options), "hessian", "HVP", progress)
         spectrum = task(on_product=lambda: products.update(1))
         products.close()
-    spectrum.attrs.update({"source": "python", "model": type(model).__name__, "bn": bn,
+    spectrum.attrs.update({"source": "python", "model": type(model).__name__, "bn": bn, "operator": operator,
                            "hvp": DEFAULT_HVP if hvp == "auto" else hvp, "images": batches.samples,
                            "params": ",".join(wrt) if params is not None else "all",
                            "options": json.dumps({**asdict(options), "bn": bn, "hvp": hvp,
                                                                "params": params if isinstance(params, (str, list))
                                                                else ("predicate" if params else None)}),
                            **({"trace_method": trace_method, "trace_products": trace_samples} if trace else {}),
+                           **({"density_reorthogonalisation": density_note(spectrum)} if density else {}),
                            "device": str(device), "torch_version": torch.__version__,
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return spectrum

@@ -7,7 +7,9 @@ the tolerance (`/converged`); `/eigen_hvps`, `/trace_hvps`, `/density_hvps` coun
 Hessian-vector products apart. With trace: `/trace`, `/trace_stderr`; with density: `/density/nodes`
 and `/density/weights` [run, epoch, probe, step] (stochastic Lanczos quadrature) and the smoothed
 `/density/grid`, `/density/values` [run, epoch, G]. `/done` marks the measurements made; NaN marks what
-was not computed. The `status` attribute says `running`, `interrupted` (partial) or `complete`. Version 1
+was not computed. The root attribute `operator` names the matrix (hessian, ggn: the generalized Gauss-Newton
+matrix, fisher: the empirical Fisher; absent: hessian); `/basis_vectors` and `/restarts` say how many vectors
+the Lanczos basis held and how often it was restarted to stay within them (absent in older files: all steps, 0). The `status` attribute says `running`, `interrupted` (partial) or `complete`. Version 1
 (before `/done`, `/converged` and the split product counts) is read too.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ AXES = {
     "converged": ("run", "epoch", "k"), "done": ("run", "epoch"),
     "lanczos_steps": ("run", "epoch"), "eigen_hvps": ("run", "epoch"), "trace_hvps": ("run", "epoch"),
     "density_hvps": ("run", "epoch"), "seconds": ("run", "epoch"),
+    "basis_vectors": ("run", "epoch"), "restarts": ("run", "epoch"),
     "trace": ("run", "epoch"), "trace_stderr": ("run", "epoch"),
     "density/nodes": ("run", "epoch", "probe", "step"), "density/weights": ("run", "epoch", "probe", "step"),
     "density/grid": ("run", "epoch", "point"), "density/values": ("run", "epoch", "point"),
@@ -44,7 +47,8 @@ TEXT = {
     "lrs": "learning rate of each measured run (NaN: a model measured outside a run file)",
     "runs": "index of each measured run in the run file",
     "epochs": "snapshot epochs measured (0: the initialisation; -1: a model measured outside a run file)",
-    "eigenvalues": "largest eigenvalues of the Hessian of the mean training loss, descending",
+    "eigenvalues": "largest eigenvalues of the mean training loss's curvature matrix (root attribute operator: "
+                   "hessian, ggn or fisher), descending",
     "residuals": "Ritz residual norm |beta_m s_mi| of each eigenvalue (a true eigenvalue lies within it)",
     "error_bounds": "error bound min(residual, residual^2 / gap) of each eigenvalue",
     "converged": "1 where the error bound is within tol x |eigenvalue|; 0: Lanczos stopped at max_steps first",
@@ -54,6 +58,8 @@ TEXT = {
     "trace_hvps": "Hessian-vector products spent on the trace",
     "density_hvps": "Hessian-vector products spent on the density",
     "seconds": "wall time of the measurement",
+    "basis_vectors": "vectors the Lanczos basis held (fewer than lanczos_steps: thick-restarted to fit in memory)",
+    "restarts": "thick restarts of the Lanczos basis (0: plain Lanczos)",
     "trace": "estimate of the Hessian trace (by the root attribute trace_method: hutch++ or hutchinson)",
     "trace_stderr": "standard error of the trace estimate",
     "density/nodes": "stochastic Lanczos quadrature nodes (Ritz values) per probe vector",
@@ -66,7 +72,8 @@ ATTRIBUTE_KINDS = {"run_file": FILE_NAME, "weights_file": FILE_NAME, "model": ST
                    "optimizer": STRING, "momentum": NUMBER, "status": STRING, "message": STRING, "options": STRING,
                    "bn": STRING, "hvp": STRING, "images": WHOLE, "images_used": STRING, "params": STRING,
                    "batch_size": WHOLE, "tol": NUMBER, "max_steps": WHOLE, "seed": WHOLE, "device": STRING,
-                   "threads": WHOLE, "trace_method": STRING, "trace_products": WHOLE}
+                   "threads": WHOLE, "trace_method": STRING, "trace_products": WHOLE,
+                   "operator": STRING, "density_reorthogonalisation": STRING}
 
 
 @dataclass
@@ -112,6 +119,7 @@ class HessianResult:
         a["error_bounds"][i, j, :k], a["converged"][i, j, :k] = spectrum.error_bounds, spectrum.converged
         a["lanczos_steps"][i, j], a["eigen_hvps"][i, j] = spectrum.lanczos_steps, spectrum.eigen_hvps
         a["seconds"][i, j], a["done"][i, j] = spectrum.seconds, 1
+        a["basis_vectors"][i, j], a["restarts"][i, j] = spectrum.basis_vectors, spectrum.restarts
         if "trace" in a:
             a["trace"][i, j], a["trace_stderr"][i, j] = spectrum.trace, spectrum.trace_stderr
             a["trace_hvps"][i, j] = spectrum.trace_hvps
@@ -130,7 +138,8 @@ def hessian_result(path: Path, attrs: dict, lrs, runs, epochs, k: int, *, trace:
               "residuals": np.full((*shape, k), np.nan), "error_bounds": np.full((*shape, k), np.nan),
               "converged": np.zeros((*shape, k), dtype=np.uint8), "done": np.zeros(shape, dtype=np.uint8),
               "lanczos_steps": np.zeros(shape, dtype=np.int64), "eigen_hvps": np.zeros(shape, dtype=np.int64),
-              "seconds": np.zeros(shape)}
+              "seconds": np.zeros(shape), "basis_vectors": np.zeros(shape, dtype=np.int64),
+              "restarts": np.zeros(shape, dtype=np.int64)}
     if trace:
         arrays.update(trace=np.full(shape, np.nan), trace_stderr=np.full(shape, np.nan),
                       trace_hvps=np.zeros(shape, dtype=np.int64))
