@@ -11,6 +11,7 @@ from landscape.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
 PROBE_DIRECTIONS = ("update", "gradient")  # along the optimizer's step, or -lr * gradient
+SHARPNESS_METHODS = ("lanczos", "critical", "directional")
 SEED_LIMIT = 2 ** 32
 
 
@@ -75,13 +76,21 @@ def check_gpus(option: str, gpus: float) -> None:
                          f"(0.25 packs four on one GPU) or a whole number")
 
 
-def check_sharpness_options(top_k: int, steps: int, cold_steps: int, check_every: int, dash: str = "--") -> None:
-    """One line per bad value, named as the command line names it."""
-    positive(f"{dash}sharpness-top-k", top_k)
-    positive(f"{dash}sharpness-iters", steps)
-    positive(f"{dash}sharpness-cold-iters", cold_steps)
-    non_negative(f"{dash}sharpness-check-every", check_every)
+def check_sharpness_options(top_k: int, steps: int, cold_steps: int, check_every: int, dash: str = "--",
+                            method: str = "lanczos") -> None:
+    """One line per bad value, named as the command line names it (`dash` "--"; "" for Python, with underscores)."""
+    def name(option: str) -> str:
+        return f"{dash}{option}" if dash else option.replace("-", "_")
+
+    choose(name("sharpness-method"), method, SHARPNESS_METHODS)
+    if method != "lanczos" and top_k != 1:
+        raise UsageError(f"{name('sharpness-top-k')} {top_k}: the {method} sharpness is one number per measurement; "
+                         f"give 1, or {name('sharpness-method')} lanczos for the top k eigenvalues")
+    positive(name("sharpness-top-k"), top_k)
+    positive(name("sharpness-iters"), steps)
+    positive(name("sharpness-cold-iters"), cold_steps)
+    non_negative(name("sharpness-check-every"), check_every)
     for option, value in (("sharpness-iters", steps), ("sharpness-cold-iters", cold_steps)):
         if top_k > value:
-            raise UsageError(f"{dash}sharpness-top-k {top_k} needs at least as many {dash}{option} (got {value}): "
-                             f"raise {dash}{option}")
+            raise UsageError(f"{name('sharpness-top-k')} {top_k} needs at least as many {name(option)} (got {value}): "
+                             f"raise {name(option)}")

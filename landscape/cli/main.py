@@ -112,6 +112,10 @@ def cli() -> None:
 @click.option("--sharpness-images", default="2048", show_default=True,
               help="Training images (a fixed seeded subset) the sharpness is measured on, or batch: each measured "
                    "step's own batch (cheaper, noisier).")
+@click.option("--sharpness-method", default="lanczos", show_default=True,
+              help="lanczos (top Hessian eigenvalues), critical (2/(s_c lr): s_c the largest multiplier of the "
+                   "update before the loss rises; 9 forward passes) or directional (d'Hd/|d|^2 along the update; "
+                   "one Hessian-vector product).")
 @click.option("--sharpness-top-k", type=int, default=1, show_default=True, help="Eigenvalues tracked per run.")
 @click.option("--sharpness-iters", type=int, default=20, show_default=True,
               help="Lanczos steps per measurement (from a random start seeded by the step).")

@@ -37,6 +37,8 @@ from landscape.errors import UsageError
 from landscape.options import check_seed, choose, in_range, positive
 
 BASIS_MEMORY_SHARE = 0.5  # the Lanczos basis may take at most this share of the device's free memory
+MAX_BASIS_VECTORS = 400  # beyond this many steps the basis is thick-restarted whatever the memory (the projected
+                         # matrix and its eigendecomposition at every step grow with its square and cube)
 
 
 def select_parameters(params: Params, chosen) -> list[str]:
@@ -168,12 +170,12 @@ class Confirmation:
 
 def basis_capacity(k: int, max_steps: int, size: int, device: torch.device, basis_vectors: int | None = None,
                    option: str = "max_steps") -> int:
-    """How many vectors the Lanczos basis holds: all `max_steps` when they fit in half the available memory (or
-    `basis_vectors`, if given and smaller), else as many as fit (a thick restart then keeps the top Ritz vectors);
-    UsageError when not even k + 4 fit."""
+    """How many vectors the Lanczos basis holds: all `max_steps` when they fit in half the available memory (and
+    number at most MAX_BASIS_VECTORS, and at most `basis_vectors` if given), else as many as fit (a thick restart
+    then keeps the top Ritz vectors); UsageError when not even k + 4 fit."""
     need = min(max_steps, size)
     fit = int(BASIS_MEMORY_SHARE * available_bytes(device) // (size * 8))
-    capacity = min(need, fit, basis_vectors or need)
+    capacity = min(need, fit, basis_vectors or need, MAX_BASIS_VECTORS)
     least = min(k + 4, need)
     if capacity < least:
         raise UsageError(f"{option} {max_steps:,}: even a restarted Lanczos needs {least} vectors of {size:,} "

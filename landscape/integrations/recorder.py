@@ -10,8 +10,9 @@
     rec.close()                                         # or `with landscape.Recorder(...) as rec:`
 
 It records every step's loss (kept on the device and copied out in blocks, never one host sync per step),
-optionally Santurkar probes every K steps along the optimizer's actual update, sharpness (Lanczos,
-`engine.sharpness`) every K steps, and weight snapshots (the start, every N epochs, the end), in the
+optionally Santurkar probes every K steps along the optimizer's actual update, sharpness every K steps
+(`engine.sharpness`: top eigenvalues by Lanczos, or with `sharpness_method` critical or directional sharpness
+along the update), and weight snapshots (the start, every N epochs, the end), in the
 documented run-file and weights-file schemas, each written atomically after every epoch. A pre-step hook on
 each optimizer copies the weights just before a probed or measured step, so probes and sharpness are of the
 weights before that step's update, on its batch, as `landscape run` records them. Nothing of training is
@@ -32,7 +33,7 @@ from torch import nn
 from landscape.engine.batches import Objective, batch_set, check_pair, to_device
 from landscape.engine.functional import prepared_module, state_of
 from landscape.engine.probe import DEFAULT_MULTIPLIERS, probe_step
-from landscape.engine.sharpness import SharpnessTracker
+from landscape.engine.sharpness import ModelRuns, SharpnessTracker
 from landscape.errors import UsageError
 from landscape.files.atomic import check_output, remove_stale_temporaries
 from landscape.files.lock import WriterLock
@@ -53,21 +54,6 @@ def as_list(value, what: str) -> list:
     return values
 
 
-class RecordedRuns:
-    """The user's models seen as a run engine by the sharpness tracker: `run_module(r)` and `active`."""
-
-    def __init__(self, models: list[nn.Module], weights: list[dict | None]):
-        self.models, self.weights = models, weights
-        self.active = [w is not None for w in weights]
-
-    def __len__(self) -> int:
-        return len(self.models)
-
-    def run_module(self, run: int):
-        params, buffers = state_of(self.models[run])
-        return self.models[run], {**params, **(self.weights[run] or {})}, buffers
-
-
 class Recorder:
     """Records one's own loop (see the module docstring). `model` and `optimizer` may be lists (one per run)."""
 
@@ -76,6 +62,7 @@ class Recorder:
                  probe_bn: str = "train", loss=None, closure=None, sharpness_every: int = 0, sharpness_data=None,
                  sharpness_images: int = 2048, sharpness_top_k: int = 1, sharpness_iters: int = 20,
                  sharpness_warm: bool = False, sharpness_cold_iters: int = 20, sharpness_check_every: int = 0,
+                 sharpness_method: str = "lanczos",
                  snapshot_every: int = 1,
                  snapshots: bool = True, epochs: int | None = None, batch_size: int | None = None,
                  dataset: str | None = None, data_root: str | None = None, model_def: str | None = None,
@@ -121,7 +108,8 @@ class Recorder:
             self.tracker = SharpnessTracker(batches, top_k=sharpness_top_k, steps=sharpness_iters,
                                             cold_steps=sharpness_cold_iters, seed=seed, warm=sharpness_warm,
                                             check_every=sharpness_check_every, objective=self.objective,
-                                            images=batches.samples if batches is not None else "batch")
+                                            images=batches.samples if batches is not None else "batch",
+                                            method=sharpness_method, dash="")
         self.snapshot_every, self.epochs_planned = snapshot_every, epochs
         optimizer_name = OPTIMIZER_NAMES.get(type(self.optimizers[0]).__name__, type(self.optimizers[0]).__name__)
         group = self.optimizers[0].param_groups[0]
@@ -219,10 +207,10 @@ class Recorder:
             if self.probe_every and step % self.probe_every == 0:
                 self.probe(step, device_batch)
             if self.tracker is not None and step % self.sharpness_every == 0:
-                measured = RecordedRuns(self.models, self.before)
                 self.sharp_steps.append(step)
-                self.sharp_values.append(self.tracker.measure(measured, step, device_batch
-                                                              if self.tracker.batches is None else None))
+                self.sharp_values.append(self.tracker.measure_after(
+                    ModelRuns(self.models), self.before, step, device_batch if self.tracker.batches is None else None,
+                    [o.param_groups[0]["lr"] for o in self.optimizers]))
             self.before = [None] * len(self.models)
         self.global_step += 1
         if self.global_step % self.log_every == 0:

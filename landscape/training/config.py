@@ -101,6 +101,7 @@ class RunConfig:
     sharpness_cold_iters: int = 20  # with sharpness_warm: the first measurement of each run
     sharpness_warm: bool = False  # start from the previous measurement's Ritz vectors
     sharpness_check_every: int = 0  # every M-th measurement also cold to convergence (0: never)
+    sharpness_method: str = "lanczos"  # or critical / directional along the update (engine/sharpness.py)
     threads: int = 0  # CPU threads for torch (0: torch's choice within the cores this process may use)
     extra: dict = field(default_factory=dict)
 
@@ -131,7 +132,7 @@ class RunConfig:
                                  f"step's own batch)")
             positive("--sharpness-images", self.sharpness_images)
         check_sharpness_options(self.sharpness_top_k, self.sharpness_iters, self.sharpness_cold_iters,
-                                self.sharpness_check_every)
+                                self.sharpness_check_every, method=self.sharpness_method)
         check_threads("--threads", self.threads)
         for option, value in (("--train-subset", self.train_subset), ("--image-size", self.image_size),
                               ("--probe-every", self.probe_every), ("--patience", self.patience),

@@ -449,12 +449,17 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         for step, (images, labels) in enumerate(batches):
             if step < done:
                 continue  # already trained before an interruption; the batch stream stays in step
-            if tracker is not None and (state.global_step + step) % config.sharpness_every == 0:
+            measuring = tracker is not None and (state.global_step + step) % config.sharpness_every == 0
+            own_batch = (images, labels) if tracker is not None and tracker.batches is None else None
+            if measuring and not tracker.needs_update:
                 sharp_steps.append(state.global_step + step)
-                sharp_values.append(tracker.measure(runs, state.global_step + step,
-                                                    (images, labels) if tracker.batches is None else None))
+                sharp_values.append(tracker.measure(runs, state.global_step + step, own_batch))
+            before = tracker.before_step(runs) if measuring and tracker.needs_update else None
             probing = bool(config.probe_every) and (state.global_step + step) % config.probe_every == 0
             losses, hits, probes = runs.train_step(images, labels, probe=probing)
+            if before is not None:  # critical or directional: along the update just taken, from the weights before
+                sharp_steps.append(state.global_step + step)
+                sharp_values.append(tracker.measure_after(runs, before, state.global_step + step, own_batch, lrs))
             if probes is not None:
                 probe_steps.append(state.global_step + step)
                 probe_values.append(probes)
@@ -516,7 +521,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
     notes = [f"diverged: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.diverged_step >= 0))}"
              if (state.diverged_step >= 0).any() else "",
              f"stopped early: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.stopped_epoch >= 0))}"
-             if (state.stopped_epoch >= 0).any() else ""]
+             if (state.stopped_epoch >= 0).any() else "",
+             tracker.failure_note() if tracker is not None else ""]
     return "; ".join(n for n in notes if n)
 
 
@@ -538,7 +544,7 @@ def sharpness_tracker(config: RunConfig, dataset: Dataset) -> SharpnessTracker:
         batches = BatchSet(list(eval_batches(subset, normalize, config.batch_size)))
     return SharpnessTracker(batches, top_k=config.sharpness_top_k, steps=config.sharpness_iters,
                             cold_steps=config.sharpness_cold_iters, seed=config.seed, warm=config.sharpness_warm,
-                            check_every=config.sharpness_check_every, images=images)
+                            check_every=config.sharpness_check_every, images=images, method=config.sharpness_method)
 
 
 def trained_images(n: int, batch_size: int) -> int:

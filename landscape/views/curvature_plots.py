@@ -100,6 +100,12 @@ def density_figure(results: list[HessianResult], stem: Path) -> list[Path]:
     return save_figure(fig, stem, ("label", "lr", "epoch", "eigenvalue", "density"), rows)
 
 
+def method_label(sharp: dict) -> str:
+    """What the sharpness curve is, from its group's `sharpness_method` attribute."""
+    return {"critical": "critical sharpness", "directional": "curvature along the update"}.get(
+        str(sharp["attrs"].get("sharpness_method", "lanczos")), "sharpness")
+
+
 def sharpness_figure(runs: list[tuple[Run, str]], stem: Path) -> list[Path]:
     """Sharpness of every rate of every file against steps, with thresholds, checks and the probes' beta."""
     fig, ax = plt.subplots(figsize=(11, 4.8))
@@ -115,7 +121,7 @@ def sharpness_figure(runs: list[tuple[Run, str]], stem: Path) -> list[Path]:
         for r, lr in enumerate(run.lrs):
             colour = colour_of(colours, lr)
             ax.plot(steps, top[r, :, 0], linestyle=style, marker="o", markersize=3, color=colour,
-                    label=f"{label} lr={lr:g} sharpness")
+                    label=f"{label} lr={lr:g} {method_label(sharp)}")
             if "check_top" in sharp and len(sharp["check_step"]):
                 ax.plot(sharp["check_step"], sharp["check_top"][r, :, 0], linestyle="none", marker="x", color=colour,
                         markersize=7, label=f"{label} lr={lr:g} converged check")
@@ -134,7 +140,7 @@ def sharpness_figure(runs: list[tuple[Run, str]], stem: Path) -> list[Path]:
             used = hvps[r] if hvps is not None and hvps.shape[-1] == len(steps) else np.full(len(steps), -1)
             rows += [(label, float(lr), int(s), float(v), float(t), int(h))
                      for s, v, t, h in zip(steps, top[r, :, 0], thresholds, used)]
-    if hvps is not None and hvps.size:
+    if hvps is not None and (hvps > 0).any():
         notes.add(f"{int(np.median(hvps[hvps > 0])) if (hvps > 0).any() else 0} Hessian-vector products per "
                   f"measurement (median)")
     errors = [check_errors(run) for run, _ in runs]
@@ -146,7 +152,7 @@ def sharpness_figure(runs: list[tuple[Run, str]], stem: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("curvature (log scale)")
-    title = f"sharpness on {runs[0][0].sharpness['images']} training images"
+    title = f"{method_label(runs[0][0].sharpness)} on {runs[0][0].sharpness['images']} training images"
     ax.set_title(title + ("; " + "; ".join(sorted(notes)) if notes else ""), fontsize="x-small")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, stem, ("label", "lr", "step", "sharpness", "threshold", "hvps"), rows)

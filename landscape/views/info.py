@@ -79,8 +79,16 @@ def describe_run(run: Run) -> str:
         cost = (f", {int(np.median(hvps[hvps > 0]))} Hessian-vector products per measurement (median; "
                 f"{int(hvps.sum())} in all)") if hvps is not None and (hvps > 0).any() else ""
         warm = "warm-started" if int(sharp["attrs"].get("warm_start", 0)) else "cold"
-        lines += ["", f"sharpness   {len(sharp['step'])} measurements on {sharp['images']} images (top Hessian "
-                      f"eigenvalue, {warm} Lanczos{cost}); threshold: {threshold_formula(config)}"]
+        method = str(sharp["attrs"].get("sharpness_method", "lanczos"))
+        what = {"lanczos": f"top Hessian eigenvalue, {warm} Lanczos{cost}",
+                "critical": f"critical sharpness 2/(s_c lr) along the update, "
+                            f"{sharp['attrs'].get('forward_passes', '?')} forward passes each",
+                "directional": f"curvature d'Hd/|d|^2 along the update{cost}"}.get(method, method)
+        lines += ["", f"sharpness   {len(sharp['step'])} measurements on {sharp['images']} images ({what}); "
+                      f"threshold: {threshold_formula(config)}"]
+        if method == "critical" and np.isnan(sharp["top"]).any():
+            lines.append(f"            NaN at {int(np.isnan(sharp['top'][..., 0]).sum())} of {sharp['top'][..., 0].size} "
+                         f"run-measurements: no crossing within the search's bracket, or the run had stopped")
         errors = check_errors(run)
         if errors is not None:
             lines.append(f"            checked against {len(sharp['check_step'])} cold Lanczos runs to convergence: "
