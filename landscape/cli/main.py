@@ -201,6 +201,10 @@ def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int,
             from landscape.views.curvature_plots import plot_hessians
 
             written += plot_hessians(inputs.hessians, folder)
+        if inputs.paths:
+            from landscape.views.path_plots import plot_paths
+
+            written += plot_paths(inputs.paths, folder)
     for path in written:
         click.echo(str(path))
     report_skipped(inputs.notes)
@@ -374,6 +378,58 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
     from landscape.files.hessian_file import read_hessian
 
     written = plot_hessians([read_hessian(path)], path.parent)
+    if not quiet:
+        for figure in written:
+            click.echo(str(figure))
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("a", required=False, type=click.Path(path_type=Path))
+@click.argument("b", required=False, type=click.Path(path_type=Path))
+@click.option("--lr", type=float, default=None, help="A's run, by its learning rate (a run file of several runs).")
+@click.option("--epoch", type=int, default=None, help="A's snapshot epoch [default: the last saved].")
+@click.option("--lr-b", type=float, default=None, help="B's run [default: --lr].")
+@click.option("--epoch-b", type=int, default=None, help="B's snapshot epoch [default: --epoch].")
+@click.option("--model-def", default=None, help="FILE.py:FACTORY (or torchvision:NAME, timm:NAME) for foreign models.")
+@click.option("--weights", default=None, help="A foreign model A's state dict (with --model-def).")
+@click.option("--weights-b", default=None, help="A foreign model B's state dict (with --model-def).")
+@click.option("--dataset", default=None, help="Dataset of the images [default: A's run's; cifar10 for foreign].")
+@click.option("--num-classes", type=int, default=None, help="A foreign model's outputs [default: the dataset's].")
+@click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data].")
+@click.option("--align", default="none", show_default=True,
+              help="weights: also the line to B with its hidden units permuted to match A (weight matching).")
+@click.option("--curve", default="line", show_default=True,
+              help="line, or bezier / polychain: also a curve whose bend is trained on the training images.")
+@click.option("--points", type=int, default=25, show_default=True, help="Values of t along each path.")
+@click.option("--bn", default="auto", show_default=True,
+              help="recompute (BatchNorm statistics re-estimated at every point; auto with BatchNorm), eval "
+                   "(interpolated statistics) or train (batch statistics).")
+@click.option("--bn-images", type=int, default=1024, show_default=True, help="Training images for --bn recompute.")
+@click.option("--images", type=int, default=2048, show_default=True, help="Training images (the first N).")
+@click.option("--test-images", type=int, default=1024, show_default=True, help="Test images (the first N).")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
+@click.option("--curve-epochs", type=int, default=1, show_default=True, help="Epochs of training the bend.")
+@click.option("--curve-lr", type=float, default=0.01, show_default=True, help="SGD rate (momentum 0.9) of the bend.")
+@click.option("--bend-from", default=None, help="Evaluate the bend of this path file instead of training one.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the matching's order and the curve's t.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@THREADS_OPTION
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Path file [default: <A>_connect.h5].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
+@click.option("--resume", is_flag=True, help="Continue a curve's training from its checkpoint beside --out.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def connect(a: Path | None, b: Path | None, out: Path | None, overwrite: bool, resume: bool, quiet: bool,
+            **options) -> None:
+    """Loss barriers and low-loss paths between two models: the line, the line after weight matching, a trained
+    Bezier or polygonal curve; loss and accuracy along each on training and test images."""
+    from landscape.commands.connect import ConnectOptions, compute_connection
+    from landscape.files.path_file import read_path
+    from landscape.views.path_plots import plot_paths
+
+    path = compute_connection(a, b, ConnectOptions(**options), out, overwrite=overwrite, resume=resume,
+                              progress=not quiet)
+    written = plot_paths([read_path(path)], path.parent)
     if not quiet:
         for figure in written:
             click.echo(str(figure))

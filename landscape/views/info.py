@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from landscape.files.hessian_file import HessianResult
+from landscape.files.path_file import PathFile
 from landscape.files.run_file import Run, shown_status
 from landscape.files.surface_file import Surface
 from landscape.views.analysis import (best_accuracy, check_errors, final_accuracy, fmt_pct, probe_medians,
@@ -29,7 +30,32 @@ def describe(item) -> str:
         return plain(describe_surface(item))
     if isinstance(item, HessianResult):
         return plain(describe_hessian(item))
+    if isinstance(item, PathFile):
+        return plain(describe_path(item))
     return plain(describe_run(item))
+
+
+def describe_path(item: PathFile) -> str:
+    """A path file: what was connected and how, and each path's barriers per split."""
+    attrs = item.attrs
+    lines = [f"{item.path}: path file (landscape connect), {attrs.get('a', 'A')} to {attrs.get('b', 'B')}",
+             f"            {len(item.t)} points; BatchNorm {attrs.get('bn')}"
+             + (f" on {attrs.get('bn_images')} training images" if attrs.get("bn") == "recompute" else "")
+             + f"; alignment {attrs.get('align')}; curve {attrs.get('curve')}; {attrs.get('images_used', '')}"]
+    if item.alignment:
+        a = item.alignment
+        lines.append(f"alignment   weight matching: {int(a.get('moved_units', 0))} units moved in {int(a.get('groups', 0))} "
+                     f"groups, similarity {float(a.get('similarity_before', np.nan)):.4g} -> "
+                     f"{float(a.get('similarity_after', np.nan)):.4g} ({int(a.get('sweeps', 0))} sweeps)")
+    lines.append(f"{'path':>14}  {'split':>5}  {'loss barrier':>12}  {'end losses':>17}  {'acc drop':>8}")
+    for name, splits in item.values.items():
+        for split, metrics in splits.items():
+            loss = metrics.get("loss")
+            ends = f"{loss[0]:.4g} / {loss[-1]:.4g}" if loss is not None else "-"
+            drop = item.barriers[name][split].get("acc")
+            lines.append(f"{name:>14}  {split:>5}  {item.barriers[name][split].get('loss', np.nan):>12.4g}  {ends:>17}  "
+                         + (f"{100 * drop:>7.2f}%" if drop is not None else f"{'-':>8}"))
+    return "\n".join(lines)
 
 
 def describe_run(run: Run) -> str:

@@ -1,0 +1,150 @@
+"""`landscape connect`: loss barriers and low-loss paths between two trained models into a path file.
+
+A and B are snapshots of run files (`--lr`/`--epoch` for A, `--lr-b`/`--epoch-b` for B, defaulting to A's; the
+same run file twice connects two rates or two epochs of one run), or a foreign architecture with two state dicts
+(`--model-def FILE.py:FACTORY --weights A.pt --weights-b B.pt`). The images are A's run's (or `--dataset`):
+the first `--images` of the training split and of the test split. The work is `connectivity.connect.connect`;
+a curve's training is checkpointed after every epoch beside the output (`<out>.curve.pt`), so `--resume`
+continues it; `--bend-from PATH.h5` evaluates the bend a path file holds instead of training one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landscape.commands.sources import (ImageSet, SourceOptions, build_from_definition, fit_state, load_state_dict,
+                                        run_architecture, snapshot_state)
+from landscape.connectivity.connect import connect
+from landscape.engine.devices import resolve_device, set_threads
+from landscape.errors import UsageError
+from landscape.files.atomic import check_output
+from landscape.files.lock import WriterLock
+from landscape.files.path_file import read_path
+from landscape.files.run_file import read_run
+from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
+from landscape.options import positive
+
+
+@dataclass
+class ConnectOptions(SourceOptions):
+    """Every option of `landscape connect`."""
+
+    lr: float | None = None
+    epoch: int | None = None
+    lr_b: float | None = None
+    epoch_b: int | None = None
+    weights_b: str | None = None
+    points: int = 25
+    align: str = "none"
+    curve: str = "line"
+    bn: str = "auto"
+    bn_images: int = 1024
+    images: int = 2048
+    test_images: int = 1024
+    batch_size: int = 256
+    curve_epochs: int = 1
+    curve_lr: float = 0.01
+    seed: int = 0
+    bend_from: str | None = None
+
+    def validate(self) -> "ConnectOptions":
+        self.validate_source()
+        for option in ("points", "bn_images", "images", "test_images", "batch_size", "curve_epochs"):
+            positive("--" + option.replace("_", "-"), getattr(self, option))
+        if self.points < 2:
+            raise UsageError(f"--points {self.points}: a path needs at least 2 points (its two ends)")
+        return self
+
+
+def snapshot(path: Path, lr: float | None, epoch: int | None, model_def: str | None, device: torch.device,
+             option: str):
+    """(run, model, params, buffers) of one run file's snapshot."""
+    run = read_run(path)
+    weights = weights_of_run(run)
+    index = resolve_run(run.lrs, lr, None, run.path)
+    chosen = resolve_epoch(weights, epoch) if epoch is not None else weights.epochs[-1]
+    model = run_architecture(run, model_def)
+    params, buffers = snapshot_state(model, weights, index, chosen, device)
+    return run, model, {**params, **buffers}, f"{run.path.name} lr={run.lrs[index]:g} epoch {chosen}"
+
+
+def compute_connection(a: str | Path | None, b: str | Path | None, options: ConnectOptions,
+                       out: str | Path | None = None, *, overwrite: bool = False, resume: bool = False,
+                       progress: bool = True) -> Path:
+    """Connect A and B (see the module docstring) and write the path file; return its path."""
+    options.validate()
+    set_threads(options.threads)
+    device = resolve_device(options.device)
+    if a is not None and b is not None:
+        run, model, state_a, name_a = snapshot(Path(a), options.lr, options.epoch, options.model_def, device, "A")
+        _, model_b, state_b, name_b = snapshot(Path(b), options.lr_b if options.lr_b is not None else options.lr,
+                                               options.epoch_b if options.epoch_b is not None else options.epoch,
+                                               options.model_def, device, "B")
+        images = ImageSet.of_run(run, device, options.data_root, options.dataset)
+        default_out = run.path.with_name(f"{run.path.stem}_connect.h5")
+        inputs = [Path(a), Path(b)]
+    elif options.model_def and options.weights and options.weights_b:
+        images = ImageSet(options.dataset or "cifar10", options.data_root or "data", device)
+        model = build_from_definition(options.model_def, options.classes(images))
+        state_a = dict(zip(("params", "buffers"), fit_state(model, load_state_dict(Path(options.weights)),
+                                                           f"--weights {options.weights}", device)))
+        state_b = dict(zip(("params", "buffers"), fit_state(model, load_state_dict(Path(options.weights_b)),
+                                                           f"--weights-b {options.weights_b}", device)))
+        state_a = {**state_a["params"], **state_a["buffers"]}
+        state_b = {**state_b["params"], **state_b["buffers"]}
+        name_a, name_b = Path(options.weights).name, Path(options.weights_b).name
+        default_out = Path(options.weights).with_name(f"{Path(options.weights).stem}_connect.h5")
+        inputs = [Path(options.weights), Path(options.weights_b)]
+    else:
+        raise UsageError("give two run files A B (with --lr/--epoch, --lr-b/--epoch-b), or a foreign model as "
+                         "--model-def FILE.py:FACTORY --weights A.pt --weights-b B.pt")
+    out = Path(out) if out else default_out
+    checkpoint = out.with_name(out.name + ".curve.pt")
+    if not resume:
+        check_output(out, overwrite, inputs)
+    bend = None
+    if options.bend_from:
+        held = read_path(options.bend_from)
+        if not held.bend:
+            raise UsageError(f"--bend-from {options.bend_from}: the file holds no trained bend (connect with --curve "
+                             f"bezier or polychain first)")
+        bend = held.bend
+    state = torch.load(checkpoint, weights_only=True) if resume and checkpoint.is_file() else None
+    train_split = images.split("train", min(options.images, len(images.dataset.train)))
+    test_split = images.split("test", min(options.test_images, len(images.dataset.test)), "--test-images")
+    model.load_state_dict(state_a, strict=True, assign=True)  # A itself (the architecture may be shapes only)
+
+    def keep(curve_state: dict) -> None:
+        from landscape.files.atomic import write_atomically
+
+        write_atomically(checkpoint, lambda target: torch.save(curve_state, target))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with WriterLock(out):
+        if not resume:
+            check_output(out, overwrite, inputs)
+        connection = connect(model, state_b, images.batches(train_split, options.batch_size),
+                             test_data=images.batches(test_split, options.batch_size), points=options.points,
+                             align=options.align, curve=options.curve, bn=options.bn,
+                             bn_data=images.batches(images.split("train", min(options.bn_images,
+                                                                             len(images.dataset.train)),
+                                                                 "--bn-images"), options.batch_size),
+                             curve_epochs=options.curve_epochs, curve_lr=options.curve_lr, curve_state=state,
+                             after_epoch=keep if options.curve != "line" and bend is None else None, bend=bend,
+                             seed=options.seed, device=device, progress=progress)
+        connection.attrs.update({"source": "run files" if a is not None else "foreign model", "a": name_a,
+                                 "b": name_b, "images_used": f"the first {train_split.images.shape[0]:,} training "
+                                 f"and {test_split.images.shape[0]:,} test images of {images.name}"})
+        connection.save(out)
+    checkpoint.unlink(missing_ok=True)
+    if progress:
+        line = connection.barriers["line"]["train"]["loss"]
+        aligned = connection.barriers.get("aligned_line", {}).get("train", {}).get("loss", np.nan)
+        print(f"connect: loss barrier on the training images: line {line:.4g}"
+              + (f", aligned line {aligned:.4g}" if np.isfinite(aligned) else "")
+              + (f", {options.curve} {connection.barriers['curve']['train']['loss']:.4g}" if "curve" in
+                 connection.barriers else "") + f" (BatchNorm: {connection.attrs['bn']})")
+    return out
