@@ -68,18 +68,24 @@ def ours(operator: HessianOperator, k: int, **options) -> tuple[np.ndarray, int,
     return eigen.values, operator.products - before, time.perf_counter() - start
 
 
+def count_calls(owner, method: str) -> list[int]:
+    """Wrap owner.method to count its calls; the returned one-element list holds the count."""
+    counted = [0]
+    original = getattr(owner, method)
+
+    def counting(*args):
+        counted[0] += 1
+        return original(*args)
+
+    setattr(owner, method, counting)
+    return counted
+
+
 def pyhessian_top(model, batches, k: int, max_iter: int = 100) -> tuple[np.ndarray, int, float]:
     from pyhessian import hessian as PyHessian
 
     computer = PyHessian(model.eval(), F.cross_entropy, dataloader=batches, cuda=next(model.parameters()).is_cuda)
-    counted = [0]
-    original = computer.dataloader_hv_product
-
-    def counting(v):
-        counted[0] += 1
-        return original(v)
-
-    computer.dataloader_hv_product = counting
+    counted = count_calls(computer, "dataloader_hv_product")
     start = time.perf_counter()
     values, _ = computer.eigenvalues(top_n=k, maxIter=max_iter)
     return np.sort(np.asarray(values, dtype=float))[::-1], counted[0], time.perf_counter() - start
@@ -95,14 +101,7 @@ def eigenthings_top(model, batches, k: int, max_iter: int | None = None) -> tupl
     import hessian_eigenthings as he
 
     operator = eigenthings_operator(model, batches)
-    counted = [0]
-    original = operator.matvec
-
-    def counting(v):
-        counted[0] += 1
-        return original(v)
-
-    operator.matvec = counting
+    counted = count_calls(operator, "matvec")
     start = time.perf_counter()
     result = he.lanczos(operator, k=k, seed=0, **({"max_iter": max_iter} if max_iter else {}))
     return np.sort(np.asarray(result.eigenvalues, dtype=float))[::-1], counted[0], time.perf_counter() - start
@@ -130,7 +129,7 @@ def trained_snapshots(args, device) -> tuple[list[nn.Module], list]:
     return models, list(images.batches(images.split("train", args.images), 128))
 
 
-def accuracy_and_peers(args, device) -> None:
+def accuracy_and_peers(args, device, peers: bool = True) -> None:
     models, batches = trained_snapshots(args, device)
     print(f"1. landscape's default top-5 (tol 1e-3) against eigsh at {TRUTH_TOL:g}; VGG-A BN width {args.width}, "
           f"{args.images} images, eval-mode BatchNorm")
@@ -144,6 +143,8 @@ def accuracy_and_peers(args, device) -> None:
         errors = np.abs(values - truth) / np.abs(truth)
         print(f"{epoch:>6}  {products:>8}  {truth_products:>14}  {gap:>16.2e}  "
               + "  ".join(f"{e:>10.1e}" for e in errors))
+    if not peers:
+        return
     model = models[-1]
     operator = our_operator(model, batches)
     truth, _ = eigsh_top(operator, 3)
@@ -253,6 +254,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="only the ResNet-18 memory table")
+    parser.add_argument("--skip", default="", help="comma list of parts to leave out: peers,trace")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--basis", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,8 +265,10 @@ def main() -> None:
     if args.memory:
         memory_table(args)
         return
-    accuracy_and_peers(args, torch.device(args.device))
-    trace_table()
+    skip = set(filter(None, args.skip.split(",")))
+    accuracy_and_peers(args, torch.device(args.device), "peers" not in skip)
+    if "trace" not in skip:
+        trace_table()
 
 
 if __name__ == "__main__":

@@ -236,6 +236,36 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
 
     checks.run("API surface/hessian/probe and Recorder", api)
 
+    def operators_and_connect() -> str:
+        import landscape
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+        diffs = {}
+        for operator in ("ggn", "fisher"):
+            values = [landscape.hessian(model.to(d), (x, y), operator=operator, bn="eval", top_k=2, tol=1e-6,
+                                        max_steps=40).eigenvalues for d in dict.fromkeys(("cpu", base.device))]
+            diffs[operator] = float(np.max(np.abs(values[-1] - values[0]) / np.abs(values[0])))
+        b_state = {n: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                   for n, v in model.cpu().state_dict().items()}
+        paths = [landscape.connect(model.to(d), {n: v.to(d) for n, v in b_state.items()}, (x, y), points=3,
+                                   align="weights", curve="bezier", curve_epochs=1)
+                 for d in dict.fromkeys(("cpu", base.device))]
+        connect_diff = float(np.max(np.abs(paths[-1].values["line"]["train"]["loss"] -
+                                           paths[0].values["line"]["train"]["loss"])))
+        tracked = trained("critical", replace(base, sharpness_every=5, sharpness_method="critical",
+                                              sharpness_images=min(256, base.train_subset)))
+        compare(runs["loop"], tracked, FP32, "training with critical sharpness")
+        if not (max(diffs.values()) <= 1e-3 and connect_diff <= 1e-3):
+            raise AssertionError(f"on {base.device} against CPU: GGN {diffs['ggn']:.1e}, Fisher {diffs['fisher']:.1e}, "
+                                 f"connect line {connect_diff:.1e}")
+        return (f"GGN vs CPU {diffs['ggn']:.1e}, Fisher vs CPU {diffs['fisher']:.1e}, connect line vs CPU "
+                f"{connect_diff:.1e}; critical sharpness at step 0: {tracked.sharpness['top'][:, 0, 0]}")
+
+    checks.run("GGN/Fisher operators, connect, critical sharpness", operators_and_connect)
+
     def ray_surface() -> str:
         from landscape.commands.surface import SurfaceOptions, compute_surface
         from landscape.engine.executors import RayExecutor
@@ -267,7 +297,7 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
     size = (["--width", "1", "--train-subset", "50000", "--repeats", "1"] if full else
             ["--width", "0.0625", "--train-subset", "256", "--repeats", "1", "--lrs", "1e-3,5e-4"])
     plan = [
-        ("speed: course baseline, loop, fused (bf16 autocast on CUDA)", 120,
+        ("speed: course baseline, loop, fused (bf16 autocast on CUDA)", 100,
          [python, "benchmarks/bench_speed.py", "--device", device, "--data-root", str(big_root), *size]),
         ("probes: 8 multipliers every 10 steps, batched", 30 if full else 60,
          [python, "benchmarks/bench_probe.py", "--device", device, "--data-root", str(data_root), "--probe-batch",
@@ -291,11 +321,20 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
          [python, "benchmarks/bench_api.py", "--device", device, "--data-root", str(data_root),
           *(["--images", "1000", "--steps", "11", "--loop-images", "5085"] if full else
             ["--images", "32", "--steps", "2", "--loop-images", "128", "--repeats", "1", "--model", "tiny"])]),
-        ("ray surface: 1 worker of a GPU against 4 of 0.25 (11x11, full width)", 60 if full else 90,
+        ("ray surface: 1 worker of a GPU against 4 of 0.25 (11x11, full width)", 50 if full else 90,
          [python, "benchmarks/bench_ray_surface.py", "--device", device, "--data-root", str(data_root),
           *(["--width", "1", "--grid=-1:1:11", "--images", "10000", "--workers", "4", "--gpus-per-worker", "0.25",
              "--single-gpu-workers", "1"] if full else ["--width", "0.0625", "--grid=-1:1:3", "--images", "128",
                                                        "--workers", "2"])]),
+        ("hessian: default top-5 against eigsh at 1e-8 (stopping rule)", 30 if full else 90,
+         [python, "benchmarks/bench_hessian_peers.py", "--device", device, "--data-root", str(data_root),
+          "--skip", "peers,trace", *(["--width", "1", "--images", "2048", "--epochs", "1"] if full else
+                                    ["--width", "0.0625", "--images", "64", "--epochs", "1"])]),
+        ("critical sharpness: cost of tracking every 10 steps", 30 if full else 90,
+         [python, "benchmarks/bench_critical.py", "--data-root", str(data_root), "--skip", "agreement",
+          "--device", device, *(["--width", "1", "--epochs", "1", "--images", "128,512", "--repeats", "1"] if full
+                                else ["--width", "0.0625", "--epochs", "1", "--images", "32", "--repeats", "1",
+                                      "--train-subset", "256"])]),
         ("sharpness: cold and warm Lanczos against converged", 40 if full else 90,
          [python, "benchmarks/bench_sharpness.py", "--data-root", str(data_root),
           *(["--width", "1", "--epochs", "3", "--every", "40"] if full else

@@ -4,8 +4,9 @@ Importing the package is cheap and imports no torch: the public names below are 
 
     import landscape
     s = landscape.surface(model, loader, grid="-1:1:21")      # Li et al. surface of any nn.Module
-    h = landscape.hessian(model, loader, top_k=3, trace=True)  # Lanczos, Hutchinson, SLQ density
+    h = landscape.hessian(model, loader, top_k=3, trace=True)  # Lanczos, Hutch++, SLQ density
     p = landscape.probe(model, batch, direction)               # Santurkar's probe along a step
+    c = landscape.connect(model_a, model_b, loader, align="weights")  # barriers between two models
     rec = landscape.Recorder("run.h5", model, optimizer)       # one's own training loop into a run file
 """
 __version__ = "0.2.0"
@@ -14,6 +15,8 @@ PUBLIC = {
     "surface": ("landscape.engine.surface", "surface"),
     "hessian": ("landscape.engine.curvature", "hessian"),
     "probe": ("landscape.engine.probe", "probe"),
+    "connect": ("landscape.connectivity.connect", "connect"),
+    "read_path": ("landscape.files.path_file", "read_path"),
     "Recorder": ("landscape.integrations.recorder", "Recorder"),
     "RayExecutor": ("landscape.engine.executors", "RayExecutor"),
     "LandscapeCallback": ("landscape.integrations.lightning", "LandscapeCallback"),
