@@ -24,7 +24,7 @@ from landscape.training.config import RunConfig
 from landscape.commands.hessian import HessianOptions, compute_hessian
 from landscape.commands.sources import ImageSet, snapshot_model
 from landscape.engine.batches import BatchSet
-from landscape.engine.curvature import HVP_METHODS, HessianOperator
+from landscape.engine.operators import HVP_METHODS, HessianOperator
 from landscape.engine.devices import resolve_device
 from landscape.engine.functional import module_buffers, prepared_module, state_of
 from landscape.files.hessian_file import read_hessian

@@ -155,8 +155,7 @@ class SharpnessTracker:
 
         def loss_at(multiplier) -> torch.Tensor:
             point = {n: (p + multiplier * update[n].to(p.dtype) if n in update else p)[None] for n, p in params.items()}
-            return evaluate_points(self.module, point, expand_points(kept, 1), batches, objective,
-                                   channels_last=False)["loss"][0]
+            return evaluate_points(self.module, point, expand_points(kept, 1), batches, objective)["loss"][0]
 
         start = loss_at(0.0)
         low = torch.tensor(-float(SEARCH_OCTAVES), dtype=torch.float64, device=start.device)
