@@ -189,3 +189,39 @@ def test_bad_pairs_are_one_line_errors():
         connect(gated, Gated().state_dict(), (x, y), align="weights")
     with pytest.raises(UsageError, match="at least 2 points"):
         connect(net, net, (x, y), points=1)
+
+
+def test_a_curve_resumed_from_its_epoch_checkpoint_ends_where_an_uninterrupted_one_does():
+    data = [(torch.zeros(1, 1), torch.zeros(1)) for _ in range(10)]
+    common = dict(loss=ring, metrics={}, points=3, curve="bezier", curve_epochs=3, curve_lr=0.05, bn="eval")
+    whole = connect(Point(-1.0, 0.0), Point(1.0, 0.0), data, **common)
+    kept = []
+
+    def stop_after_one(state):
+        kept.append(state)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        connect(Point(-1.0, 0.0), Point(1.0, 0.0), data, after_epoch=stop_after_one, **common)
+    resumed = connect(Point(-1.0, 0.0), Point(1.0, 0.0), data, curve_state=kept[0], **common)
+    assert np.array_equal(resumed.bend["w"], whole.bend["w"])
+    assert resumed.curve_losses == whole.curve_losses
+
+
+def test_a_saved_bend_is_re_evaluated_and_the_report_shows_the_path(tmp_path, tiny_run, capsys):
+    from landscape.views.report import build_report
+
+    common = ["--lr", "1e-3", "--lr-b", "3e-4", "--points", "3", "--images", "64", "--test-images", "32",
+              "--bn-images", "64"]
+    trained = tmp_path / "curve.h5"
+    code, _, _ = landscape("connect", tiny_run, tiny_run, *common, "--curve", "polychain", "--out", trained,
+                           "--quiet", capsys=capsys)
+    assert code in (0, None) and not (tmp_path / "curve.h5.curve.pt").exists()  # the checkpoint goes when done
+    again = tmp_path / "again.h5"
+    code, _, _ = landscape("connect", tiny_run, tiny_run, *common, "--curve", "polychain", "--bend-from", trained,
+                           "--out", again, "--quiet", capsys=capsys)
+    first, second = read_path(trained), read_path(again)
+    assert np.array_equal(first.values["curve"]["train"]["loss"], second.values["curve"]["train"]["loss"])
+    assert all(np.array_equal(first.bend[n], second.bend[n]) for n in first.bend)
+    page = build_report([trained], tmp_path / "report.html").html()
+    assert "Mode connectivity" in page and "loss barrier" in page

@@ -9,6 +9,7 @@ held fixed, from M = (A + B) / 2; its state after every epoch can be kept and re
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -51,7 +52,7 @@ def train_bend(module: nn.Module, a: Params, b: Params, buffers: Params, curve: 
     losses = list(state.get("losses", []))
     generator = torch.Generator().manual_seed(seed)
     for _ in range(len(losses)):  # the draws of the epochs already trained, so a resume continues the stream
-        torch.rand(len(batches), generator=generator)
+        torch.rand(len(batches), generator=generator, dtype=torch.float64)
     device = next(iter(a.values())).device
     for epoch in range(len(losses), epochs):
         draws = torch.rand(len(batches), generator=generator, dtype=torch.float64)
@@ -66,7 +67,7 @@ def train_bend(module: nn.Module, a: Params, b: Params, buffers: Params, curve: 
         losses.append(float(total))
         if after_epoch is not None:
             after_epoch({"bend": {n: p.detach().clone() for n, p in bend.items()},
-                         "optimizer": optimizer.state_dict(), "losses": losses})
+                         "optimizer": copy.deepcopy(optimizer.state_dict()), "losses": list(losses)})
         if should_stop() and epoch + 1 < epochs:
             break
     return {n: p.detach() for n, p in bend.items()}, losses

@@ -106,7 +106,7 @@ class Page:
 
 
 def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None, preset: str = "full") -> Page:
-    """The report of `paths` (run, surface and Hessian files) and the ablation results under `ablations`."""
+    """The report of `paths` (run, surface, Hessian and path files) and the ablation results under `ablations`."""
     inputs = read_inputs(paths)
     page = Page(f"landscape report: {', '.join(p.name for p in paths) or 'ablations'}")
     page.heading(page.title, 1)
@@ -127,6 +127,8 @@ def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None,
         surface_section(page, surface)
     if inputs.hessians:
         hessian_section(page, inputs.hessians)
+    for item in inputs.paths:
+        path_section(page, item)
     if ablations is not None:
         ablation_sections(page, ablations, preset)
     return page
@@ -366,6 +368,35 @@ def hessian_section(page: Page, results: list[HessianResult]) -> None:
         page.figure(density, "Ghorbani et al. (2019)")
 
 
+def path_section(page: Page, item) -> None:
+    """A path file: barriers per path and split, and loss and accuracy along t."""
+    import plotly.graph_objects as go
+
+    attrs = item.attrs
+    page.heading(f"Mode connectivity: {attrs.get('a', 'A')} to {attrs.get('b', 'B')}")
+    page.add(f'<p class="muted">{len(item.t)} points; BatchNorm {html.escape(str(attrs.get("bn")))}; alignment '
+             f'{html.escape(str(attrs.get("align")))}; curve {html.escape(str(attrs.get("curve")))}; '
+             f'{html.escape(str(attrs.get("images_used", "")))}. Barrier: the largest excess of the loss over the '
+             f'straight interpolation of its ends (Frankle et al. 2020).</p>')
+    rows = [[name, split, f"{item.barriers[name][split].get('loss', np.nan):.4g}",
+             f"{100 * item.barriers[name][split].get('acc', np.nan):.2f}",
+             f"{metrics['loss'][0]:.4g}", f"{metrics['loss'][-1]:.4g}"]
+            for name, splits in item.values.items() for split, metrics in splits.items()]
+    page.table(["path", "split", "loss barrier", "accuracy drop (%)", "loss at A", "loss at B"], rows)
+    for metric in ("loss", "acc"):
+        fig = go.Figure()
+        for name, splits in item.values.items():
+            for split, metrics in splits.items():
+                if metric in metrics:
+                    fig.add_trace(go.Scatter(x=item.t, y=metrics[metric], mode="lines+markers",
+                                             name=f"{name} ({split})",
+                                             line=dict(dash="solid" if split == "train" else "dash")))
+        if fig.data:
+            fig.update_layout(title=f"{metric} along the paths (t = 0: A, t = 1: B)", xaxis_title="t",
+                              yaxis_title=metric)
+            page.figure(fig)
+
+
 def ablation_sections(page: Page, root: Path, preset: str) -> None:
     import plotly.graph_objects as go
 
@@ -486,6 +517,10 @@ def write_markdown(paths: list[Path], out: Path, overwrite: bool = False) -> Pat
             pngs += plot_surfaces(inputs.surfaces, folder)
         if inputs.hessians:
             pngs += plot_hessians(inputs.hessians, folder)
+        if inputs.paths:
+            from landscape.views.path_plots import plot_paths
+
+            pngs += plot_paths(inputs.paths, folder)
         lines = ["# landscape report", ""] + [f"> skipped: {md(note)}" for note in inputs.notes]
         labels = {id(run): run_label(run, inputs.runs) for run in inputs.runs}
         if inputs.runs:
