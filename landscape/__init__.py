@@ -16,6 +16,8 @@ PUBLIC = {
     "hessian": ("landscape.engine.curvature", "hessian"),
     "probe": ("landscape.engine.probe", "probe"),
     "connect": ("landscape.connectivity.connect", "connect"),
+    "measures": ("landscape.engine.measures", "measures"),
+    "read_measures": ("landscape.files.measures_file", "read_measures"),
     "read_path": ("landscape.files.path_file", "read_path"),
     "Recorder": ("landscape.integrations.recorder", "Recorder"),
     "RayExecutor": ("landscape.engine.executors", "RayExecutor"),

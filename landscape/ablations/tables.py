@@ -129,6 +129,11 @@ def regenerate(specs: list[Spec], preset: str, root: Path) -> tuple[list[Path], 
         folder = root / spec.name / preset
         rows = collect(spec, preset, root)
         written += write_tables(spec, rows, folder, preset) + write_figures(spec, rows, folder, preset)
+        if (folder / "measures.h5").exists():  # `ablate measure` ran: the measures beside the accuracy
+            from landscape.ablations.correlation import scatter_figure, write_measure_tables
+
+            written += write_measure_tables(folder / "measures.h5", spec.axes, spec.title)
+            written += scatter_figure(folder / "measures.h5", spec.axes, spec.title)
         spec_missing = sum(r.missing for r in rows)
         done, missing = done + len(rows) - spec_missing, missing + spec_missing
     index = [f"# Ablation studies (preset `{preset}`)", ""]

@@ -598,6 +598,57 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
         sys.exit(1)
 
 
+@ablate.command(name="measure")
+@spec_arguments
+@click.option("--measures", default="hessian,worst,worst_adaptive,average,average_adaptive,li,gap,norms",
+              show_default=True, help="Which: hessian, ggn, worst, worst_adaptive, average, average_adaptive, li, "
+                                      "gap, norms (comma-separated).")
+@click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures, comma-separated.")
+@click.option("--radius", default="0.1", show_default=True, help="Filter-normalised radii of Li et al.'s flatness.")
+@click.option("--images", type=int, default=1024, show_default=True, help="Training images measured (the first N).")
+@click.option("--test-images", type=int, default=1024, show_default=True, help="Test images for the gap.")
+@click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst-case sharpness.")
+@click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average-case sharpness.")
+@click.option("--m", type=int, default=0, show_default=True, help="m-sharpness: the worst case per batch of m images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="ray: the cluster [default: a local Ray].")
+@click.option("--workers", type=int, default=0, show_default=True, help="ray: workers.")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="ray: CPUs per worker.")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="ray: GPUs per worker.")
+def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, measures: str, rho: str,
+                   radius: str, images: int, test_images: int, steps: int, samples: int, m: int, seed: int,
+                   device: str, executor: str, address: str | None, workers: int, cpus_per_worker: float,
+                   gpus_per_worker: float) -> None:
+    """Flatness and sharpness measures of every finished cell; writes measures.h5, the measures table, the rank
+    correlations with test accuracy and the gap, and the scatter figure beside each spec's table."""
+    from landscape.ablations.correlation import scatter_figure, write_measure_tables
+    from landscape.ablations.measure import measure_spec
+    from landscape.engine.devices import resolve_device
+    from landscape.engine.measures import MeasureOptions
+    from landscape.options import positive
+
+    def numbers(text: str, option: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise UsageError(f"{option} {text!r}: give numbers, comma-separated, e.g. 0.01,0.05") from None
+
+    options = MeasureOptions(measures, numbers(rho, "--rho"), numbers(radius, "--radius"), steps, 1, samples,
+                             seed=seed, m=m).validate()
+    positive("--images", images)
+    positive("--test-images", test_images)
+    chosen = load_specs(specs, all_specs)
+    pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)
+    for spec in chosen:
+        path = measure_spec(spec, preset, results, options, images=images, test_images=test_images,
+                            device=resolve_device(device), executor=pool, report=print_line)
+        for written in [path] + write_measure_tables(path, spec.axes, spec.title) + \
+                scatter_figure(path, spec.axes, spec.title):
+            click.echo(str(written))
+
+
 @ablate.command(name="table")
 @spec_arguments
 def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path) -> None:

@@ -29,7 +29,8 @@ from landscape.connectivity.permutations import apply_permutation, permutation_s
 from landscape.engine.batches import BatchSet, Objective, batch_set
 from landscape.engine.devices import with_threads
 from landscape.engine.functional import (Params, check_finite, check_forward, check_module, evaluate_points,
-                                         expand_points, module_buffers, prepared_module, recompute_statistics)
+                                         expand_points, module_buffers, prepared_module, recompute_statistics,
+                                         state_like)
 from landscape.errors import UsageError
 from landscape.options import choose, positive
 
@@ -65,28 +66,6 @@ def barrier(values: np.ndarray, t: np.ndarray, higher_is_worse: bool = True) -> 
     straight = (1 - t) * values[0] + t * values[-1]
     excess = values - straight if higher_is_worse else straight - values
     return float(np.max(excess))
-
-
-def as_state(model, reference: nn.Module, what: str) -> tuple[Params, Params]:
-    """Parameters and buffers of `model` (a module or a state dict) named and shaped as `reference`'s; one line
-    naming the first mismatch otherwise."""
-    state = model.state_dict() if isinstance(model, nn.Module) else model
-    if not isinstance(state, dict):
-        raise UsageError(f"{what} must be a torch.nn.Module or a state dict, got {type(model).__name__}")
-    expected = reference.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    if missing or extra:
-        raise UsageError(f"{what} is not of model A's architecture: "
-                         + (f"it lacks {', '.join(missing[:3])}" if missing else f"it has {', '.join(extra[:3])}")
-                         + ": connect two models of one architecture")
-    for name, value in expected.items():
-        if tuple(state[name].shape) != tuple(value.shape):
-            raise UsageError(f"{what} is not of model A's architecture: {name} has shape {tuple(state[name].shape)}, "
-                             f"not {tuple(value.shape)}: connect two models of one architecture")
-    names = {n for n, _ in reference.named_parameters()}
-    params = {n: v.detach() for n, v in state.items() if n in names}
-    return params, {n: v.detach() for n, v in state.items() if n not in names}
 
 
 class PathEvaluator:
@@ -151,8 +130,8 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
     device = resolve_device(device, "device", default=next(model_a.parameters()).device)
     has_bn = any(isinstance(m, _BatchNorm) for m in model_a.modules())
     bn = ("recompute" if has_bn else "eval") if bn == "auto" else bn
-    params_a, buffers_a = as_state(model_a, model_a, "model_a")
-    params_b, buffers_b = as_state(model_b, model_a, "model_b")
+    params_a, buffers_a = state_like(model_a, model_a, "model_a")
+    params_b, buffers_b = state_like(model_b, model_a, "model_b")
     to = lambda state: {n: v.to(device) for n, v in state.items()}  # noqa: E731
     params_a, buffers_a, params_b, buffers_b = map(to, (params_a, buffers_a, params_b, buffers_b))
     check_finite(params_a, "model_a")

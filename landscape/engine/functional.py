@@ -89,6 +89,28 @@ def state_of(model: nn.Module, device: torch.device | None = None) -> tuple[Para
     return params, buffers
 
 
+def state_like(model, reference: nn.Module, what: str) -> tuple[Params, Params]:
+    """Parameters and buffers of `model` (a module or a state dict) named and shaped as `reference`'s; one line
+    naming the first mismatch otherwise."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    if not isinstance(state, dict):
+        raise UsageError(f"{what} must be a torch.nn.Module or a state dict, got {type(model).__name__}")
+    expected = reference.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        raise UsageError(f"{what} is not of model A's architecture: "
+                         + (f"it lacks {', '.join(missing[:3])}" if missing else f"it has {', '.join(extra[:3])}")
+                         + ": connect two models of one architecture")
+    for name, value in expected.items():
+        if tuple(state[name].shape) != tuple(value.shape):
+            raise UsageError(f"{what} is not of model A's architecture: {name} has shape {tuple(state[name].shape)}, "
+                             f"not {tuple(value.shape)}: connect two models of one architecture")
+    names = {n for n, _ in reference.named_parameters()}
+    params = {n: v.detach() for n, v in state.items() if n in names}
+    return params, {n: v.detach() for n, v in state.items() if n not in names}
+
+
 def module_buffers(module: nn.Module, buffers: Params) -> Params:
     """The entries of `buffers` that `module` still has (a `train`-mode module has no BatchNorm statistics)."""
     names = {name for name, _ in module.named_buffers()}

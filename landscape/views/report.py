@@ -433,8 +433,42 @@ def ablation_sections(page: Page, root: Path, preset: str) -> None:
         page.figure(fig)
         cell_curves(page, rows)
         cell_envelopes(page, spec, rows)
+        if (root / spec.name / preset / "measures.h5").exists():
+            measures_section(page, root / spec.name / preset / "measures.h5", spec.axes)
     if not found:
         page.note(f"no ablation results under {root} for preset {preset}: run `landscape ablate run ... --preset {preset}`")
+
+
+def measures_section(page: Page, path: Path, axes: list[str]) -> None:
+    """`ablate measure`'s rank correlations of each measure with test accuracy and the gap, and the scatter."""
+    import plotly.graph_objects as go
+
+    from landscape.ablations.correlation import correlations, fmt, measure_names, targets_of
+    from landscape.files.measures_file import read_measures
+    from landscape.errors import UsageError
+
+    try:
+        table = read_measures(path)
+    except UsageError as exc:
+        page.note(str(exc))
+        return
+    page.heading("Does the landscape explain the ablation?", 4)
+    page.add('<p class="muted">Kendall\'s tau of each measure with the final test accuracy and with the generalization '
+             'gap (train minus test accuracy), over every cell and seed, with a 95% bootstrap interval; granulated tau '
+             '(Jiang et al. 2019) with several axes.</p>')
+    rows = []
+    for row in correlations(table, axes):
+        low, high = row["interval test accuracy"]
+        rows.append([row["measure"], row["points"], fmt(row["tau test accuracy"]), f"[{fmt(low)}, {fmt(high)}]",
+                     fmt(row["granulated test accuracy"]), fmt(row["tau generalization gap"]), row["note"]])
+    page.table(["measure", "points", "tau, test acc", "95% interval", "granulated", "tau, gap", "note"], rows)
+    accuracy = targets_of(table)["test accuracy"]
+    fig = go.Figure()
+    for name in measure_names(table):
+        fig.add_trace(go.Scatter(x=table.values[name], y=accuracy, mode="markers", name=name, text=table.cells))
+    fig.update_layout(title="each measure against the final test accuracy (one point per cell and seed)",
+                      xaxis_title="measure", yaxis_title="final test accuracy (%)")
+    page.figure(fig)
 
 
 def cell_curves(page: Page, rows) -> None:

@@ -1,0 +1,126 @@
+"""`landscape ablate measure`: the flatness and sharpness measures of every finished cell (every seed) of a spec.
+
+For each complete run file of the spec's cells under `<results>/<spec>/<preset>/`, the final weights of its best
+rate (the rate the tables report) are measured by `engine.measures` on the first `images` training and
+`test_images` test images of the run's own data, with the initial snapshot for the distance from init. Each
+(cell, seed) is one task for an executor (this process, or Ray as `ablate run` and `surface` use); the table is
+written to `<results>/<spec>/<preset>/measures.h5` after every cell, and cells already there (same options) are
+skipped, so an interrupted measurement resumes cell by cell.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.ablations.results import collect, metric_value
+from landscape.ablations.spec import Spec
+from landscape.engine.batches import BatchSet, Objective
+from landscape.engine.measures import MeasureOptions, Measures, compute_measures
+from landscape.errors import UsageError
+from landscape.files.measures_file import MeasuresTable, read_measures, write_measures
+
+
+@dataclass
+class MeasureTask:
+    """One (cell, seed): the model skeleton, its final and initial weights, and its images; picklable."""
+
+    module: nn.Module
+    params: dict
+    buffers: dict
+    init: dict | None
+    batches: BatchSet
+    test_batches: BatchSet
+    options: MeasureOptions
+    device: str = "auto"
+
+    def __call__(self) -> Measures:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
+            else torch.device(self.device)
+        move = lambda state: {n: v.to(device) for n, v in state.items()} if state is not None else None  # noqa: E731
+        return compute_measures(self.module, move(self.params), move(self.buffers), self.batches.to(device),
+                                Objective(metrics=None), self.options, self.test_batches.to(device), move(self.init))
+
+
+def measures_path(spec: Spec, preset: str, root: Path) -> Path:
+    return Path(root) / spec.name / preset / "measures.h5"
+
+
+def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, images: int, test_images: int,
+               device: torch.device, on_ray: bool) -> list[tuple[str, dict, MeasureTask]]:
+    """(cell name, what describes it, its task) for every complete run file of the spec's cells."""
+    from landscape.commands.sources import ImageSet, run_architecture, snapshot_state
+    from landscape.files.weights_file import weights_of_run
+
+    out = []
+    for row in collect(spec, preset, root):
+        for run in row.runs:
+            seed = int(run.config.get("seed", 0))
+            name = f"{row.cell.label} seed{seed}"
+            try:
+                weights = weights_of_run(run)
+            except UsageError as exc:
+                raise UsageError(f"cell {row.cell.label} (seed {seed}): {exc}") from None
+            rate = int(np.argmax(np.nan_to_num(run.epoch["test_acc"], nan=-np.inf).max(axis=1)))
+            model = run_architecture(run, None)
+            params, buffers = snapshot_state(model, weights, rate, weights.epochs[-1], torch.device("cpu"))
+            init = snapshot_state(model, weights, rate, 0, torch.device("cpu"))[0] if 0 in weights.epochs else None
+            image_set = ImageSet.of_run(run, device)
+            batches = image_set.batches(image_set.split("train", min(images, len(image_set.dataset.train))),
+                                        image_set.batch_size)
+            tests = image_set.batches(image_set.split("test", min(test_images, len(image_set.dataset.test)),
+                                                      "--test-images"), image_set.batch_size)
+            from landscape.engine.functional import skeleton
+
+            info = {**{axis: str(value) for axis, value in row.cell.axis.items()}, "label": row.cell.label,
+                    "seed": seed, "lr": float(run.lrs[rate]),
+                    **{metric: metric_value(run, metric, row.cell.horizons.get(preset))
+                       for metric in ("best_test_acc", "final_test_acc")}}
+            out.append((name, info, MeasureTask(skeleton(model), params, buffers, init, batches, tests, options,
+                                                "auto" if on_ray else str(device))))
+    return out
+
+
+def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *, images: int = 1024,
+                 test_images: int = 1024, device: torch.device | None = None, executor=None,
+                 report=print) -> Path:
+    """Measure every finished cell of `spec` (see the module docstring); return the measures file."""
+    from landscape.engine.executors import InProcess
+
+    options.validate()
+    device = device or torch.device("cpu")
+    on_ray = executor is not None and type(executor).__name__ != "InProcess"
+    tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray)
+    if not tasks:
+        raise UsageError(f"{spec.name}: no finished cell under {Path(root) / spec.name / preset}; run `landscape "
+                         f"ablate run {spec.name} --preset {preset}` first")
+    path = measures_path(spec, preset, root)
+    stored = json.dumps({**asdict(options), "images": images, "test_images": test_images}, sort_keys=True)
+    names = [name for name, _, _ in tasks]
+    table = MeasuresTable(path, {"spec": spec.name, "preset": preset, "options": stored,
+                                 "axes": ",".join(spec.axes)}, names)
+    if path.exists():
+        done = read_measures(path)
+        if done.attrs.get("options") != stored:
+            raise UsageError(f"{path} was measured with other options; give the same options to resume, or remove it")
+        for row, name in enumerate(done.cells):
+            if done.done[row] and name in names:
+                table.put(name, Measures({k: v[row] for k, v in done.values.items() if np.isfinite(v[row])},
+                                         {k: v[row] for k, v in done.stderr.items() if np.isfinite(v[row])}),
+                          done.info.get(name, {}))
+    todo = [(name, info, task) for name, info, task in tasks if not table.done[names.index(name)]]
+
+    def landed(index: int, result: Measures) -> None:
+        name, info, _ = todo[index]
+        table.put(name, result, info)
+        write_measures(table)
+        report(f"measured {spec.name} / {name} ({result.attrs.get('seconds', 0):.1f}s)")
+
+    if todo:
+        with executor or InProcess() as runner:
+            runner.run_tasks([task for _, _, task in todo], landed, lambda: False)
+    return path

@@ -1,0 +1,302 @@
+"""Flatness and sharpness measures of one model, the numbers a generalization study correlates with accuracy.
+
+`measures(model, data, ...)` computes, on the same fixed images (read once) and the same loss as every other
+measurement (BatchNorm on batch statistics by default, dropout off, the model never changed):
+- `hessian_top`, `hessian_trace`, `ggn_top`, `ggn_trace`: the top eigenvalue and the trace (Hutch++) of the Hessian
+  or the Gauss-Newton matrix (`engine.curvature`);
+- `sharpness_worst_rho<r>`: max over ||delta|| <= r of L(w + delta) - L(w), by projected normalised gradient ascent
+  (`steps` steps of length r from `restarts` random points of the sphere; the best kept): a lower bound of the
+  maximum, exact for a quadratic when the ascent has converged to its top eigenvector;
+  `sharpness_worst_adaptive_rho<r>`: the same over delta = |w| * u, ||u|| <= r (Kwon et al. 2021);
+  with `m`, the worst case is taken on every batch of m images and averaged (m-sharpness, Foret et al. 2021);
+- `sharpness_average_rho<r>`: E[L(w + delta)] - L(w), delta ~ N(0, r^2 I), over `samples` draws (with its standard
+  error); `sharpness_average_adaptive_rho<r>`: delta = |w| * N(0, r^2 I);
+- `flatness_li_r<r>`: the mean over `directions` filter-normalised random directions d (Li et al. 2018) of
+  L(w + r d) - L(w), with its standard error;
+- `train_loss`, `train_acc` and, with `test_data`, `test_loss`, `test_acc`, `gap_loss` (test minus train loss) and
+  `gap_acc` (train minus test accuracy), all with BatchNorm's running statistics (the model's own predictions);
+- `param_norm` (the l2 norm of all parameters) and, with `init`, `distance_from_init`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.engine.batches import BatchSet, Objective, batch_set
+from landscape.engine.devices import with_threads
+from landscape.engine.directions import normalize_direction, random_direction
+from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_module, evaluate_points,
+                                         expand_points, module_buffers, prepared_module, state_like, state_of)
+from landscape.errors import UsageError
+from landscape.options import check_seed, choose, positive
+
+MEASURE_GROUPS = ("hessian", "ggn", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
+DEFAULT_MEASURES = ("hessian", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
+
+
+@dataclass
+class MeasureOptions:
+    """What to measure and how (the keyword arguments of `measures`, the options of `ablate measure`)."""
+
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    rho: tuple[float, ...] = (0.05,)
+    radius: tuple[float, ...] = (0.1,)
+    steps: int = 10
+    restarts: int = 1
+    samples: int = 10
+    directions: int = 5
+    m: int = 0  # 0: the worst case on all images at once
+    trace_samples: int = 30
+    max_steps: int = 80
+    bn: str = "train"
+    seed: int = 0
+
+    def validate(self) -> "MeasureOptions":
+        if isinstance(self.measures, str):
+            self.measures = tuple(m.strip() for m in self.measures.split(",") if m.strip())
+        for name in self.measures:
+            choose("measures", name, MEASURE_GROUPS)
+        for option in ("rho", "radius"):
+            values = getattr(self, option)
+            values = (values,) if isinstance(values, (int, float)) else tuple(values)
+            if not values or any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in values):
+                raise UsageError(f"{option} {values}: give positive finite numbers, e.g. {option}=(0.01, 0.05)")
+            setattr(self, option, tuple(float(v) for v in values))
+        for option in ("steps", "restarts", "samples", "directions", "trace_samples", "max_steps"):
+            positive(option, getattr(self, option))
+        if self.m < 0:
+            raise UsageError(f"m {self.m}: give the images per batch of m-sharpness, or 0 for all at once")
+        choose("bn", self.bn, ("train", "eval"))
+        check_seed("seed", self.seed)
+        return self
+
+
+@dataclass
+class Measures:
+    """Named scalars of one model (numpy floats), the standard errors of the stochastic ones, and attributes."""
+
+    values: dict[str, float]
+    stderr: dict[str, float] = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+    def save(self, path) -> "object":
+        """Write a measures file of this one model (see files/measures_file.py); return its path."""
+        from pathlib import Path
+
+        from landscape.files.measures_file import MeasuresTable, write_measures
+
+        table = MeasuresTable(Path(path), dict(self.attrs), ["model"], {"model": {}})
+        table.put("model", self, {})
+        return write_measures(table)
+
+
+class LossAt:
+    """The mean loss of a model at given parameters over fixed batches: the value, and its gradient."""
+
+    def __init__(self, module: nn.Module, params: Params, buffers: Params, batches: BatchSet, objective: Objective):
+        self.module, self.params, self.buffers = module, params, buffers
+        self.batches, self.objective = batches, objective
+        self.evaluations = 0
+
+    def value(self, params: Params | None = None, batches: BatchSet | None = None) -> torch.Tensor:
+        point = {n: p[None] for n, p in (params or self.params).items()}
+        batches = batches or self.batches
+        self.evaluations += 1
+        return evaluate_points(self.module, point, expand_points(self.buffers, 1), batches, self.objective)["loss"][0]
+
+    def gradient(self, params: Params, batches: BatchSet | None = None) -> tuple[torch.Tensor, Params]:
+        batches = batches or self.batches
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        total = torch.zeros((), dtype=torch.float64, device=next(iter(params.values())).device)
+        grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        for share, batch in zip(batches.shares, batches):
+            loss = self.objective.loss_only(FunctionalModel(self.module, leaves, self.buffers), batch)
+            for n, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)):
+                if g is not None:
+                    grads[n] += share * g
+            total += share * loss.detach().double()
+        self.evaluations += 1
+        return total, grads
+
+
+def norm_of(tensors: Params) -> torch.Tensor:
+    return torch.sqrt(sum(t.double().pow(2).sum() for t in tensors.values()))
+
+
+def worst_case(loss: LossAt, rho: float, scale: Params | None, steps: int, restarts: int,
+               generator: torch.Generator, batches: BatchSet | None = None) -> float:
+    """max over ||u|| <= rho of L(w + s * u) - L(w) (s = `scale`, elementwise, or 1) by projected normalised
+    gradient ascent in u from random points of the sphere; the best of `restarts`."""
+    base = loss.value(batches=batches)
+    best = -math.inf
+    params = loss.params
+    for _ in range(restarts):
+        u = random_direction(params, generator)
+        u = {n: v * (rho / float(norm_of(u))) for n, v in u.items()}
+        for _ in range(steps):
+            point = {n: p + (scale[n] * u[n] if scale is not None else u[n]) for n, p in params.items()}
+            _, grads = loss.gradient(point, batches)
+            if scale is not None:
+                grads = {n: g * scale[n] for n, g in grads.items()}
+            length = float(norm_of(grads))
+            if length == 0.0:
+                break
+            u = {n: u[n] + rho * g / length for n, g in grads.items()}
+            size = float(norm_of(u))
+            if size > rho:
+                u = {n: v * (rho / size) for n, v in u.items()}
+        point = {n: p + (scale[n] * u[n] if scale is not None else u[n]) for n, p in params.items()}
+        best = max(best, float(loss.value(point, batches) - base))
+    return best
+
+
+def average_case(loss: LossAt, sigma: float, scale: Params | None, samples: int,
+                 generator: torch.Generator) -> tuple[float, float]:
+    """E[L(w + s * delta)] - L(w), delta ~ N(0, sigma^2 I), and the standard error of the mean of `samples` draws."""
+    base = float(loss.value())
+    rises = []
+    for _ in range(samples):
+        delta = random_direction(loss.params, generator)
+        point = {n: p + sigma * (scale[n] * delta[n] if scale is not None else delta[n])
+                 for n, p in loss.params.items()}
+        rises.append(float(loss.value(point)) - base)
+    return mean_stderr(rises)
+
+
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else float("nan")
+
+
+def li_flatness(loss: LossAt, radius: float, directions: int, generator: torch.Generator) -> tuple[float, float]:
+    """Mean over filter-normalised random directions d of L(w + r d) - L(w), and its standard error."""
+    base = float(loss.value())
+    rises = []
+    for _ in range(directions):
+        d = normalize_direction(random_direction(loss.params, generator), loss.params, "filter", "biasbn")
+        rises.append(float(loss.value({n: p + radius * d[n] for n, p in loss.params.items()})) - base)
+    return mean_stderr(rises)
+
+
+def m_batches(batches: BatchSet, m: int) -> list[BatchSet]:
+    """The images cut into batches of m (the last may be smaller), each its own set."""
+    out = []
+    for inputs, targets in batches:
+        for start in range(0, len(targets), m):
+            out.append(BatchSet([(inputs[start:start + m], targets[start:start + m])]))
+    return out
+
+
+def accuracy_and_loss(module: nn.Module, params: Params, buffers: Params, batches: BatchSet,
+                      objective: Objective) -> dict[str, float]:
+    point = {n: p[None] for n, p in params.items()}
+    values = evaluate_points(module, point, expand_points(buffers, 1), batches, objective)
+    return {name: float(value[0]) for name, value in values.items()}
+
+
+def compute_measures(model: nn.Module, params: Params, buffers: Params, batches: BatchSet, objective: Objective,
+                     options: MeasureOptions, test_batches: BatchSet | None = None, init: Params | None = None,
+                     on_measure: Callable[[str], None] | None = None) -> Measures:
+    """Every measure asked for, of the model at `params` (see the module docstring)."""
+    from landscape.engine.curvature import estimate_trace, top_eigenvalues
+    from landscape.engine.operators import curvature_operator
+
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(options.seed)
+    module = prepared_module(model, options.bn)
+    kept = module_buffers(module, buffers)
+    loss = LossAt(module, params, kept, batches, Objective(objective.loss, objective.closure, {}))
+    values: dict[str, float] = {}
+    stderr: dict[str, float] = {}
+    products = {}
+    for group in options.measures:
+        if group in ("hessian", "ggn"):
+            operator = curvature_operator(group, module, params, kept, batches, objective)
+            values[f"{group}_top"] = float(top_eigenvalues(operator, 1, max_steps=options.max_steps,
+                                                           seed=options.seed).values[0])
+            values[f"{group}_trace"], stderr[f"{group}_trace"] = estimate_trace(operator, options.trace_samples,
+                                                                                "hutch++", options.seed)
+            products[group] = operator.products
+        elif group in ("worst", "worst_adaptive"):
+            scale = {n: p.abs() for n, p in params.items()} if group == "worst_adaptive" else None
+            for rho in options.rho:
+                name = f"sharpness_{group}_rho{rho:g}"
+                if options.m:
+                    parts = [worst_case(loss, rho, scale, options.steps, options.restarts, generator, part)
+                             for part in m_batches(batches, options.m)]
+                    values[name], stderr[name] = mean_stderr(parts)
+                else:
+                    values[name] = worst_case(loss, rho, scale, options.steps, options.restarts, generator)
+        elif group in ("average", "average_adaptive"):
+            scale = {n: p.abs() for n, p in params.items()} if group == "average_adaptive" else None
+            for rho in options.rho:
+                name = f"sharpness_{group}_rho{rho:g}"
+                values[name], stderr[name] = average_case(loss, rho, scale, options.samples, generator)
+        elif group == "li":
+            for radius in options.radius:
+                name = f"flatness_li_r{radius:g}"
+                values[name], stderr[name] = li_flatness(loss, radius, options.directions, generator)
+        elif group == "gap":
+            evaluation = prepared_module(model, "eval")
+            own = module_buffers(evaluation, buffers)
+            train = accuracy_and_loss(evaluation, params, own, batches, objective)
+            values.update({f"train_{k}": v for k, v in train.items()})
+            if test_batches is not None:
+                test = accuracy_and_loss(evaluation, params, own, test_batches, objective)
+                values.update({f"test_{k}": v for k, v in test.items()})
+                values["gap_loss"] = test["loss"] - train["loss"]
+                if "acc" in train:
+                    values["gap_acc"] = train["acc"] - test["acc"]
+        elif group == "norms":
+            values["param_norm"] = float(norm_of(params))
+            if init is not None:
+                values["distance_from_init"] = float(norm_of({n: params[n] - init[n] for n in params}))
+        if on_measure is not None:
+            on_measure(group)
+    attrs = {"measures": ",".join(options.measures), "rho": ",".join(f"{r:g}" for r in options.rho),
+             "radius": ",".join(f"{r:g}" for r in options.radius), "steps": options.steps,
+             "restarts": options.restarts, "samples": options.samples, "directions": options.directions,
+             "m": options.m, "bn": options.bn, "seed": options.seed, "images": batches.samples,
+             "test_images": test_batches.samples if test_batches is not None else 0,
+             "loss_evaluations": loss.evaluations, "seconds": time.perf_counter() - started,
+             **{f"{group}_products": count for group, count in products.items()}}
+    return Measures(values, stderr, attrs)
+
+
+@with_threads
+def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None, init=None,
+             measures: tuple[str, ...] | str = DEFAULT_MEASURES, rho=(0.05,), radius=(0.1,), steps: int = 10,
+             restarts: int = 1, samples: int = 10, directions: int = 5, m: int = 0, trace_samples: int = 30,
+             max_steps: int = 80, bn: str = "train", seed: int = 0, images: int | None = None,
+             batch_size: int | None = None, device=None, threads: int | None = None) -> Measures:
+    """Flatness and sharpness measures of `model` on `data` (see the module docstring): a `Measures` record of
+    named scalars (`.values`, `.stderr`, `.save(path)`). `init`: the initial weights (a module or a state dict)
+    for `distance_from_init`; `test_data` for the generalization gap. The model is never changed."""
+    from landscape.engine.devices import resolve_device
+
+    check_module(model)
+    options = MeasureOptions(measures, rho, radius, steps, restarts, samples, directions, m, trace_samples,
+                             max_steps, bn, seed).validate()
+    device = resolve_device(device, "device", default=next(model.parameters()).device)
+    objective = Objective(loss=loss, closure=closure)
+    params, buffers = state_of(model, device)
+    check_finite(params, "the model")
+    batches = batch_set(data, device=device, objective=objective, images=images, batch_size=batch_size)
+    test_batches = batch_set(test_data, device=device, objective=objective, images=images, batch_size=batch_size,
+                             what="test_data") if test_data is not None else None
+    start = None
+    if init is not None:
+        start = {n: v.to(device) for n, v in state_like(init, model, "init")[0].items()}
+    result = compute_measures(model, params, buffers, batches, objective, options, test_batches, start)
+    result.attrs.update({"source": "python", "model": type(model).__name__, "device": str(device),
+                         "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return result

@@ -1,0 +1,132 @@
+"""`landscape ablate measure`: a grid's cells measured as the API measures them, the rank correlations against
+scipy, resuming cell by cell, and bad input."""
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from landscape.ablations.correlation import granulated, kendall
+from landscape.ablations.runner import plan, run_job
+from landscape.ablations.spec import load_spec
+from landscape.files.measures_file import read_measures
+from tests.test_cli import checksums, landscape as cli
+
+GRID_SPEC = '''
+title = "test: activation by batch size"
+source = "report 004, test"
+metrics = ["best_test_acc", "final_test_acc"]
+[base]
+model = "resnet20"
+dataset = "synthetic"
+width = 0.25
+lrs = [0.01]
+optimizer = "sgd"
+train_subset = 128
+batch_size = 32
+epochs = 1
+threads = 1
+[[axes]]
+name = "activation"
+values = ["relu", "silu"]
+[[axes]]
+name = "batch_size"
+values = [32, 64]
+[presets.quick]
+epochs = 1
+'''
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid")
+    spec_file = folder / "grid.toml"
+    spec_file.write_text(GRID_SPEC)
+    spec = load_spec(spec_file)
+    for job in plan(spec, "quick", 1, folder / "results"):
+        run_job(job, threads=1)
+    return spec_file, folder / "results"
+
+
+def test_measures_of_every_cell_equal_the_api_on_the_same_weights(grid, capsys):
+    import landscape
+    from landscape.commands.sources import ImageSet, snapshot_model
+    from landscape.files.run_file import read_run
+    from landscape.files.weights_file import weights_of_run
+
+    spec_file, results = grid
+    common = ["--preset", "quick", "--results", results, "--measures", "worst,average,gap,norms", "--rho", "0.01",
+              "--images", "64", "--test-images", "64", "--steps", "2", "--samples", "3", "--device", "cpu"]
+    code, out, err = cli("ablate", "measure", spec_file, *common, capsys=capsys)
+    assert code in (0, None), err
+    path = results / "grid" / "quick" / "measures.h5"
+    table = read_measures(path)
+    assert len(table.cells) == 4 and table.done.all()
+    assert (path.parent / "correlations.md").exists() and (path.parent / "measures_scatter.png").exists()
+    run_path = sorted((results / "grid" / "quick").glob("*silu*64*_seed0.h5"))[0]
+    run = read_run(run_path)
+    weights = weights_of_run(run)
+    model = snapshot_model(run, weights, 0, weights.epochs[-1], __import__("torch").device("cpu"))
+    images = ImageSet.of_run(run, __import__("torch").device("cpu"))
+    direct = landscape.measures(model, images.batches(images.split("train", 64), images.batch_size),
+                                test_data=images.batches(images.split("test", 64), images.batch_size),
+                                measures="worst,average,gap,norms", rho=0.01, steps=2, samples=3)
+    row = [i for i, c in enumerate(table.cells) if table.info[c]["activation"] == "silu"
+           and table.info[c]["batch_size"] == "64"][0]
+    for name, value in direct.values.items():
+        assert table.values[name][row] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    stored = checksums(path.parent)["measures.h5"]
+    code, out, err = cli("ablate", "measure", spec_file, *common, capsys=capsys)
+    assert code in (0, None) and "measured" not in err  # every cell was done: nothing is measured again
+    assert checksums(path.parent)["measures.h5"] == stored
+    before = checksums(path.parent)
+    code, out, err = cli("ablate", "measure", spec_file, *common, "--rho", "0", capsys=capsys)
+    assert code == 2 and "rho" in err and len(err.strip().splitlines()) == 1
+    assert checksums(path.parent) == before
+
+
+def test_a_spec_without_finished_cells_or_weights_is_refused(grid, tmp_path, capsys):
+    spec_file, results = grid
+    code, _, err = cli("ablate", "measure", spec_file, "--preset", "quick", "--results", tmp_path / "empty",
+                             capsys=capsys)
+    assert code == 2 and "no finished cell" in err and len(err.strip().splitlines()) == 1
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    next((copy / "grid" / "quick").glob("*.weights.h5")).unlink()
+    (copy / "grid" / "quick" / "measures.h5").unlink(missing_ok=True)
+    code, _, err = cli("ablate", "measure", spec_file, "--preset", "quick", "--results", copy,
+                             "--measures", "norms", capsys=capsys)
+    assert code == 2 and "weights" in err and len(err.strip().splitlines()) == 1
+    assert not (copy / "grid" / "quick" / "measures.h5").exists()
+
+
+def test_kendall_and_granulated_tau_equal_scipy_on_the_same_numbers():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=12), rng.normal(size=12)
+    assert kendall(x, y) == pytest.approx(kendalltau(x, y).statistic)
+    first = np.array(["a", "b"] * 6)
+    second = np.repeat(["p", "q", "r", "s", "t", "u"], 2)
+    overall, per_axis = granulated(x, y, {"first": first, "second": second})
+    # axis "first" varies alone within each value of "second": pairs of two points
+    expected_first = np.mean([kendalltau(x[second == v], y[second == v]).statistic for v in np.unique(second)])
+    expected_second = np.mean([kendalltau(x[first == v], y[first == v]).statistic for v in np.unique(first)])
+    assert per_axis["first"] == pytest.approx(expected_first)
+    assert per_axis["second"] == pytest.approx(expected_second)
+    assert overall == pytest.approx((expected_first + expected_second) / 2)
+
+
+def test_the_table_shows_the_measures_and_says_when_the_cells_are_too_few(grid):
+    from landscape.ablations.tables import regenerate
+
+    spec_file, results = grid
+    if not (results / "grid" / "quick" / "measures.h5").exists():
+        pytest.skip("needs the measures of the first test")
+    written, _, _ = regenerate([load_spec(spec_file)], "quick", results)
+    assert results / "grid" / "quick" / "correlations.md" in written
+    text = (results / "grid" / "quick" / "correlations.md").read_text()
+    assert "only 4 points: too few" in text and "sharpness_worst_rho0.01" in text
+    from landscape.views.report import Page, measures_section
+
+    page = Page("measures")
+    measures_section(page, results / "grid" / "quick" / "measures.h5", ["activation", "batch_size"])
+    assert "Does the landscape explain the ablation?" in page.html() and "too few" in page.html()
