@@ -207,7 +207,7 @@ def memory_child(library: str, images: int, data_root: str, basis: int) -> None:
     """One whole-model top-3 on the CIFAR ResNet-18 in this process; prints JSON (values, products, seconds, peak)."""
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10)
-    dataset = load_dataset("cifar10", data_root, torch.device("cpu"))
+    dataset = load_dataset("cifar10", data_root, device=torch.device("cpu"))
     normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
     batches = [b for b, _ in zip(eval_batches(dataset.train, normalize, images), range(1))]
     model.eval()

@@ -255,16 +255,21 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
                  for d in dict.fromkeys(("cpu", base.device))]
         connect_diff = float(np.max(np.abs(paths[-1].values["line"]["train"]["loss"] -
                                            paths[0].values["line"]["train"]["loss"])))
+        measured = [landscape.measures(model.to(d), (x, y), measures="worst,average,li,norms", rho=0.05,
+                                       steps=3, samples=3).values for d in dict.fromkeys(("cpu", base.device))]
+        diffs["measures"] = float(max(abs(measured[-1][k] - measured[0][k]) / max(abs(measured[0][k]), 1e-6)
+                                      for k in measured[0]))
         tracked = trained("critical", replace(base, sharpness_every=5, sharpness_method="critical",
                                               sharpness_images=min(256, base.train_subset)))
         compare(runs["loop"], tracked, FP32, "training with critical sharpness")
-        if not (max(diffs.values()) <= 1e-3 and connect_diff <= 1e-3):
+        if not (max(diffs.values()) <= 1e-2 and connect_diff <= 1e-3):
             raise AssertionError(f"on {base.device} against CPU: GGN {diffs['ggn']:.1e}, Fisher {diffs['fisher']:.1e}, "
-                                 f"connect line {connect_diff:.1e}")
-        return (f"GGN vs CPU {diffs['ggn']:.1e}, Fisher vs CPU {diffs['fisher']:.1e}, connect line vs CPU "
-                f"{connect_diff:.1e}; critical sharpness at step 0: {tracked.sharpness['top'][:, 0, 0]}")
+                                 f"measures {diffs['measures']:.1e}, connect line {connect_diff:.1e}")
+        return (f"GGN vs CPU {diffs['ggn']:.1e}, Fisher vs CPU {diffs['fisher']:.1e}, measures vs CPU "
+                f"{diffs['measures']:.1e}, connect line vs CPU {connect_diff:.1e}; critical sharpness at step 0: "
+                f"{tracked.sharpness['top'][:, 0, 0]}")
 
-    checks.run("GGN/Fisher operators, connect, critical sharpness", operators_and_connect)
+    checks.run("GGN/Fisher operators, measures, connect, critical sharpness", operators_and_connect)
 
     def ray_surface() -> str:
         from landscape.commands.surface import SurfaceOptions, compute_surface
