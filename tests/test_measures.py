@@ -128,3 +128,30 @@ def test_bad_measure_options_are_one_line_errors(kwargs, message):
     with pytest.raises(UsageError, match=message) as caught:
         landscape.measures(net, (x, y), **kwargs)
     assert "\n" not in str(caught.value)
+
+
+def test_the_measure_command_gives_the_api_s_numbers_for_a_snapshot(tmp_path, tiny_run, capsys):
+    from landscape.commands.sources import ImageSet, snapshot_model
+    from landscape.files.run_file import read_run
+    from landscape.files.weights_file import weights_of_run
+    from tests.test_cli import landscape as cli
+
+    out = tmp_path / "m.h5"
+    code, stdout, _ = cli("measure", tiny_run, "--lr", "3e-4", "--measures", "worst,average,gap,norms", "--rho",
+                          "0.01,0.02", "--images", "64", "--test-images", "32", "--steps", "2", "--samples", "2",
+                          "--device", "cpu", "--out", out, capsys=capsys)
+    assert code in (0, None) and "sharpness_worst_rho0.02" in stdout and "distance_from_init" in stdout
+    run = read_run(tiny_run)
+    weights = weights_of_run(run)
+    model = snapshot_model(run, weights, 1, weights.epochs[-1], torch.device("cpu"))
+    initial = snapshot_model(run, weights, 1, 0, torch.device("cpu"))
+    images = ImageSet.of_run(run, torch.device("cpu"))
+    direct = landscape.measures(model, images.batches(images.split("train", 64), images.batch_size),
+                                test_data=images.batches(images.split("test", 32), images.batch_size), init=initial,
+                                measures="worst,average,gap,norms", rho=(0.01, 0.02), steps=2, samples=2)
+    stored = landscape.read_measures(out)
+    for name, value in direct.values.items():
+        assert stored.values[name][0] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    code, _, err = cli("measure", tiny_run, "--lr", "3e-4", "--rho", "abc", "--out", tmp_path / "x.h5",
+                       capsys=capsys)
+    assert code == 2 and "--rho 'abc'" in err and not (tmp_path / "x.h5").exists()

@@ -385,6 +385,57 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
 
 
 @cli.command()
+@click.argument("run_file", required=False, type=click.Path(path_type=Path))
+@click.option("--lr", type=float, default=None, help="The run, by its learning rate.")
+@click.option("--run", "run_index", type=int, default=None, help="The run, by its index.")
+@click.option("--epoch", type=int, default=None, help="The snapshot's epoch [default: the last saved].")
+@click.option("--model-def", default=None, help="FILE.py:FACTORY (or torchvision:NAME, timm:NAME) for a foreign model.")
+@click.option("--weights", default=None, help="A foreign model's state dict (with --model-def).")
+@click.option("--dataset", default=None, help="Dataset of the images [default: the run's; cifar10 for foreign].")
+@click.option("--num-classes", type=int, default=None, help="A foreign model's outputs [default: the dataset's].")
+@click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data].")
+@click.option("--measures", default="hessian,worst,worst_adaptive,average,average_adaptive,li,gap,norms",
+              show_default=True, help="As `ablate measure --measures`.")
+@click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures, comma-separated.")
+@click.option("--radius", default="0.1", show_default=True, help="Filter-normalised radii of Li et al.'s flatness.")
+@click.option("--images", type=int, default=1024, show_default=True, help="Training images measured (the first N).")
+@click.option("--test-images", type=int, default=1024, show_default=True, help="Test images for the gap.")
+@click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst-case sharpness.")
+@click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average-case sharpness.")
+@click.option("--m", type=int, default=0, show_default=True, help="m-sharpness: the worst case per batch of m images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@THREADS_OPTION
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Measures file [default: <run>_measures.h5].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def measure(run_file: Path | None, run_index: int | None, measures: str, rho: str, radius: str, steps: int,
+            samples: int, m: int, seed: int, out: Path | None, overwrite: bool, quiet: bool, **options) -> None:
+    """Flatness and sharpness measures of one snapshot (or a foreign model): the numbers `ablate measure` gives a
+    cell."""
+    from landscape.commands.measure import MeasureCommandOptions, measure_snapshot
+    from landscape.engine.measures import MeasureOptions
+
+    chosen = MeasureOptions(measures, comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), steps, 1,
+                            samples, seed=seed, m=m)
+    path, result = measure_snapshot(run_file, MeasureCommandOptions(run=run_index, **options), chosen, out,
+                                    overwrite=overwrite)
+    if not quiet:
+        for name, value in result.values.items():
+            error = result.stderr.get(name)
+            click.echo(f"{name:>36}  {value:.6g}" + (f"  (+- {error:.2g})" if error is not None else ""))
+        click.echo(f"wrote {path}")
+
+
+def comma_numbers(text: str, option: str) -> tuple[float, ...]:
+    """Numbers from a comma-separated option; one line naming the option otherwise."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give numbers, comma-separated, e.g. 0.01,0.05") from None
+
+
+@cli.command()
 @click.argument("a", required=False, type=click.Path(path_type=Path))
 @click.argument("b", required=False, type=click.Path(path_type=Path))
 @click.option("--lr", type=float, default=None, help="A's run, by its learning rate (a run file of several runs).")
@@ -629,13 +680,7 @@ def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results
     from landscape.engine.measures import MeasureOptions
     from landscape.options import positive
 
-    def numbers(text: str, option: str) -> tuple[float, ...]:
-        try:
-            return tuple(float(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise UsageError(f"{option} {text!r}: give numbers, comma-separated, e.g. 0.01,0.05") from None
-
-    options = MeasureOptions(measures, numbers(rho, "--rho"), numbers(radius, "--radius"), steps, 1, samples,
+    options = MeasureOptions(measures, comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), steps, 1, samples,
                              seed=seed, m=m).validate()
     positive("--images", images)
     positive("--test-images", test_images)
