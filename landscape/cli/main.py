@@ -342,8 +342,8 @@ def surface(run_file: Path | None, run_index: int | None, out: Path | None, over
               help="Stop when every error bound is below tol x |eigenvalue| and stays so for a quarter more steps.")
 @click.option("--max-steps", type=int, default=80, show_default=True, help="Lanczos steps at most.")
 @click.option("--basis-vectors", type=int, default=0, show_default=True,
-              help="Vectors the Lanczos basis may hold (0: --max-steps, or as many as fit in half the available "
-                   "memory); fewer than --max-steps: thick-restarted.")
+              help="Vectors the Lanczos basis holds (0: max(20, 4 x --top-k), fewer if they do not fit in half the "
+                   "available memory); when full it is thick-restarted.")
 @click.option("--trace", is_flag=True, help="Also estimate the trace, with its standard error.")
 @click.option("--trace-samples", type=int, default=100, show_default=True,
               help="Hessian-vector products for --trace.")

@@ -4,8 +4,8 @@ The operators (`engine.operators`: the Hessian, the generalized Gauss-Newton mat
 v -> M v for the mean loss over a fixed set of batches. On top, in float64 on the device:
 - `top_eigenvalues`: the k largest (algebraic) eigenvalues by Lanczos with full reorthogonalisation (twice,
   "twice is enough"), stopped when every error bound min(r, r^2/gap) is within tol and stays so over a quarter
-  more products with the same values (`Confirmation`); its basis holds every step while that fits in half the
-  available memory, else a fixed number of vectors with thick restarts (memory independent of the steps);
+  more products with the same values (`Confirmation`); its basis holds max(20, 4k) vectors (or what fits in half
+  the available memory, or `basis_vectors`), thick-restarted when full: memory independent of the steps;
 - `hutchpp_trace` (the default) and `hutchinson_trace`: tr M from a budget of products, Hutch++ (Meyer et al.
   2021: the exact trace on a sketch of the top of the spectrum, Hutchinson on the rest) or plain Hutchinson
   (mean of v'Mv over Rademacher v), each with its standard error;
@@ -37,6 +37,8 @@ from landscape.errors import UsageError
 from landscape.options import check_seed, choose, in_range, positive
 
 BASIS_MEMORY_SHARE = 0.5  # the Lanczos basis may take at most this share of the device's free memory
+DEFAULT_BASIS_VECTORS = 20  # the basis holds max(this, 4k) vectors unless told otherwise: on ResNet-18 (11M
+                            # parameters) as accurate as 80 in as many products, at 3.2 GiB instead of 8.1
 MAX_BASIS_VECTORS = 400  # beyond this many steps the basis is thick-restarted whatever the memory (the projected
                          # matrix and its eigendecomposition at every step grow with its square and cube)
 
@@ -170,12 +172,12 @@ class Confirmation:
 
 def basis_capacity(k: int, max_steps: int, size: int, device: torch.device, basis_vectors: int | None = None,
                    option: str = "max_steps") -> int:
-    """How many vectors the Lanczos basis holds: all `max_steps` when they fit in half the available memory (and
-    number at most MAX_BASIS_VECTORS, and at most `basis_vectors` if given), else as many as fit (a thick restart
-    then keeps the top Ritz vectors); UsageError when not even k + 4 fit."""
+    """How many vectors the Lanczos basis holds: `basis_vectors`, or by default max(DEFAULT_BASIS_VECTORS, 4k), at
+    most `max_steps` and what fits in half the available memory (a thick restart keeps the top Ritz vectors when it
+    is full); UsageError when not even k + 4 fit."""
     need = min(max_steps, size)
     fit = int(BASIS_MEMORY_SHARE * available_bytes(device) // (size * 8))
-    capacity = min(need, fit, basis_vectors or need, MAX_BASIS_VECTORS)
+    capacity = min(need, fit, basis_vectors or max(DEFAULT_BASIS_VECTORS, 4 * k), MAX_BASIS_VECTORS)
     least = min(k + 4, need)
     if capacity < least:
         raise UsageError(f"{option} {max_steps:,}: even a restarted Lanczos needs {least} vectors of {size:,} "
@@ -210,9 +212,9 @@ def top_eigenvalues(operator: CurvatureOperator, k: int, *, max_steps: int = 80,
     """The k largest eigenvalues of the operator by Lanczos with full reorthogonalisation, at most `max_steps`
     products, stopped by the confirmed error-bound rule (`Confirmation`).
 
-    The basis holds `basis_capacity(...)` vectors: all the products when they fit (plain Lanczos), else a thick
-    restart (Wu & Simon 2000) whenever it is full keeps the top Ritz vectors (half the basis, at least k + 1) and
-    continues from the residual, so memory is capacity x parameters x 8 bytes whatever the step count."""
+    The basis holds `basis_capacity(...)` vectors; when it is full, a thick restart (Wu & Simon 2000) keeps the top
+    Ritz vectors (half the basis, at least k + 1) and continues from the residual, so memory is capacity x
+    parameters x 8 bytes whatever the step count (plain Lanczos when the steps fit)."""
     size = operator.size
     capacity = basis_capacity(k, max_steps, size, operator.device, basis_vectors)
     steps = min(max_steps, size)
@@ -381,7 +383,7 @@ class SpectrumOptions:
     seed: int = 0
     trace_method: str = "hutch++"
     operator: str = "hessian"
-    basis_vectors: int = 0  # 0: as many as max_steps, or as fit in half the available memory (then restarted)
+    basis_vectors: int = 0  # 0: max(20, 4 top_k), or what fits in half the available memory; restarted when full
 
     def validate(self, dash: str = "") -> "SpectrumOptions":
         """Check every value; options are named with `dash` ("--" on the command line) and dashes or underscores."""
@@ -542,8 +544,8 @@ def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top
     """The Hessian (or `operator` "ggn": the generalized Gauss-Newton matrix, "fisher": the empirical Fisher) of
     the mean loss of `model` on `data`: top-k eigenvalues (Lanczos), and optionally the trace (`trace_samples`
     products of Hutch++, or of Hutchinson) and the spectral density (stochastic Lanczos quadrature).
-    `basis_vectors` caps the vectors the Lanczos basis holds (0: max_steps, or what fits in half the available
-    memory); below max_steps the basis is thick-restarted.
+    `basis_vectors` sets the vectors the Lanczos basis holds (0: max(20, 4 top_k), or what fits in half the
+    available memory); below the steps taken the basis is thick-restarted.
 
     `params`: all parameters (None), a name pattern ('layer4.*'), a list of patterns or a predicate of the name:
     the Hessian of that block, the others held fixed. `data`, `loss`, `closure` as for `surface`; `bn`: train
