@@ -130,3 +130,31 @@ def test_the_table_shows_the_measures_and_says_when_the_cells_are_too_few(grid):
     page = Page("measures")
     measures_section(page, results / "grid" / "quick" / "measures.h5", ["activation", "batch_size"])
     assert "Does the landscape explain the ablation?" in page.html() and "too few" in page.html()
+
+
+def test_the_seed_to_seed_barrier_of_a_cell_is_a_measure(tmp_path, capsys):
+    from landscape.connectivity.connect import connect
+    from landscape.commands.sources import ImageSet, snapshot_model
+    from landscape.files.run_file import read_run
+    from landscape.files.weights_file import weights_of_run
+    import torch
+
+    spec_file = tmp_path / "seeds.toml"
+    spec_file.write_text(GRID_SPEC.split("[[axes]]\nname = \"batch_size\"")[0] + "[presets.quick]\nepochs = 1\n")
+    spec = load_spec(spec_file)
+    for job in plan(spec, "quick", 2, tmp_path / "results"):
+        run_job(job, threads=1)
+    code, _, err = cli("ablate", "measure", spec_file, "--preset", "quick", "--results", tmp_path / "results",
+                       "--measures", "barrier,norms", "--images", "64", "--test-images", "32", "--device", "cpu",
+                       capsys=capsys)
+    assert code in (0, None), err
+    table = read_measures(tmp_path / "results" / "seeds" / "quick" / "measures.h5")
+    assert len(table.cells) == 4
+    relu = [i for i, c in enumerate(table.cells) if table.info[c]["activation"] == "relu"]
+    assert table.values["barrier_loss"][relu[0]] == table.values["barrier_loss"][relu[1]]
+    runs = [read_run(p) for p in sorted((tmp_path / "results" / "seeds" / "quick").glob("activation-relu_seed*.h5"))
+            if not p.name.endswith(".weights.h5")]
+    models = [snapshot_model(r, weights_of_run(r), 0, weights_of_run(r).epochs[-1], torch.device("cpu")) for r in runs]
+    images = ImageSet.of_run(runs[0], torch.device("cpu"))
+    found = connect(models[0], models[1], images.batches(images.split("train", 64), images.batch_size), points=11)
+    assert table.values["barrier_loss"][relu[0]] == pytest.approx(found.barriers["line"]["train"]["loss"], rel=1e-6)

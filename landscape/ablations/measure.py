@@ -123,4 +123,35 @@ def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *
     if todo:
         with executor or InProcess() as runner:
             runner.run_tasks([task for _, _, task in todo], landed, lambda: False)
+    if "barrier" in options.measures:
+        seed_barriers(table, tasks, report)
     return path
+
+
+def seed_barriers(table: MeasuresTable, tasks: list, report=print, points: int = 11) -> None:
+    """The loss barrier and accuracy drop between the first two seeds of every cell that has two (on the cell's
+    training images, BatchNorm recomputed), stored for each of its seeds; cells already holding one are kept."""
+    import copy
+
+    from landscape.connectivity.connect import connect
+
+    by_cell: dict[str, list] = {}
+    for name, info, task in tasks:
+        by_cell.setdefault(info["label"], []).append((name, info, task))
+    changed = False
+    for label, members in by_cell.items():
+        rows = [table.cells.index(name) for name, _, _ in members]
+        if len(members) < 2 or np.isfinite(table.column(table.values, "barrier_loss")[rows[0]]):
+            continue
+        (_, _, first), (_, _, second) = sorted(members, key=lambda m: m[1]["seed"])[:2]
+        model = copy.deepcopy(first.module)
+        model.load_state_dict({**first.params, **first.buffers}, assign=True)
+        found = connect(model, {**second.params, **second.buffers}, first.batches, points=points)
+        for row in rows:
+            table.column(table.values, "barrier_loss")[row] = found.barriers["line"]["train"]["loss"]
+            if "acc" in found.barriers["line"]["train"]:
+                table.column(table.values, "barrier_acc")[row] = found.barriers["line"]["train"]["acc"]
+        changed = True
+        report(f"measured the seed-to-seed barrier of {label}: {found.barriers['line']['train']['loss']:.4g}")
+    if changed:
+        write_measures(table)

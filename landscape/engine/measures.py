@@ -15,7 +15,9 @@ measurement (BatchNorm on batch statistics by default, dropout off, the model ne
   L(w + r d) - L(w), with its standard error;
 - `train_loss`, `train_acc` and, with `test_data`, `test_loss`, `test_acc`, `gap_loss` (test minus train loss) and
   `gap_acc` (train minus test accuracy), all with BatchNorm's running statistics (the model's own predictions);
-- `param_norm` (the l2 norm of all parameters) and, with `init`, `distance_from_init`.
+- `param_norm` (the l2 norm of all parameters) and, with `init`, `distance_from_init`;
+- `barrier` (`ablate measure` only): the loss barrier and accuracy drop on the line between a cell's first two
+  seeds (`connectivity.connect`, BatchNorm recomputed), the same for each seed of the cell.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from landscape.engine.functional import (FunctionalModel, Params, check_finite, 
 from landscape.errors import UsageError
 from landscape.options import check_seed, choose, positive
 
-MEASURE_GROUPS = ("hessian", "ggn", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
+MEASURE_GROUPS = ("hessian", "ggn", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms",
+                  "barrier")  # barrier: seed to seed, measured by `ablate measure` for cells with two seeds
 DEFAULT_MEASURES = ("hessian", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
 
 
@@ -256,6 +259,8 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
                 values["gap_loss"] = test["loss"] - train["loss"]
                 if "acc" in train:
                     values["gap_acc"] = train["acc"] - test["acc"]
+        elif group == "barrier":
+            pass  # between two seeds of a cell: `ablations.measure.seed_barriers`
         elif group == "norms":
             values["param_norm"] = float(norm_of(params))
             if init is not None:
@@ -284,6 +289,9 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
     from landscape.engine.devices import resolve_device
 
     check_module(model)
+    if "barrier" in (measures.split(",") if isinstance(measures, str) else measures):
+        raise UsageError("the barrier measure is between two models: use `landscape ablate measure` (cells with two "
+                         "seeds or more) or landscape.connect(model_a, model_b, data)")
     options = MeasureOptions(measures, rho, radius, steps, restarts, samples, directions, m, trace_samples,
                              max_steps, bn, seed).validate()
     device = resolve_device(device, "device", default=next(model.parameters()).device)
