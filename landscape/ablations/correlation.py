@@ -5,8 +5,8 @@ gap over a spec's cells and seeds, and their table and scatter figure (numpy, sc
   (resampling the (cell, seed) points, seeded);
 - with several axes, Jiang et al.'s (2019) granulated tau: for each axis, the mean of the taus over the groups of
   cells that differ in that axis alone (the other axes held fixed), then the mean over the axes;
-- a plain note when the points are too few (under 6) or a measure barely varies (all within 1% of each other)
-  for a correlation to mean anything.
+- a plain note when the points are too few (under 8) or a measure barely varies (all within 1% of each other) for
+  a correlation to mean anything, or when the interval includes 0.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from landscape.files.measures_file import MeasuresTable, read_measures
 
 TARGETS = {"test accuracy": "final_test_acc", "generalization gap": "gap_acc"}
-FEW = 6
+FEW = 8
 
 
 def kendall(x: np.ndarray, y: np.ndarray) -> float:
@@ -91,6 +91,9 @@ def correlations(table: MeasuresTable, axes: list[str]) -> list[dict]:
             notes.append(f"only {finite.size} points: too few for a rank correlation to mean anything")
         elif np.ptp(finite) <= 0.01 * max(np.abs(finite).max(), 1e-12):
             notes.append("the measure barely varies across the cells")
+        low, high = row["interval test accuracy"]
+        if not notes and (not np.isfinite(low) or low <= 0 <= high):
+            notes.append("the interval includes 0: no evidence of a correlation with accuracy either way")
         row["note"] = "; ".join(notes)
         rows.append(row)
     return rows
