@@ -17,11 +17,13 @@ def test_device_check_dry_run_passes_and_writes_its_tables(tmp_path):
     names = {row["check"] for row in report["smoke"]}
     for path in ("loop bf16", "loop channels_last", "fused fp32", "fused bf16", "probes looped, batched, fused",
                  "resume after SIGTERM", "sharpness tracking", "surface bf16 vs CPU", "hessian both HVP methods vs CPU",
-                 "API surface/hessian/probe and Recorder", "ray surface vs in process"):
+                 "API surface/hessian/probe and Recorder", "ray surface vs in process",
+                 "GGN/Fisher operators, measures, connect, critical sharpness"):
         assert path in names
     assert all(row["status"] == "pass" for row in report["smoke"])
     if data:  # the benchmarks need CIFAR files; each printed its table
-        assert len(report["benchmarks"]) == 8 and all(b["rc"] == 0 for b in report["benchmarks"]), report["benchmarks"]
-        assert all("x" in b["output"] or "overhead" in b["output"] for b in report["benchmarks"])
+        assert len(report["benchmarks"]) == 10 and all(b["rc"] == 0 for b in report["benchmarks"]), report["benchmarks"]
+        assert all("x" in b["output"] or "overhead" in b["output"] or "eigsh" in b["output"]
+                   for b in report["benchmarks"])
     table = (tmp_path / "out" / "device_check.md").read_text()
     assert table.startswith("# Device check") and "| fused bf16 | pass |" in table
