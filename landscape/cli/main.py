@@ -224,6 +224,27 @@ def info(files: tuple[Path, ...]) -> None:
     report_skipped(inputs.notes)
 
 
+def measure_options(command):
+    """The options of `measure` and `ablate measure`: which measures, their radii and budgets, the images, the device."""
+    for decorator in reversed([
+        click.option("--measures", default="hessian,worst,worst_adaptive,average,average_adaptive,li,gap,norms",
+                     show_default=True, help="Which: hessian, ggn, worst, worst_adaptive, average, average_adaptive, "
+                                             "li, gap, norms, barrier (ablate measure, two seeds), comma-separated."),
+        click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures (comma list)."),
+        click.option("--radius", default="0.1", show_default=True, help="Radii of Li et al.'s flatness (comma list)."),
+        click.option("--images", type=int, default=1024, show_default=True, help="Training images (the first N)."),
+        click.option("--test-images", type=int, default=1024, show_default=True, help="Test images for the gap."),
+        click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst case."),
+        click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average case."),
+        click.option("--m", type=int, default=0, show_default=True,
+                     help="m-sharpness: the worst case per batch of m images."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]):
+        command = decorator(command)
+    return command
+
+
 def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its learning rate."):
     """Which snapshot (--lr/--run/--epoch) or which foreign model (--model-def/--weights/--dataset), where the data
     is, the machine (--device, --threads, the Ray executor), and where the result goes."""
@@ -394,17 +415,7 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.option("--dataset", default=None, help="Dataset of the images [default: the run's; cifar10 for foreign].")
 @click.option("--num-classes", type=int, default=None, help="A foreign model's outputs [default: the dataset's].")
 @click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data].")
-@click.option("--measures", default="hessian,worst,worst_adaptive,average,average_adaptive,li,gap,norms",
-              show_default=True, help="As `ablate measure --measures`.")
-@click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures, comma-separated.")
-@click.option("--radius", default="0.1", show_default=True, help="Filter-normalised radii of Li et al.'s flatness.")
-@click.option("--images", type=int, default=1024, show_default=True, help="Training images measured (the first N).")
-@click.option("--test-images", type=int, default=1024, show_default=True, help="Test images for the gap.")
-@click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst-case sharpness.")
-@click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average-case sharpness.")
-@click.option("--m", type=int, default=0, show_default=True, help="m-sharpness: the worst case per batch of m images.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@measure_options
 @THREADS_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Measures file [default: <run>_measures.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
@@ -651,18 +662,7 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 
 @ablate.command(name="measure")
 @spec_arguments
-@click.option("--measures", default="hessian,worst,worst_adaptive,average,average_adaptive,li,gap,norms",
-              show_default=True, help="Which: hessian, ggn, worst, worst_adaptive, average, average_adaptive, li, "
-                                      "gap, norms (comma-separated).")
-@click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures, comma-separated.")
-@click.option("--radius", default="0.1", show_default=True, help="Filter-normalised radii of Li et al.'s flatness.")
-@click.option("--images", type=int, default=1024, show_default=True, help="Training images measured (the first N).")
-@click.option("--test-images", type=int, default=1024, show_default=True, help="Test images for the gap.")
-@click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst-case sharpness.")
-@click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average-case sharpness.")
-@click.option("--m", type=int, default=0, show_default=True, help="m-sharpness: the worst case per batch of m images.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@measure_options
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="ray: the cluster [default: a local Ray].")
 @click.option("--workers", type=int, default=0, show_default=True, help="ray: workers.")
