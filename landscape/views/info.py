@@ -156,6 +156,10 @@ def describe_surface(surface: Surface) -> str:
     return "\n".join(lines)
 
 
+OPERATOR_TEXT = {"hessian": "the Hessian", "ggn": "the generalized Gauss-Newton matrix J'H_out J",
+                 "fisher": "the empirical Fisher (mean of per-sample gradient outer products)"}
+
+
 def describe_hessian(result: HessianResult) -> str:
     """A Hessian file: what was measured, how far it got, each eigenvalue and whether it converged."""
     a = result.arrays
@@ -166,6 +170,9 @@ def describe_hessian(result: HessianResult) -> str:
              f"hessian     {result.label} ({result.attrs.get('run_file') or result.attrs.get('weights_file')}); "
              f"{result.attrs.get('images_used') or str(result.attrs.get('images')) + ' images'}, BN "
              f"{result.attrs.get('bn')}, parameters {result.attrs.get('params', 'all')}",
+             f"operator    {OPERATOR_TEXT.get(str(result.attrs.get('operator', 'hessian')), result.attrs.get('operator'))}"
+             + (f"; Lanczos basis of {int(a['basis_vectors'].max())} vectors, thick-restarted "
+                f"{int(a['restarts'].sum())} times in all" if "restarts" in a and a["restarts"].sum() else ""),
              f"status      {status}", "",
              f"{'lr':>10}  {'epoch':>5}  {'top eigenvalues':>30}  {'converged':>9}  {'HVPs (eig/trace/dens)':>22}"]
     converged = result.converged
