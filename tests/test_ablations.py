@@ -173,3 +173,16 @@ def test_ablate_usage_errors(capsys):
             main(argv)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_a_cell_line_is_printed_even_when_tqdm_loses_its_lock(monkeypatch, capsys):
+    """Seen once on a busy machine at Ctrl-C: tqdm's class lock vanished while another thread closed the last bar, and
+    the line about the interrupted cells became a traceback."""
+    from landscape.ablations import runner
+
+    def broken(*args, **kwargs):
+        raise AttributeError("type object 'tqdm' has no attribute '_lock'")
+
+    monkeypatch.setattr(runner.tqdm, "write", broken)
+    runner.print_err("cell 3 interrupted")
+    assert capsys.readouterr().err == "cell 3 interrupted\n"

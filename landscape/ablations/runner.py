@@ -151,4 +151,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = T
 
 
 def print_err(line: str) -> None:
-    tqdm.write(line, file=sys.stderr)  # above a live bar, or a plain line
+    try:
+        tqdm.write(line, file=sys.stderr)  # above a live bar, or a plain line
+    except AttributeError:  # tqdm's class lock is gone while another thread closes the last bar (seen at Ctrl-C)
+        sys.stderr.write(line + "\n")
