@@ -20,6 +20,7 @@ from torch import nn
 from landscape.ablations.results import collect, metric_value
 from landscape.ablations.spec import Spec
 from landscape.engine.batches import BatchSet, Objective
+from landscape.engine.functional import skeleton
 from landscape.engine.measures import MeasureOptions, Measures, compute_measures
 from landscape.errors import UsageError
 from landscape.files.measures_file import MeasuresTable, read_measures, write_measures
@@ -74,8 +75,6 @@ def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, ima
                                         image_set.batch_size)
             tests = image_set.batches(image_set.split("test", min(test_images, len(image_set.dataset.test)),
                                                       "--test-images"), image_set.batch_size)
-            from landscape.engine.functional import skeleton
-
             info = {**{axis: str(value) for axis, value in row.cell.axis.items()}, "label": row.cell.label,
                     "seed": seed, "lr": float(run.lrs[rate]),
                     **{metric: metric_value(run, metric, row.cell.horizons.get(preset))

@@ -16,15 +16,13 @@ import numpy as np
 import torch
 
 from landscape.commands.sources import (ImageSet, SourceOptions, build_from_definition, fit_state, load_state_dict,
-                                        run_architecture, snapshot_state)
+                                        run_snapshot)
 from landscape.connectivity.connect import connect
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.errors import UsageError
 from landscape.files.atomic import check_output
 from landscape.files.lock import WriterLock
 from landscape.files.path_file import read_path
-from landscape.files.run_file import read_run
-from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
 from landscape.options import positive
 
 
@@ -59,18 +57,6 @@ class ConnectOptions(SourceOptions):
         return self
 
 
-def snapshot(path: Path, lr: float | None, epoch: int | None, model_def: str | None, device: torch.device,
-             option: str):
-    """(run, model, params, buffers) of one run file's snapshot."""
-    run = read_run(path)
-    weights = weights_of_run(run)
-    index = resolve_run(run.lrs, lr, None, run.path)
-    chosen = resolve_epoch(weights, epoch) if epoch is not None else weights.epochs[-1]
-    model = run_architecture(run, model_def)
-    params, buffers = snapshot_state(model, weights, index, chosen, device)
-    return run, model, {**params, **buffers}, f"{run.path.name} lr={run.lrs[index]:g} epoch {chosen}"
-
-
 def compute_connection(a: str | Path | None, b: str | Path | None, options: ConnectOptions,
                        out: str | Path | None = None, *, overwrite: bool = False, resume: bool = False,
                        progress: bool = True) -> Path:
@@ -79,10 +65,13 @@ def compute_connection(a: str | Path | None, b: str | Path | None, options: Conn
     set_threads(options.threads)
     device = resolve_device(options.device)
     if a is not None and b is not None:
-        run, model, state_a, name_a = snapshot(Path(a), options.lr, options.epoch, options.model_def, device, "A")
-        _, model_b, state_b, name_b = snapshot(Path(b), options.lr_b if options.lr_b is not None else options.lr,
-                                               options.epoch_b if options.epoch_b is not None else options.epoch,
-                                               options.model_def, device, "B")
+        first = run_snapshot(a, options.lr, None, options.epoch, options.model_def, device)
+        second = run_snapshot(b, options.lr_b if options.lr_b is not None else options.lr, None,
+                              options.epoch_b if options.epoch_b is not None else options.epoch, options.model_def,
+                              device)
+        run, model = first.run, first.model
+        state_a, name_a = {**first.params, **first.buffers}, first.name
+        state_b, name_b = {**second.params, **second.buffers}, second.name
         images = ImageSet.of_run(run, device, options.data_root, options.dataset)
         default_out = run.path.with_name(f"{run.path.stem}_connect.h5")
         inputs = [Path(a), Path(b)]

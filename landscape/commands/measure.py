@@ -14,15 +14,13 @@ from pathlib import Path
 import torch
 
 from landscape.commands.sources import (ImageSet, SourceOptions, build_from_definition, fit_state, load_state_dict,
-                                        run_architecture, snapshot_state)
+                                        run_snapshot, snapshot_state)
 from landscape.engine.batches import Objective
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.measures import MeasureOptions, compute_measures
 from landscape.errors import UsageError
 from landscape.files.atomic import check_output
 from landscape.files.lock import WriterLock
-from landscape.files.run_file import read_run
-from landscape.files.weights_file import resolve_epoch, resolve_run, weights_of_run
 from landscape.options import positive
 
 
@@ -45,16 +43,14 @@ def measure_snapshot(source: str | Path | None, options: MeasureCommandOptions, 
     set_threads(options.threads)
     device = resolve_device(options.device)
     if source is not None:
-        run = read_run(source)
-        weights = weights_of_run(run)
-        index = resolve_run(run.lrs, options.lr, options.run, run.path)
-        epoch = resolve_epoch(weights, options.epoch) if options.epoch is not None else weights.epochs[-1]
-        model = run_architecture(run, options.model_def)
-        params, buffers = snapshot_state(model, weights, index, epoch, device)
-        init = snapshot_state(model, weights, index, 0, device)[0] if 0 in weights.epochs and epoch != 0 else None
+        chosen = run_snapshot(source, options.lr, options.run, options.epoch, options.model_def, device)
+        run, weights, model = chosen.run, chosen.weights, chosen.model
+        params, buffers = chosen.params, chosen.buffers
+        init = snapshot_state(model, weights, chosen.index, 0, device)[0] \
+            if 0 in weights.epochs and chosen.epoch != 0 else None
         images = ImageSet.of_run(run, device, options.data_root, options.dataset)
         default_out = run.path.with_name(f"{run.path.stem}_measures.h5")
-        inputs, name = [run.path, weights.path], f"{run.path.name} lr={run.lrs[index]:g} epoch {epoch}"
+        inputs, name = [run.path, weights.path], chosen.name
     else:
         if not options.model_def or not options.weights:
             raise UsageError("give a run file, or a foreign model as --model-def FILE.py:FACTORY --weights MODEL.pt")

@@ -24,8 +24,8 @@ from torch import nn
 from landscape.engine.batches import BatchSet
 from landscape.engine.functional import Params, check_finite
 from landscape.errors import UsageError
-from landscape.files.run_file import Run
-from landscape.files.weights_file import Weights
+from landscape.files.run_file import Run, read_run
+from landscape.files.weights_file import Weights, resolve_epoch, resolve_run, weights_of_run
 from landscape.training.config import RunConfig
 from landscape.training.data import Normalizer, Split, eval_batches, load_dataset
 from landscape.options import check_device_name, check_threads, positive
@@ -225,6 +225,36 @@ def snapshot_model(run: Run, weights: Weights, index: int, epoch: int, device: t
     model = model.to_empty(device=device) if next(model.parameters()).device.type == "meta" else model.to(device)
     model.load_state_dict({**params, **buffers})
     return model
+
+
+@dataclass
+class RunSnapshot:
+    """One snapshot of a run file: the run, its weights file, the architecture, the run index and epoch chosen,
+    the parameters and buffers, and how to name it."""
+
+    run: Run
+    weights: Weights
+    model: nn.Module
+    index: int
+    epoch: int
+    params: Params
+    buffers: Params
+
+    @property
+    def name(self) -> str:
+        return f"{self.run.path.name} lr={self.run.lrs[self.index]:g} epoch {self.epoch}"
+
+
+def run_snapshot(path: str | Path, lr: float | None, run_index: int | None, epoch: int | None,
+                 model_def: str | None, device: torch.device) -> RunSnapshot:
+    """The snapshot at `lr` (or `run_index`) and `epoch` (default the last saved) of a run file."""
+    run = read_run(path)
+    weights = weights_of_run(run)
+    index = resolve_run(run.lrs, lr, run_index, run.path)
+    chosen = resolve_epoch(weights, epoch) if epoch is not None else weights.epochs[-1]
+    model = run_architecture(run, model_def)
+    params, buffers = snapshot_state(model, weights, index, chosen, device)
+    return RunSnapshot(run, weights, model, index, chosen, params, buffers)
 
 
 class ImageSet:
