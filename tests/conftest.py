@@ -78,3 +78,32 @@ def read_until(stream, marker: str) -> str:
         if marker in line:
             return seen
     raise AssertionError(f"the output ended without {marker!r}:\n{seen}")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started, directly or not, by process `pid` (read from /proc): a test signals only these, never
+    a process found by name across the machine."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def command_line(pid: int) -> str:
+    """The process's command line as it shows itself now ('' once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -10,10 +10,10 @@ import pytest
 
 from landscape.ablations.runner import cell_status, plan
 from landscape.ablations.spec import load_spec
-from tests.conftest import HANG_GUARD, wait_for
+from tests.conftest import HANG_GUARD, command_line, descendants, wait_for
 from tests.test_cli import checksums, landscape
 
-pytestmark = pytest.mark.xdist_group("ray-cells")  # kills workers found by name: one such test at a time
+pytestmark = pytest.mark.xdist_group("ray-cells")  # one local Ray at a time
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
 
@@ -85,15 +85,19 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_identical_result(spec_fil
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = []
 
-    def checkpoint_shipped_and_worker_killed() -> bool:  # the first epoch's checkpoint is in the results
-        if list(results.rglob("*.ckpt")):
-            workers = subprocess.run(["pgrep", "-f", "ray::cell_task"], capture_output=True, text=True).stdout.split()
-            if workers:
-                killed.append(int(workers[0]))
-                os.kill(killed[0], signal.SIGKILL)
-        return bool(killed)
+    def worker_of_a_checkpointed_cell_killed() -> bool:
+        """The awaited event: an unfinished cell has shipped a checkpoint, and the one task worker of this command's
+        own Ray (2 CPUs, 2 per cell: one cell at a time, so it is that cell's) is killed."""
+        for checkpoint in results.rglob("*.ckpt"):
+            run = checkpoint.with_name(checkpoint.name[:-len(".ckpt")])
+            workers = [pid for pid in descendants(process.pid) if "ray::cell_task" in command_line(pid)]
+            if len(workers) == 1 and cell_status(run) != "complete" and checkpoint.exists():
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(run)
+                return True
+        return False
 
-    wait_for(checkpoint_shipped_and_worker_killed, process)
+    wait_for(worker_of_a_checkpointed_cell_killed, process)
     out, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 0, err[-2000:]
     assert "resumed" in err  # the retry went on from the shipped checkpoint, it did not start over
