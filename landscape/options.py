@@ -13,6 +13,12 @@ DEVICES = ("auto", "cpu", "cuda")
 PROBE_DIRECTIONS = ("update", "gradient")  # along the optimizer's step, or -lr * gradient
 SHARPNESS_METHODS = ("lanczos", "critical", "directional")
 SEED_LIMIT = 2 ** 32
+DEFAULT_SHARPNESS_IMAGES = 2048  # --sharpness-images 0: this many, or all the training images when fewer
+
+
+def option_name(option: str, dash: str = "--") -> str:
+    """An option as its caller writes it: `--max-steps` on the command line (`dash` "--"), `max_steps` in Python."""
+    return f"{dash}{option}" if dash else option.replace("-", "_")
 
 
 def choose(option: str, value, allowed: tuple) -> None:
@@ -63,9 +69,25 @@ def check_device_name(option: str, name) -> None:
     raise UsageError(f"{option} {text!r} is unknown: choose auto, cpu, cuda or cuda:N")
 
 
+THREADS_HELP = ("CPU threads: 0, the cores this process may use (the same whatever the load, so the same numbers); "
+                "auto, fewer when other processes keep cores busy (faster there, other rounding); or N")
+
+
 def check_threads(option: str, threads) -> None:
-    """0 (automatic) or a positive number of threads."""
+    """0 (the reproducible default), 'auto' (from the load) or a positive number of threads."""
+    if threads == "auto":
+        return
+    if isinstance(threads, str):
+        raise UsageError(f"{option} {threads!r} is unknown: give a number of threads, 0 (the default) or auto")
     non_negative(option, threads)
+
+
+def parse_threads(text: str, option: str = "--threads") -> int | str:
+    """The command line's --threads: a whole number or auto."""
+    text = str(text).strip()
+    value = int(text) if text.isdigit() else text
+    check_threads(option, value)
+    return value
 
 
 def check_gpus(option: str, gpus: float) -> None:
@@ -80,7 +102,7 @@ def check_sharpness_options(top_k: int, steps: int, cold_steps: int, check_every
                             method: str = "lanczos") -> None:
     """One line per bad value, named as the command line names it (`dash` "--"; "" for Python, with underscores)."""
     def name(option: str) -> str:
-        return f"{dash}{option}" if dash else option.replace("-", "_")
+        return option_name(option, dash)
 
     choose(name("sharpness-method"), method, SHARPNESS_METHODS)
     if method != "lanczos" and top_k != 1:

@@ -169,3 +169,87 @@ def test_a_killed_surface_leaves_no_lock_that_blocks_and_shows_as_interrupted(sn
     again = subprocess.run(command[:-2] + ["--resume", "--out", str(out), "--quiet"],
                            cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
     assert again.returncode == 0, again.stderr
+
+
+def run_file_numbers(path) -> dict:
+    """Every dataset of a run file that training computes (not the wall times), by name."""
+    numbers = {}
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset) and "time" not in name and "seconds" not in name:
+            numbers[name] = item[...]
+
+    with h5py.File(path) as f:
+        f.visititems(keep)
+        numbers["threads"] = f.attrs["threads"]
+    return numbers
+
+
+def test_the_same_command_gives_identical_files_on_a_quiet_and_a_busy_machine(tmp_path):
+    """The default threads do not follow the load: two CPU-bound processes beside the second run change nothing."""
+    import numpy as np
+
+    def run(out):
+        done = cli("run", "--dataset", "synthetic", "--train-subset", "256", "--width", "0.125", "--epochs", "2",
+                   "--lrs", "1e-3,3e-4", "--batch-size", "32", "--device", "cpu", "--quiet", "--out", out)
+        assert done.returncode == 0, done.stderr
+
+    run(tmp_path / "quiet.h5")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        run(tmp_path / "busy.h5")
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    quiet, loaded = run_file_numbers(tmp_path / "quiet.h5"), run_file_numbers(tmp_path / "busy.h5")
+    assert quiet.keys() == loaded.keys() and "train/loss" in quiet
+    for name in quiet:
+        assert np.array_equal(quiet[name], loaded[name], equal_nan=quiet[name].dtype.kind == "f"), name
+
+
+def test_the_default_threads_ignore_the_load_and_auto_follows_it(monkeypatch):
+    from landscape.engine import devices
+
+    monkeypatch.setattr(devices, "cores_busy_elsewhere", lambda: 1000.0)  # as if every core were busy elsewhere
+    monkeypatch.setattr(devices, "idle_cores", lambda: 1)
+    assert devices.resolve_threads(0) == min(devices.TORCH_DEFAULT_THREADS, devices.usable_cores())
+    assert devices.resolve_threads("auto") == 1 and devices.resolve_threads(3) == 3
+    expected_hint = devices.default_threads() > 1
+    assert (devices.busy_hint(devices.default_threads()) is not None) == expected_hint
+
+
+def test_threads_auto_is_accepted_and_a_bad_value_is_one_line(tmp_path, capsys):
+    code, _, _ = landscape("run", "--dataset", "synthetic", "--train-subset", "64", "--width", "0.0625", "--epochs",
+                           "1", "--lrs", "1e-3", "--device", "cpu", "--threads", "auto", "--quiet", "--out",
+                           tmp_path / "auto.h5", capsys=capsys)
+    assert code in (0, None)
+    with h5py.File(tmp_path / "auto.h5") as f:
+        assert f.attrs["threads"] >= 1
+    code, _, err = landscape("run", "--threads", "many", "--out", tmp_path / "bad.h5", capsys=capsys)
+    assert code == 2 and "--threads 'many'" in err and "auto" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_no_test_finds_processes_by_name():
+    """A test signals only processes it started (their process tree), never a user's jobs found by name."""
+    import re
+
+    by_name = re.compile(r"pg[r]ep\s+-f|pk[i]ll|kil[l]all|process_[i]ter")  # brackets: this line matches none
+    for path in (REPO / "tests").glob("*.py"):
+        assert not by_name.search(path.read_text()), path.name
+
+
+def test_the_sharpness_images_default_adapts_to_a_small_subset(tmp_path, capsys):
+    out = tmp_path / "sharp.h5"
+    code, _, err = landscape("run", "--dataset", "synthetic", "--train-subset", "256", "--width", "0.0625", "--epochs",
+                             "1", "--lrs", "1e-3", "--batch-size", "64", "--sharpness-every", "2", "--device", "cpu",
+                             "--threads", "1", "--quiet", "--out", out, capsys=capsys)
+    assert code in (0, None), err
+    with h5py.File(out) as f:
+        assert f["sharpness"].attrs["images"] == 256  # all of the subset, fewer than the 2048 of the default
+    code, stdout, _ = landscape("info", out, capsys=capsys)
+    assert "on 256 images (the default, 2048 or all training images when fewer)" in stdout
+    code, _, err = landscape("run", "--dataset", "synthetic", "--train-subset", "256", "--sharpness-every", "2",
+                             "--sharpness-images", "512", "--out", tmp_path / "bad.h5", "--quiet", capsys=capsys)
+    assert code == 2 and "--sharpness-images 512" in err and not (tmp_path / "bad.h5").exists()

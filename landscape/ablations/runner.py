@@ -8,7 +8,6 @@ run one after another.
 """
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -74,18 +73,24 @@ def run_job(job: Job, threads: int | None = None, on_checkpoint=None, download: 
         return "skipped"
     if status == "damaged":
         raise LandscapeError(f"{job.path} is damaged; delete it to train the cell again")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     from landscape.training.runner import resume, train
 
     config = replace(job.config, threads=threads or job.config.threads)
     if status == "incomplete":
-        resume(job.path, progress=False, on_checkpoint=on_checkpoint, download=download)
+        resume(job.path, progress=False, on_checkpoint=on_checkpoint, download=download)  # with the run's threads
         return "resumed"
     train(config, job.path, progress=False, on_checkpoint=on_checkpoint, download=download)
     return "trained"
+
+
+def threads_per_cell(threads: int | str, workers: int) -> int:
+    """Each of `workers` cells' threads: N as given, else the cores this process may use (or, with 'auto', those
+    other processes do not keep busy now) shared out."""
+    from landscape.machine import idle_cores, usable_cores
+
+    if threads and threads != "auto":
+        return threads
+    return max(1, (idle_cores() if threads == "auto" else usable_cores()) // workers)
 
 
 def _worker(job: Job, threads: int, download: bool = False) -> tuple[str, str | None]:
@@ -132,7 +137,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = T
                 if signals.received is not None:
                     break
         else:
-            share = threads or max(1, (os.cpu_count() or 1) // workers)
+            share = threads_per_cell(threads, workers)
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
                 futures = {pool.submit(_worker, job, share, download): job for job in todo}
                 for future in as_completed(futures):

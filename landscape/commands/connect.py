@@ -62,7 +62,7 @@ def compute_connection(a: str | Path | None, b: str | Path | None, options: Conn
                        progress: bool = True) -> Path:
     """Connect A and B (see the module docstring) and write the path file; return its path."""
     options.validate()
-    set_threads(options.threads)
+    set_threads(options.threads, hint=progress)
     device = resolve_device(options.device)
     if a is not None and b is not None:
         first = run_snapshot(a, options.lr, None, options.epoch, options.model_def, device)

@@ -25,7 +25,7 @@ from landscape.engine.curvature import (HessianTask, SpectrumOptions, density_no
                                         select_parameters)
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.functional import check_finite, module_buffers, prepared_module
-from landscape.engine.operators import DEFAULT_HVP, HVP_METHODS, OPERATOR_NAMES
+from landscape.engine.operators import DEFAULT_HVP, HVP_METHODS, OPERATOR_NAMES, couples_samples
 from landscape.errors import RunFailed, UsageError
 from landscape.files.atomic import check_output
 from landscape.files.hessian_file import hessian_result, read_hessian, write_hessian
@@ -131,7 +131,7 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
     (`interrupted`) and `resume` (same options) makes only the others."""
     options.validate()
     ignore_file_size_signal()
-    threads = set_threads(options.threads)
+    threads = set_threads(options.threads, hint=progress)
     device = resolve_device(options.device)
     if source is not None and options.weights:
         raise UsageError("give a run file or --weights, not both")
@@ -172,6 +172,9 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
     batch_size = options.batch_size or images.batch_size
     batches = images.batches(split, batch_size)
     module = prepared_module(model, options.bn)
+    if options.operator == "fisher" and couples_samples(module):
+        raise UsageError("--operator fisher needs per-sample gradients, and BatchNorm on batch statistics (--bn "
+                         "train) couples the samples: add --bn eval (the running statistics)")
     wrt = select_parameters(dict(model.named_parameters()), options.params.split(",")) if options.params else None
     spectrum_options = options.spectrum()
     objective = Objective(metrics={})

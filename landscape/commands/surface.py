@@ -204,7 +204,7 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
     """Compute (or, with `resume`, finish) the surface of a run file's snapshot or of a foreign model."""
     options.validate()
     ignore_file_size_signal()
-    threads = set_threads(options.threads)
+    threads = set_threads(options.threads, hint=progress)
     device = resolve_device(options.device)
     if source is not None and options.weights:
         raise UsageError("give a run file or --weights, not both")

@@ -95,14 +95,14 @@ class RunConfig:
     snapshot_every: int = 0
     # sharpness: top Hessian eigenvalues of every run every K steps on a fixed training subset (or "batch")
     sharpness_every: int = 0
-    sharpness_images: int | str = 2048
+    sharpness_images: int | str = 0  # 0: DEFAULT_SHARPNESS_IMAGES, or all the training images when fewer
     sharpness_top_k: int = 1
     sharpness_iters: int = 20  # Lanczos steps per measurement: 12 were up to 4% off (benchmarks/bench_sharpness.py)
     sharpness_cold_iters: int = 20  # with sharpness_warm: the first measurement of each run
     sharpness_warm: bool = False  # start from the previous measurement's Ritz vectors
     sharpness_check_every: int = 0  # every M-th measurement also cold to convergence (0: never)
     sharpness_method: str = "lanczos"  # or critical / directional along the update (engine/sharpness.py)
-    threads: int = 0  # CPU threads for torch (0: torch's choice within the cores this process may use)
+    threads: int | str = 0  # CPU threads (0: the cores this process may use, whatever the load; 'auto': from the load)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":
@@ -130,7 +130,7 @@ class RunConfig:
             if isinstance(self.sharpness_images, str):
                 raise UsageError(f"--sharpness-images {self.sharpness_images!r}: give a number of images or batch (each "
                                  f"step's own batch)")
-            positive("--sharpness-images", self.sharpness_images)
+            non_negative("--sharpness-images", self.sharpness_images)
         check_sharpness_options(self.sharpness_top_k, self.sharpness_iters, self.sharpness_cold_iters,
                                 self.sharpness_check_every, method=self.sharpness_method)
         check_threads("--threads", self.threads)
@@ -216,6 +216,9 @@ def config_values(raw: dict, where: str) -> dict:
             if value != "batch" and not value.isdigit():
                 raise UsageError(f"{where}: {key} must be a number of images or batch, got {value!r}")
             values[name] = value if value == "batch" else int(value)
+            continue
+        elif name == "threads" and value == "auto":
+            values[name] = value
             continue
         default = getattr(defaults, name)
         if name in TUPLE_FIELDS:

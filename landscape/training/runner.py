@@ -26,6 +26,7 @@ from landscape.files.lock import WriterLock
 from landscape.stopping import StopSignals, ignore_file_size_signal
 from landscape.training.checkpoint import (checkpoint_path, load_checkpoint, random_state, restore_random_state,
                                            save_checkpoint)
+from landscape.options import DEFAULT_SHARPNESS_IMAGES
 from landscape.training.config import RunConfig, format_lrs
 from landscape.training.data import (Dataset, Normalizer, Split, eval_batches, load_dataset, steps_per_epoch,
                                      train_batches)
@@ -187,12 +188,12 @@ def as_arrays(value):
     return value
 
 
-def prepare(config: RunConfig, download: bool) -> tuple[torch.device, Dataset, Engine, nn.Module,
+def prepare(config: RunConfig, download: bool, progress: bool = False) -> tuple[torch.device, Dataset, Engine, nn.Module,
                                                         SharpnessTracker | None]:
     """Check the options, load the data, build the engine and the sharpness tracker; touches nothing on disk."""
     config.validate()
     check_model_options(config.model, config.model_options())
-    set_threads(config.threads)
+    set_threads(config.threads, hint=progress)
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_root, device=device, train_subset=config.train_subset,
                            download=download, seed=config.seed, image_size=config.image_size,
@@ -246,7 +247,7 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
     ignore_file_size_signal()
     overwrite = overwrite or (out.is_file() and never_completed(out))  # a failed start blocks no retry
     check_output(out, overwrite)
-    device, dataset, runs, base, tracker = prepare(config, download)
+    device, dataset, runs, base, tracker = prepare(config, download, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     with WriterLock(out):
         check_output(out, overwrite)  # again, now that no other writer can slip in
@@ -304,7 +305,7 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
     config = RunConfig.from_json(run.attrs["config"])
     overrides = dict(overrides or {})
     # the machine's choice, not the run's: the threads given now, else those the run used (the same arithmetic)
-    config.threads = overrides.pop("threads", 0) or config.threads or int(run.attrs.get("threads") or 0)
+    config.threads = overrides.pop("threads", 0) or int(run.attrs.get("threads") or 0) or config.threads
     differing = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})"
                  for k, v in overrides.items() if getattr(config, k) != v]
     if differing:
@@ -312,7 +313,7 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
                          f"drop them, or start a new run with another --out")
     if run.status == "complete":
         return path, False
-    device, dataset, runs, _, tracker = prepare(config, download)
+    device, dataset, runs, _, tracker = prepare(config, download, progress)
     with WriterLock(path):
         run = read_run(path)  # as it is now that we hold the lock
         for leftover in (path, checkpoint_path(path)):
@@ -534,6 +535,7 @@ def sharpness_tracker(config: RunConfig, dataset: Dataset) -> SharpnessTracker:
         batches = None
     else:
         split = dataset.train
+        images = images or min(DEFAULT_SHARPNESS_IMAGES, len(split))  # the default adapts to a small subset
         if images > len(split):
             raise UsageError(f"--sharpness-images {images} exceeds the {len(split)} training images: give at most "
                              f"{len(split)}, or batch (each step's own batch)")
