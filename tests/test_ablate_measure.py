@@ -165,3 +165,24 @@ def test_the_seed_to_seed_barrier_of_a_cell_is_a_measure(tmp_path, capsys):
     images = ImageSet.of_run(runs[0], torch.device("cpu"))
     found = connect(models[0], models[1], images.batches(images.split("train", 64), images.batch_size), points=11)
     assert table.values["barrier_loss"][relu[0]] == pytest.approx(found.barriers["line"]["train"]["loss"], rel=1e-6)
+
+
+def test_ablate_measure_takes_the_data_threads_and_quiet_options_of_ablate_run(tmp_path, cifar_root, capsys):
+    """A grid trained on data that has since moved is measured with --data-root, as `ablate run` takes it."""
+    moved = tmp_path / "moved"
+    moved.symlink_to(cifar_root, target_is_directory=True)
+    spec_file = tmp_path / "real.toml"
+    spec_file.write_text(GRID_SPEC.replace('dataset = "synthetic"', f'dataset = "cifar10"\ndata_root = "{moved}"')
+                         .replace('values = [32, 64]', 'values = [32]').replace('values = ["relu", "silu"]',
+                                                                             'values = ["relu"]'))
+    for job in plan(load_spec(spec_file), "quick", 1, tmp_path / "results"):
+        run_job(job, threads=1)
+    moved.unlink()  # the data moved since training
+    common = ["--preset", "quick", "--results", tmp_path / "results", "--measures", "norms,gap", "--images", "32",
+              "--test-images", "32", "--device", "cpu"]
+    code, _, err = cli("ablate", "measure", spec_file, *common, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(moved) in err
+    code, out, err = cli("ablate", "measure", spec_file, *common, "--data-root", cifar_root, "--threads", "1",
+                         "--quiet", capsys=capsys)
+    assert code in (0, None) and out == "" and err == "", err
+    assert read_measures(tmp_path / "results" / "real" / "quick" / "measures.h5").done.all()

@@ -84,6 +84,7 @@ def test_path_ends_are_plain_evaluations_of_a_and_b():
     a, b = trained_mlp(0), trained_mlp(1)
     x, y = two_blobs(seed=2)
     result = connect(a, b, (x, y), test_data=(x[:64], y[:64]), points=4, bn="eval")
+    assert result.attrs["end_statistics"] == "running"  # the models' own statistics: plain evaluations
     with torch.no_grad():
         for end, model in ((0, a), (-1, b)):
             assert result.values["line"]["train"]["loss"][end] == pytest.approx(float(F.cross_entropy(model(x), y)),
@@ -154,9 +155,10 @@ def test_the_command_connects_two_snapshots_writes_a_path_file_and_refuses_bad_i
     assert code in (0, None) and "connect.png" in stdout
     read = read_path(out)
     assert set(read.values) == {"line", "aligned_line"} and read.attrs["bn"] == "recompute"
+    assert read.attrs["end_statistics"] == "recomputed"  # the ends too: not the models' own running statistics
     assert np.isfinite(read.barriers["line"]["test"]["loss"])
     code, stdout, _ = landscape("info", out, capsys=capsys)
-    assert "loss barrier" in stdout and "weight matching" in stdout
+    assert "loss barrier" in stdout and "weight matching" in stdout and "re-estimated on the training images" in stdout
     before = checksums(tmp_path)
     for arguments, message in (
             (("--points", "1"), "at least 2 points"),

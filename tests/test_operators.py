@@ -155,3 +155,13 @@ def test_bad_operator_options_are_one_line_errors(kwargs, message):
         landscape.hessian(net, (x, y), **kwargs)
     assert "\n" not in str(caught.value)
     assert all(torch.equal(before[n], p) for n, p in net.state_dict().items())
+
+
+def test_the_command_line_names_its_own_option_for_the_fisher_with_batchnorm(tmp_path, tiny_run, capsys):
+    from tests.test_cli import landscape as cli
+
+    out = tmp_path / "fisher.h5"
+    code, _, err = cli("hessian", tiny_run, "--lr", "1e-3", "--operator", "fisher", "--images", "32", "--out", out,
+                       capsys=capsys)
+    assert code == 2 and "--bn eval" in err and "bn='eval'" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

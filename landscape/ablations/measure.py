@@ -52,7 +52,7 @@ def measures_path(spec: Spec, preset: str, root: Path) -> Path:
 
 
 def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, images: int, test_images: int,
-               device: torch.device, on_ray: bool) -> list[tuple[str, dict, MeasureTask]]:
+               device: torch.device, on_ray: bool, data_root: str | None = None) -> list[tuple[str, dict, MeasureTask]]:
     """(cell name, what describes it, its task) for every complete run file of the spec's cells."""
     from landscape.commands.sources import ImageSet, run_architecture, snapshot_state
     from landscape.files.weights_file import weights_of_run
@@ -70,7 +70,7 @@ def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, ima
             model = run_architecture(run, None)
             params, buffers = snapshot_state(model, weights, rate, weights.epochs[-1], torch.device("cpu"))
             init = snapshot_state(model, weights, rate, 0, torch.device("cpu"))[0] if 0 in weights.epochs else None
-            image_set = ImageSet.of_run(run, device)
+            image_set = ImageSet.of_run(run, device, data_root)
             batches = image_set.batches(image_set.split("train", min(images, len(image_set.dataset.train))),
                                         image_set.batch_size)
             tests = image_set.batches(image_set.split("test", min(test_images, len(image_set.dataset.test)),
@@ -86,14 +86,14 @@ def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, ima
 
 def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *, images: int = 1024,
                  test_images: int = 1024, device: torch.device | None = None, executor=None,
-                 report=print) -> Path:
+                 data_root: str | None = None, report=print) -> Path:
     """Measure every finished cell of `spec` (see the module docstring); return the measures file."""
     from landscape.engine.executors import InProcess
 
     options.validate()
     device = device or torch.device("cpu")
     on_ray = executor is not None and type(executor).__name__ != "InProcess"
-    tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray)
+    tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root)
     if not tasks:
         raise UsageError(f"{spec.name}: no finished cell under {Path(root) / spec.name / preset}; run `landscape "
                          f"ablate run {spec.name} --preset {preset}` first")

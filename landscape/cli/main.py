@@ -13,10 +13,17 @@ import click
 
 from landscape import __version__
 from landscape.errors import LandscapeError, UsageError
+from landscape.options import THREADS_HELP
 
 DEFAULT_LRS = "1e-3,2e-3,5e-4,1e-4"
-THREADS_OPTION = click.option("--threads", type=int, default=0, show_default=True,
-                              help="CPU threads (0: torch's choice within the cores this process may use).")
+def threads_value(ctx, param, value):
+    from landscape.options import parse_threads
+
+    return parse_threads(value)
+
+
+THREADS_OPTION = click.option("--threads", default="0", show_default=True, callback=threads_value,
+                              help=THREADS_HELP + "; recorded in every file.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -109,9 +116,9 @@ def cli() -> None:
               help="Epochs between weight snapshots (0: only the initial and the final weights).")
 @click.option("--sharpness-every", type=int, default=0, show_default=True,
               help="Track the top Hessian eigenvalue(s) of every run every K steps (0: off).")
-@click.option("--sharpness-images", default="2048", show_default=True,
-              help="Training images (a fixed seeded subset) the sharpness is measured on, or batch: each measured "
-                   "step's own batch (cheaper, noisier).")
+@click.option("--sharpness-images", default="0", show_default=True,
+              help="Training images (a fixed seeded subset) the sharpness is measured on (0: 2048, or all of them "
+                   "when fewer), or batch: each measured step's own batch (cheaper, noisier).")
 @click.option("--sharpness-method", default="lanczos", show_default=True,
               help="lanczos (top Hessian eigenvalues), critical (2/(s_c lr): s_c the largest multiplier of the "
                    "update before the loss rises; 9 forward passes) or directional (d'Hd/|d|^2 along the update; "
@@ -240,6 +247,9 @@ def measure_options(command):
                      help="m-sharpness: the worst case per batch of m images."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data]."),
+        THREADS_OPTION,
+        click.option("--quiet", is_flag=True, help="Print nothing but errors."),
     ]):
         command = decorator(command)
     return command
@@ -300,7 +310,8 @@ def make_executor(executor: str, address: str | None, workers: int, cpus_per_wor
 
     import_ray()
     return RayExecutor(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker, points_per_task=points_per_task, report=print_line)
+                       gpus_per_worker=gpus_per_worker, points_per_task=points_per_task, report=print_line,
+                       dash="--")
 
 
 def print_line(line: str) -> None:
@@ -414,12 +425,9 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.option("--weights", default=None, help="A foreign model's state dict (with --model-def).")
 @click.option("--dataset", default=None, help="Dataset of the images [default: the run's; cifar10 for foreign].")
 @click.option("--num-classes", type=int, default=None, help="A foreign model's outputs [default: the dataset's].")
-@click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data].")
 @measure_options
-@THREADS_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Measures file [default: <run>_measures.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
-@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def measure(run_file: Path | None, run_index: int | None, measures: str, rho: str, radius: str, steps: int,
             samples: int, m: int, seed: int, out: Path | None, overwrite: bool, quiet: bool, **options) -> None:
     """Flatness and sharpness measures of one snapshot (or a foreign model): the numbers `ablate measure` gives a
@@ -613,8 +621,9 @@ def ablate_list(results: Path) -> None:
               help="ray: retries of a cell whose worker or node died (it resumes from its last checkpoint).")
 @click.option("--shared-results", is_flag=True,
               help="ray: --results is on storage every node sees; tasks write there directly.")
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="local: CPU threads per cell (0: torch's choice, or the cores shared out over --jobs).")
+@click.option("--threads", default="0", show_default=True, callback=threads_value,
+              help="local: CPU threads per cell (0: the cores this process may use, shared out over --jobs; auto: "
+                   "fewer when other processes keep cores busy, other rounding; or N).")
 @click.option("--download", is_flag=True, help="Download a missing dataset with torchvision.")
 def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
                data_root: str | None, device: str | None, quiet: bool, executor: str, address: str | None,
@@ -670,13 +679,13 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="ray: GPUs per worker.")
 def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, measures: str, rho: str,
                    radius: str, images: int, test_images: int, steps: int, samples: int, m: int, seed: int,
-                   device: str, executor: str, address: str | None, workers: int, cpus_per_worker: float,
-                   gpus_per_worker: float) -> None:
+                   device: str, data_root: str | None, threads: int | str, quiet: bool, executor: str,
+                   address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
     """Flatness and sharpness measures of every finished cell; writes measures.h5, the measures table, the rank
     correlations with test accuracy and the gap, and the scatter figure beside each spec's table."""
     from landscape.ablations.correlation import scatter_figure, write_measure_tables
     from landscape.ablations.measure import measure_spec
-    from landscape.engine.devices import resolve_device
+    from landscape.engine.devices import resolve_device, set_threads
     from landscape.engine.measures import MeasureOptions
     from landscape.options import positive
 
@@ -686,12 +695,17 @@ def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results
     positive("--test-images", test_images)
     chosen = load_specs(specs, all_specs)
     pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)
+    if pool is not None and threads:
+        raise UsageError("--threads applies to the local executor (on Ray, --cpus-per-worker sets a worker's threads)")
+    set_threads(threads, hint=not quiet)
     for spec in chosen:
         path = measure_spec(spec, preset, results, options, images=images, test_images=test_images,
-                            device=resolve_device(device), executor=pool, report=print_line)
+                            device=resolve_device(device), executor=pool, data_root=data_root,
+                            report=(lambda line: None) if quiet else print_line)
         for written in [path] + write_measure_tables(path, spec.axes, spec.title) + \
                 scatter_figure(path, spec.axes, spec.title):
-            click.echo(str(written))
+            if not quiet:
+                click.echo(str(written))
 
 
 @ablate.command(name="table")

@@ -102,6 +102,10 @@ def path_barriers(values: dict[str, dict[str, np.ndarray]], t: np.ndarray) -> di
             for split, metrics in values.items()}
 
 
+# the BatchNorm statistics every point of a path, its two ends included, is evaluated with
+END_STATISTICS = {"recompute": "recomputed", "eval": "running", "train": "batch"}
+
+
 @with_threads
 def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, metrics=None, points: int = 25,
             align: str = "none", curve: str = "line", bn: str = "auto", bn_data=None, bn_images: int = 1024,
@@ -178,7 +182,8 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
         values["curve"] = evaluate_path(evaluator, t, lambda x: (on_curve(curve, params_a, end_b[0], bend, x),
                                                                  on_line(buffers_a, end_b[1], x)), shown.update)
     shown.close()
-    attrs = {"source": "python", "model": type(model_a).__name__, "bn": bn, "align": align, "curve": curve,
+    attrs = {"source": "python", "model": type(model_a).__name__, "bn": bn, "end_statistics": END_STATISTICS[bn]
+             if has_bn else "none", "align": align, "curve": curve,
              "points": points, "images": train.samples, "test_images": splits["test"].samples if "test" in splits
              else 0, "bn_images": bn_batches.samples if bn == "recompute" else 0, "seed": seed,
              "curve_epochs": curve_epochs if curve != "line" else 0, "curve_lr": curve_lr if curve != "line" else 0.0,

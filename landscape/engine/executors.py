@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from landscape.errors import RunFailed, UsageError
-from landscape.options import check_gpus, in_range, non_negative
+from landscape.options import check_gpus, in_range, non_negative, option_name
 
 KILL_WORKER_ENV = "LANDSCAPE_TEST_KILL_WORKER"  # fault injection for the tests: MARKER:N
 
@@ -173,12 +173,13 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int = 0, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, points_per_task: int = 0, max_retries: int = 3,
-                 init_options: dict | None = None, report: Callable[[str], None] | None = None):
-        non_negative("workers", workers)
-        in_range("cpus_per_worker", cpus_per_worker, 0, math.inf, low_open=True)
-        check_gpus("gpus_per_worker", gpus_per_worker)
-        non_negative("points_per_task", points_per_task)
-        non_negative("max_retries", max_retries)
+                 init_options: dict | None = None, report: Callable[[str], None] | None = None, dash: str = ""):
+        self.dash = dash  # how errors name the options: "--" for the command line, "" for Python
+        non_negative(self.option("workers"), workers)
+        in_range(self.option("cpus-per-worker"), cpus_per_worker, 0, math.inf, low_open=True)
+        check_gpus(self.option("gpus-per-worker"), gpus_per_worker)
+        non_negative(self.option("points-per-task"), points_per_task)
+        non_negative(self.option("max-retries"), max_retries)
         check_address(address)
         self.address, self.workers = address, workers
         self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
@@ -209,6 +210,9 @@ class RayExecutor:
             self.ray.shutdown()
         self.ray, self.started = None, False
 
+    def option(self, name: str) -> str:
+        return option_name(name, self.dash)
+
     @property
     def threads(self) -> int:
         return max(1, int(self.cpus_per_worker))
@@ -224,7 +228,8 @@ class RayExecutor:
         if fit < 1:
             raise UsageError(f"the Ray cluster cannot hold one worker of {self.cpus_per_worker:g} CPU(s) and "
                              f"{self.gpus_per_worker:g} GPU(s) (it has {resources.get('CPU', 0):g} CPUs, "
-                             f"{resources.get('GPU', 0):g} GPUs): lower --cpus-per-worker or --gpus-per-worker")
+                             f"{resources.get('GPU', 0):g} GPUs): lower {self.option('cpus-per-worker')} or "
+                             f"{self.option('gpus-per-worker')}")
         return max(1, min(fit, tasks))
 
     def check_fits(self, ray) -> None:
@@ -232,7 +237,8 @@ class RayExecutor:
         if self.cpus_per_worker > resources.get("CPU", 0) or self.gpus_per_worker > resources.get("GPU", 0):
             raise UsageError(f"one worker asks for {self.cpus_per_worker:g} CPU(s) and {self.gpus_per_worker:g} "
                              f"GPU(s), but the Ray cluster has {resources.get('CPU', 0):g} CPUs and "
-                             f"{resources.get('GPU', 0):g} GPUs: lower --cpus-per-worker or --gpus-per-worker")
+                             f"{resources.get('GPU', 0):g} GPUs: lower {self.option('cpus-per-worker')} or "
+                             f"{self.option('gpus-per-worker')}")
 
     def map_points(self, evaluator, chunks: list[np.ndarray], on_result: Callable, should_stop: Callable) -> None:
         if not chunks:

@@ -203,6 +203,12 @@ class GaussNewtonOperator(CurvatureOperator):
         return dict(zip(vector, products))
 
 
+def couples_samples(module: nn.Module) -> bool:
+    """Whether a BatchNorm of `module` normalises with its batch's statistics (so one sample's output depends on the
+    others, and per-sample gradients are not the model's)."""
+    return any(isinstance(m, _BatchNorm) and (m.training or m.running_mean is None) for m in module.modules())
+
+
 class FisherOperator(CurvatureOperator):
     """mean_i g_i (g_i . v) from per-sample gradients g_i [B, P] (kept per batch while they fit)."""
 
@@ -211,7 +217,7 @@ class FisherOperator(CurvatureOperator):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_of_outputs(self.objective, "fisher")
-        if any(isinstance(m, _BatchNorm) and (m.training or m.running_mean is None) for m in self.module.modules()):
+        if couples_samples(self.module):
             raise UsageError("the empirical Fisher needs per-sample gradients, and BatchNorm on batch statistics "
                              "couples the samples: use bn='eval' (the running statistics)")
         self.check_mean_of_samples()

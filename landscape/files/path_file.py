@@ -28,7 +28,7 @@ PATH_FORMAT = "landscape-path"
 PATH_SCHEMA_VERSION = 1
 PATH_NAMES = {"line": "the line from A to B", "aligned_line": "the line from A to B with B's units aligned to A",
               "curve": "the trained curve from A to (aligned) B"}
-ATTRIBUTE_KINDS = {"model": STRING, "source": STRING, "bn": STRING, "align": STRING, "curve": STRING,
+ATTRIBUTE_KINDS = {"model": STRING, "source": STRING, "bn": STRING, "end_statistics": STRING, "align": STRING, "curve": STRING,
                    "points": WHOLE, "images": WHOLE, "test_images": WHOLE, "bn_images": WHOLE, "seed": WHOLE,
                    "curve_epochs": WHOLE, "curve_lr": NUMBER, "options": STRING, "seconds": NUMBER,
                    "device": STRING, "a": STRING, "b": STRING, "run_file": FILE_NAME, "status": STRING}

@@ -13,6 +13,7 @@ from landscape.files.hessian_file import HessianResult
 from landscape.files.path_file import PathFile
 from landscape.files.run_file import Run, shown_status
 from landscape.files.surface_file import Surface
+from landscape.options import DEFAULT_SHARPNESS_IMAGES
 from landscape.views.analysis import (best_accuracy, check_errors, final_accuracy, fmt_pct, probe_medians,
                                       stability_threshold, threshold_formula)
 
@@ -35,13 +36,22 @@ def describe(item) -> str:
     return plain(describe_run(item))
 
 
+END_STATISTICS_SAID = {
+    "recomputed": "A and B with BatchNorm statistics re-estimated on the training images (as every point; "
+                  "--bn eval for their own running statistics)",
+    "running": "plain evaluations of A and B (their own running statistics)",
+    "batch": "A and B with batch statistics",
+    "none": "plain evaluations of A and B (no BatchNorm)"}
+
+
 def describe_path(item: PathFile) -> str:
     """A path file: what was connected and how, and each path's barriers per split."""
     attrs = item.attrs
     lines = [f"{item.path}: path file (landscape connect), {attrs.get('a', 'A')} to {attrs.get('b', 'B')}",
              f"            {len(item.t)} points; BatchNorm {attrs.get('bn')}"
              + (f" on {attrs.get('bn_images')} training images" if attrs.get("bn") == "recompute" else "")
-             + f"; alignment {attrs.get('align')}; curve {attrs.get('curve')}; {attrs.get('images_used', '')}"]
+             + f"; alignment {attrs.get('align')}; curve {attrs.get('curve')}; {attrs.get('images_used', '')}",
+             f"            ends: {END_STATISTICS_SAID.get(str(attrs.get('end_statistics')), 'as the points')}"]
     if item.alignment:
         a = item.alignment
         lines.append(f"alignment   weight matching: {int(a.get('moved_units', 0))} units moved in {int(a.get('groups', 0))} "
@@ -110,7 +120,9 @@ def describe_run(run: Run) -> str:
                 "critical": f"critical sharpness 2/(s_c lr) along the update, "
                             f"{sharp['attrs'].get('forward_passes', '?')} forward passes each",
                 "directional": f"curvature d'Hd/|d|^2 along the update{cost}"}.get(method, method)
-        lines += ["", f"sharpness   {len(sharp['step'])} measurements on {sharp['images']} images ({what}); "
+        default = "" if str(config.get("sharpness_images", "")) != "0" else \
+            f" (the default, {DEFAULT_SHARPNESS_IMAGES} or all training images when fewer)"
+        lines += ["", f"sharpness   {len(sharp['step'])} measurements on {sharp['images']} images{default} ({what}); "
                       f"threshold: {threshold_formula(config)}"]
         if method == "critical" and np.isnan(sharp["top"]).any():
             lines.append(f"            NaN at {int(np.isnan(sharp['top'][..., 0]).sum())} of {sharp['top'][..., 0].size} "
