@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One thread per process, in this process and every command a test starts: pytest runs one worker per core, and
+# two OpenMP threads per worker would stall each other at every barrier (the suite took 690 s instead of 5xx).
+# Tests that need more threads say so (--threads, or an environment without this variable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 DATA_ENV = "LANDSCAPE_TEST_DATA"
 
 

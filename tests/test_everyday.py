@@ -17,10 +17,10 @@ metrics = ["best_test_acc"]
 [base]
 model = "vgg_bn"
 dataset = "synthetic"
-train_subset = 512
+train_subset = 256
 batch_size = 32
 lrs = [1e-3]
-epochs = 6
+epochs = 4
 device = "cpu"
 [[axes]]
 name = "width"
@@ -189,9 +189,13 @@ def test_the_same_command_gives_identical_files_on_a_quiet_and_a_busy_machine(tm
     """The default threads do not follow the load: two CPU-bound processes beside the second run change nothing."""
     import numpy as np
 
+    import os
+
+    machine = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torch's own choice, as a user has
+
     def run(out):
-        done = cli("run", "--dataset", "synthetic", "--train-subset", "256", "--width", "0.125", "--epochs", "2",
-                   "--lrs", "1e-3,3e-4", "--batch-size", "32", "--device", "cpu", "--quiet", "--out", out)
+        done = cli("run", "--dataset", "synthetic", "--train-subset", "128", "--width", "0.125", "--epochs", "2",
+                   "--lrs", "1e-3,3e-4", "--batch-size", "32", "--device", "cpu", "--quiet", "--out", out, env=machine)
         assert done.returncode == 0, done.stderr
 
     run(tmp_path / "quiet.h5")
@@ -211,12 +215,16 @@ def test_the_same_command_gives_identical_files_on_a_quiet_and_a_busy_machine(tm
 def test_the_default_threads_ignore_the_load_and_auto_follows_it(monkeypatch):
     from landscape.engine import devices
 
-    monkeypatch.setattr(devices, "cores_busy_elsewhere", lambda: 1000.0)  # as if every core were busy elsewhere
+    monkeypatch.setattr(devices, "TORCH_DEFAULT_THREADS", 4)  # a 4-core machine whose cores are all busy elsewhere
+    monkeypatch.setattr(devices, "usable_cores", lambda: 4)
+    monkeypatch.setattr(devices, "cores_busy_elsewhere", lambda: 3.6)
     monkeypatch.setattr(devices, "idle_cores", lambda: 1)
-    assert devices.resolve_threads(0) == min(devices.TORCH_DEFAULT_THREADS, devices.usable_cores())
+    assert devices.resolve_threads(0) == devices.resolve_threads(None) == 4
     assert devices.resolve_threads("auto") == 1 and devices.resolve_threads(3) == 3
-    expected_hint = devices.default_threads() > 1
-    assert (devices.busy_hint(devices.default_threads()) is not None) == expected_hint
+    assert "4 core(s) busy elsewhere: --threads 1 (or auto)" in devices.busy_hint(4)
+    monkeypatch.setattr(devices, "cores_busy_elsewhere", lambda: 0.2)
+    monkeypatch.setattr(devices, "idle_cores", lambda: 4)
+    assert devices.busy_hint(4) is None
 
 
 def test_threads_auto_is_accepted_and_a_bad_value_is_one_line(tmp_path, capsys):
