@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from landscape.files.measures_file import MeasuresTable, read_measures
+from landscape.views.csv_cells import inert_row
 
 TARGETS = {"test accuracy": "final_test_acc", "generalization gap": "gap_acc"}
 FEW = 8
@@ -114,8 +115,8 @@ def write_measure_tables(path: Path, axes: list[str], title: str) -> list[Path]:
     header = ["cell", *axes, "final test acc (%)", *names]
     with open(folder / "measures_table.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow(inert_row(header))
+        writer.writerows(inert_row(row) for row in rows)
     lines = [f"# {title}: measures of every cell", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(" --- " for _ in header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
     (folder / "measures_table.md").write_text("\n".join(lines) + "\n")

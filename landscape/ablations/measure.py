@@ -23,6 +23,8 @@ from landscape.engine.batches import BatchSet, Objective
 from landscape.engine.functional import skeleton
 from landscape.engine.measures import MeasureOptions, Measures, compute_measures
 from landscape.errors import UsageError
+from landscape.files.atomic import check_writable_folder
+from landscape.files.lock import WriterLock
 from landscape.files.measures_file import MeasuresTable, read_measures, write_measures
 
 
@@ -88,8 +90,6 @@ def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *
                  test_images: int = 1024, device: torch.device | None = None, executor=None,
                  data_root: str | None = None, report=print) -> Path:
     """Measure every finished cell of `spec` (see the module docstring); return the measures file."""
-    from landscape.engine.executors import InProcess
-
     options.validate()
     device = device or torch.device("cpu")
     on_ray = executor is not None and type(executor).__name__ != "InProcess"
@@ -98,6 +98,16 @@ def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *
         raise UsageError(f"{spec.name}: no finished cell under {Path(root) / spec.name / preset}; run `landscape "
                          f"ablate run {spec.name} --preset {preset}` first")
     path = measures_path(spec, preset, root)
+    check_writable_folder(path.parent, "--results")
+    with WriterLock(path):  # one writer per measures file: a second `ablate measure` on the same results refuses
+        return measure_cells(spec, preset, path, tasks, options, images, test_images, executor, report)
+
+
+def measure_cells(spec: Spec, preset: str, path: Path, tasks: list, options: MeasureOptions, images: int,
+                  test_images: int, executor, report) -> Path:
+    """Measure the tasks not yet in `path` (the lock held), writing the table after every cell."""
+    from landscape.engine.executors import InProcess
+
     stored = json.dumps({**asdict(options), "images": images, "test_images": test_images}, sort_keys=True)
     names = [name for name, _, _ in tasks]
     table = MeasuresTable(path, {"spec": spec.name, "preset": preset, "options": stored,

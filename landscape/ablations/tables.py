@@ -16,6 +16,7 @@ import numpy as np
 
 from landscape.ablations.results import Row, collect, summary
 from landscape.ablations.spec import METRICS, Spec, format_value
+from landscape.views.csv_cells import inert_row
 
 
 def fmt(value: float, metric: str, signed: bool = False) -> str:
@@ -97,9 +98,9 @@ def write_tables(spec: Spec, rows: list[Row], folder: Path, preset: str) -> list
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         label_columns = spec.axes if spec.axes else ["cell"]
-        writer.writerow(label_columns + [f"{m}_{k}" for m in spec.metrics
-                                         for k in ("reported", "mean", "std", "n", "difference")])
-        writer.writerows(machine)
+        writer.writerow(inert_row(label_columns + [f"{m}_{k}" for m in spec.metrics
+                                                   for k in ("reported", "mean", "std", "n", "difference")]))
+        writer.writerows(inert_row(row) for row in machine)
     tex = folder / "table.tex"
     escape = lambda t: t.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$").replace("&", r"\&")
     body = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(escape(h) for h in header) + r" \\",

@@ -20,7 +20,7 @@ from landscape.commands.sources import (ImageSet, SourceOptions, build_from_defi
 from landscape.connectivity.connect import connect
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.errors import UsageError
-from landscape.files.atomic import check_output
+from landscape.files.atomic import check_outputs, figure_files, lock_file, remove_stale_temporaries
 from landscape.files.lock import WriterLock
 from landscape.files.path_file import read_path
 from landscape.options import positive
@@ -57,6 +57,43 @@ class ConnectOptions(SourceOptions):
         return self
 
 
+def curve_checkpoint(out: Path) -> Path:
+    """Where a curve's bend is checkpointed after every epoch of its training."""
+    return out.with_name(out.name + ".curve.pt")
+
+
+def connection_outputs(out: Path) -> list[Path]:
+    """Every file `connect` writes: the path file, the bend's checkpoint, the lock, the figure and its CSV."""
+    return [out, curve_checkpoint(out), lock_file(out), *figure_files(out.with_suffix(""))]
+
+
+def curve_options(options: ConnectOptions) -> dict:
+    """The options a curve's training depends on: a resumed training must be given the same."""
+    return {"curve": options.curve, "curve_lr": options.curve_lr, "seed": options.seed, "align": options.align,
+            "images": options.images, "batch_size": options.batch_size}
+
+
+def load_curve_state(checkpoint: Path, options: ConnectOptions, model: torch.nn.Module) -> dict:
+    """The bend's checkpoint to resume from, checked: readable, of this model, trained with these options."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"{checkpoint} is damaged or not a curve checkpoint ({type(exc).__name__}); delete it to "
+                         f"train the curve from its start") from None
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    bend = state.get("bend") if isinstance(state, dict) else None
+    if not isinstance(bend, dict) or {n: tuple(getattr(v, "shape", ())) for n, v in bend.items()} != shapes:
+        raise UsageError(f"{checkpoint} is not a curve checkpoint of this model (other parameters or shapes); delete "
+                         f"it to train the curve from its start")
+    stored = state.get("options", {})
+    differing = [f"--{k.replace('_', '-')} {v} (the checkpoint has {stored[k]})"
+                 for k, v in curve_options(options).items() if k in stored and stored[k] != v]
+    if differing:
+        raise UsageError(f"cannot resume the curve of {checkpoint} with changed options: {'; '.join(differing)}; "
+                         f"give the same options, or delete the checkpoint to start over")
+    return state
+
+
 def compute_connection(a: str | Path | None, b: str | Path | None, options: ConnectOptions,
                        out: str | Path | None = None, *, overwrite: bool = False, resume: bool = False,
                        progress: bool = True) -> Path:
@@ -91,9 +128,10 @@ def compute_connection(a: str | Path | None, b: str | Path | None, options: Conn
         raise UsageError("give two run files A B (with --lr/--epoch, --lr-b/--epoch-b), or a foreign model as "
                          "--model-def FILE.py:FACTORY --weights A.pt --weights-b B.pt")
     out = Path(out) if out else default_out
-    checkpoint = out.with_name(out.name + ".curve.pt")
-    if not resume:
-        check_output(out, overwrite, inputs)
+    checkpoint = curve_checkpoint(out)
+    inputs += [Path(options.bend_from)] if options.bend_from else []
+    outputs = connection_outputs(out)
+    check_outputs(outputs, overwrite, inputs, continued=outputs if resume else [lock_file(out)])
     bend = None
     if options.bend_from:
         held = read_path(options.bend_from)
@@ -101,7 +139,7 @@ def compute_connection(a: str | Path | None, b: str | Path | None, options: Conn
             raise UsageError(f"--bend-from {options.bend_from}: the file holds no trained bend (connect with --curve "
                              f"bezier or polychain first)")
         bend = held.bend
-    state = torch.load(checkpoint, weights_only=True) if resume and checkpoint.is_file() else None
+    state = load_curve_state(checkpoint, options, model) if resume and checkpoint.is_file() else None
     train_split = images.split("train", min(options.images, len(images.dataset.train)))
     test_split = images.split("test", min(options.test_images, len(images.dataset.test)), "--test-images")
     model.load_state_dict(state_a, strict=True, assign=True)  # A itself (the architecture may be shapes only)
@@ -109,12 +147,14 @@ def compute_connection(a: str | Path | None, b: str | Path | None, options: Conn
     def keep(curve_state: dict) -> None:
         from landscape.files.atomic import write_atomically
 
-        write_atomically(checkpoint, lambda target: torch.save(curve_state, target))
+        saved = {**curve_state, "options": curve_options(options)}
+        write_atomically(checkpoint, lambda target: torch.save(saved, target))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with WriterLock(out):
-        if not resume:
-            check_output(out, overwrite, inputs)
+        check_outputs(outputs, overwrite, inputs, continued=outputs if resume else [lock_file(out)])
+        for output in outputs:
+            remove_stale_temporaries(output)  # left by a writer killed mid-write (we hold the lock: none is alive)
         connection = connect(model, state_b, images.batches(train_split, options.batch_size),
                              test_data=images.batches(test_split, options.batch_size), points=options.points,
                              align=options.align, curve=options.curve, bn=options.bn,

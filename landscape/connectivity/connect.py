@@ -102,6 +102,22 @@ def path_barriers(values: dict[str, dict[str, np.ndarray]], t: np.ndarray) -> di
             for split, metrics in values.items()}
 
 
+def check_same_function(module: nn.Module, state_b: Params, aligned: Params, inputs: torch.Tensor) -> None:
+    """The aligned B must compute B's function (a permutation of hidden units changes nothing else): checked on a
+    batch, so that an operation the permutation tracing does not understand is caught, never silently used."""
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        before = functional_call(module, state_b, (inputs,)).float()
+        after = functional_call(module, aligned, (inputs,)).float()
+    scale = float(before.abs().max()) or 1.0
+    if not torch.allclose(before, after, rtol=1e-4, atol=1e-4 * scale):
+        worst = float((before - after).abs().max()) / scale
+        raise UsageError(f"weight matching would change B's function (outputs differ by {worst:.2g} of their "
+                         f"largest): this architecture has an operation on hidden units that the alignment does not "
+                         f"handle; connect without weight alignment")
+
+
 # the BatchNorm statistics every point of a path, its two ends included, is evaluated with
 END_STATISTICS = {"recompute": "recomputed", "eval": "running", "train": "batch"}
 
@@ -162,6 +178,7 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
         aligned = apply_permutation(spec, {**params_b, **buffers_b}, matching.orders)
         aligned_params = {n: aligned[n] for n in params_b}
         aligned_buffers = {n: aligned[n] for n in buffers_b}
+        check_same_function(evaluator.module, {**params_b, **buffers_b}, aligned, example[:64])
     paths = ["line"] + (["aligned_line"] if align == "weights" else []) + (["curve"] if curve != "line" else [])
     shown = bar(points * len(paths), "connect", "point", progress)
     end_b = (aligned_params, aligned_buffers) if align == "weights" else (params_b, buffers_b)

@@ -63,6 +63,8 @@ class MeasureOptions:
     def validate(self) -> "MeasureOptions":
         if isinstance(self.measures, str):
             self.measures = tuple(m.strip() for m in self.measures.split(",") if m.strip())
+        if not self.measures:
+            raise UsageError(f"measures is empty: name one or more of {', '.join(MEASURE_GROUPS)}")
         for name in self.measures:
             choose("measures", name, MEASURE_GROUPS)
         for option in ("rho", "radius"):

@@ -94,18 +94,70 @@ def write_atomically(path: Path, write, *, replace: bool = True) -> None:
         temp.unlink(missing_ok=True)
 
 
-def check_output(out: Path, overwrite: bool, inputs=(), option: str = "--out") -> None:
-    """Raise UsageError if `out` cannot be written, without touching the disk.
+FIGURE_FORMATS = ("png", "pdf")  # every figure is written in these formats, with its data as CSV beside them
+LONGEST_NAME = 255 - len(".lock") - len(".4194304.tmp") - 1  # the name, its lock and its temporary copy must fit
 
-    Never an input of the same command (`inputs`), even with `overwrite`; an existing file only with it."""
+
+def figure_files(stem: Path) -> list[Path]:
+    """The files a figure saved under `stem` writes: one per format and its CSV."""
+    return [stem.parent / f"{stem.name}.{ext}" for ext in (*FIGURE_FORMATS, "csv")]
+
+
+def lock_file(path: Path) -> Path:
+    """The writer lock beside an output."""
+    return path.with_name(path.name + ".lock")
+
+
+def companions(path: Path) -> list[Path]:
+    """The files an input brings with it: a run file's snapshots (`<run>.weights.h5`), the checkpoint of a run
+    (`<run>.ckpt`) or of a curve (`<out>.curve.pt`); only those that exist."""
+    path = Path(path)
+    around = [path.with_name(path.stem + ".weights.h5"), path.with_name(path.name + ".ckpt"),
+              path.with_name(path.name + ".curve.pt")]
+    return [path] + [p for p in around if p.exists()]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs, overwrite: bool, inputs=(), option: str = "--out", continued=()) -> None:
+    """Raise UsageError, touching nothing, unless every file a command will write can be written: `outputs` (the
+    result first, then its figures, CSVs, checkpoints, locks) are never one of the command's inputs or the files
+    those bring (`companions`), even with `overwrite`; never two of them one file; never a folder, never a name too
+    long to write; an existing one only with `overwrite`, or when the command continues it (`continued`, e.g. the
+    result and its checkpoint under --resume)."""
+    outputs = [Path(p) for p in outputs]
+    main = outputs[0]
+    read = [q for given in inputs if given is not None for q in companions(Path(given))]
+    continued = [Path(p) for p in continued]
+    seen: dict[Path, Path] = {}
+    for out in outputs:
+        what = f"{option} {out}" if out == main else f"{option} {main} would write {out}, which"
+        for given in read:
+            if same_file(given, out):
+                raise UsageError(f"{what} is one of this command's inputs" +
+                                 (f" (it comes with {given})" if given not in map(Path, inputs) else "") +
+                                 f": choose another {option}")
+        key = out.resolve()
+        if key in seen:
+            raise UsageError(f"{option} {main}: {seen[key].name} and {out.name} would be one file ({out}): choose "
+                             f"another {option}" + (" (a path file ends in .h5)" if main.suffix != ".h5" else ""))
+        seen[key] = out
+        if out.is_dir():
+            raise UsageError(f"{what} is a folder: give a file path such as {out / 'out.h5'}")
+        if len(out.name.encode()) > LONGEST_NAME:
+            raise UsageError(f"{option}: the file name {out.name[:40]}... is {len(out.name.encode())} bytes long; "
+                             f"give a name of at most {LONGEST_NAME} bytes")
+        if out.exists() and not overwrite and not any(same_file(out, c) for c in continued):
+            raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another {option}")
+    for folder in {out.parent for out in outputs}:
+        check_writable_folder(folder, option)
+
+
+def check_output(out: Path, overwrite: bool, inputs=(), option: str = "--out") -> None:
+    """`check_outputs` of a command that writes one file (and its lock)."""
     out = Path(out)
-    for given in inputs:
-        if Path(given).exists() and out.exists() and os.path.samefile(given, out):
-            raise UsageError(f"{option} {out} is one of this command's inputs: choose another {option}")
-        if Path(given).resolve() == out.resolve():
-            raise UsageError(f"{option} {out} is one of this command's inputs: choose another {option}")
-    if out.is_dir():
-        raise UsageError(f"{option} {out} is a folder: give a file path such as {out / 'out.h5'}")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another {option}")
-    check_writable_folder(out.parent, option)
+    check_outputs([out, lock_file(out)], overwrite, inputs, option, continued=[lock_file(out)])

@@ -14,11 +14,14 @@ import io
 import json
 from pathlib import Path
 
+from xml.sax.saxutils import quoteattr
+
 import numpy as np
 
 from landscape.errors import UsageError
 from landscape.files.atomic import check_output, write_atomically
 from landscape.files.surface_file import Surface
+from landscape.views.csv_cells import inert_row
 
 FORMATS = ("vtk", "csv", "npz")
 SUFFIX = {"vtk": ".vts", "csv": ".csv", "npz": ".npz"}
@@ -50,8 +53,8 @@ def vts_text(surface: Surface, log_scale: bool) -> str:
     extent = f"0 {nx - 1} 0 {ny - 1} 0 0"
     arrays = {"loss": columns["loss"], "log_loss": log_loss,
               **{name: columns[name] for name in surface.metrics}}
-    data = "".join(f'<DataArray type="Float64" Name="{name}" format="ascii">{numbers(values)}</DataArray>\n'
-                   for name, values in arrays.items())
+    data = "".join(f'<DataArray type="Float64" Name={quoteattr(name)} format="ascii">{numbers(values)}'
+                   f'</DataArray>\n' for name, values in arrays.items())
     data += f'<DataArray type="Int64" Name="done" format="ascii">{" ".join(map(str, columns["done"]))}</DataArray>\n'
     return (f'<?xml version="1.0"?>\n<VTKFile type="StructuredGrid" version="1.0" byte_order="LittleEndian">\n'
             f'<StructuredGrid WholeExtent="{extent}">\n<Piece Extent="{extent}">\n'
@@ -67,6 +70,7 @@ def export_surface(surface: Surface, out: str | Path, fmt: str, *, log_scale: bo
         raise UsageError(f"format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
     out = Path(out)
     check_output(out, overwrite, [surface.path] if surface.path is not None else [])
+    out.parent.mkdir(parents=True, exist_ok=True)  # a new folder, as the check allowed
     if fmt == "vtk":
         text = vts_text(surface, log_scale)
         write_atomically(out, lambda buffer: buffer.write(text.encode()))
@@ -76,7 +80,7 @@ def export_surface(surface: Surface, out: str | Path, fmt: str, *, log_scale: bo
             columns.pop("y")
         rows = io.StringIO()
         writer = csv.writer(rows)
-        writer.writerow(list(columns))
+        writer.writerow(inert_row(columns))
         writer.writerows(zip(*(values.tolist() for values in columns.values())))
         write_atomically(out, lambda buffer: buffer.write(rows.getvalue().encode()))
     else:

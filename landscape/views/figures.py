@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from landscape.files.atomic import write_atomically  # noqa: E402
+from landscape.files.atomic import FIGURE_FORMATS, figure_files, write_atomically  # noqa: E402
+from landscape.views.csv_cells import inert_row  # noqa: E402
 
-FIGURE_FORMATS = ("png", "pdf")
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 LINE_STYLES = ("-", "--", ":", "-.")
 MAX_STEM = 120  # file names stay well under the 255 bytes of common file systems
@@ -129,7 +129,7 @@ def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> 
         if fig.get_layout_engine() is None:
             fig.tight_layout()
     paths = []
-    targets = [stem.parent / f"{stem.name}.{fmt}" for fmt in (*FIGURE_FORMATS, "csv")]  # stems hold rates like lr0.001
+    targets = figure_files(stem)
     for target in targets:
         check_target(target)
     try:
@@ -141,8 +141,8 @@ def save_figure(fig, stem: Path, header: tuple[str, ...], rows: list[tuple]) -> 
         plt.close(fig)
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow(inert_row(header))
+    writer.writerows(inert_row(row) for row in rows)
     csv_path = stem.parent / f"{stem.name}.csv"
     write_atomically(csv_path, lambda buffer: buffer.write(text.getvalue().encode("utf-8")))
     return paths + [csv_path]
