@@ -1,7 +1,5 @@
-"""What the default thread count should be on a shared machine: one workload at 1 thread, at every core, and at
-the default (`engine.devices.default_threads`), on a quiet machine and beside N busy loops (other users' work).
-
-    python benchmarks/bench_threads.py --busy 0,2 --data-root ../shared/data
+"""What `--threads auto` buys on a shared machine: one workload at 1 thread, at every core (the reproducible
+default), and at `auto` (`engine.devices.load_aware_threads`), on a quiet machine and beside N busy loops.
 
 The workload is Hessian-vector products of VGG-A with BatchNorm (width 1/4, 256 CIFAR images), the inner loop
 of `hessian` and of sharpness tracking; each cell is the median of --repeats timed calls after a warm-up.
@@ -21,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import landscape  # noqa: E402
-from landscape.engine.devices import default_threads  # noqa: E402
+from landscape.engine.devices import load_aware_threads  # noqa: E402
 from landscape.machine import usable_cores  # noqa: E402
 from landscape.training.models import build_model  # noqa: E402
 
@@ -48,7 +46,7 @@ def main() -> None:
     model = build_model("vgg_bn", width=args.width, num_classes=10, image_size=32)
     data = landscape.cifar10(args.data_root, "train", args.images)
     cores = usable_cores()
-    print(f"| busy loops beside | default threads chosen | s at 1 thread | s at {cores} threads | s at the default |"
+    print(f"| busy loops beside | auto chose | s at 1 thread | s at {cores} threads (the default) | s at auto |"
           f" all cores / 1 thread |")
     print("| --- | --- | --- | --- | --- | --- |")
     for busy in [int(b) for b in args.busy.split(",")]:
@@ -58,7 +56,7 @@ def main() -> None:
             import landscape.machine as machine
 
             machine._busy_cache = None  # sample the machine afresh for this row
-            chosen = default_threads()
+            chosen = load_aware_threads()
             one = seconds_per_call(model, data, 1, args.repeats)
             every = seconds_per_call(model, data, cores, args.repeats)
             default = seconds_per_call(model, data, chosen, args.repeats)
