@@ -11,6 +11,7 @@ import platform
 from pathlib import Path
 
 from landscape.errors import UsageError
+from landscape.files.atomic import lock_file
 
 
 class WriterLock:
@@ -19,7 +20,7 @@ class WriterLock:
 
     def __init__(self, run_path: str | Path):
         run_path = Path(run_path)
-        self.path = run_path.with_name(run_path.name + ".lock")
+        self.path = lock_file(run_path)
         self.handle = None
         self.created = False
 
@@ -50,7 +51,7 @@ class WriterLock:
 
 def writer_alive(path: Path) -> bool:
     """Whether a process holds the writer lock of `path` (`<file>.lock`, flock) right now; touches nothing."""
-    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock = lock_file(Path(path))
     try:
         handle = open(lock, "r")
     except OSError:
