@@ -86,6 +86,12 @@ def cli() -> None:
               help="Early stopping: stop a run after this many epochs without test-accuracy gain (0: off).")
 @click.option("--min-delta", type=float, default=0.0, show_default=True,
               help="Early stopping: accuracy gain (fraction, 0.001 = 0.1%) that counts as improvement.")
+@click.option("--until-train-loss", type=float, default=0.0, show_default=True,
+              help="Train each run until the cross-entropy on the whole training subset (eval mode, after an "
+                   "epoch) is below this; --epochs caps it (0: off).")
+@click.option("--until-train-acc", type=float, default=0.0, show_default=True,
+              help="Train each run until its accuracy on the whole training subset reaches this fraction (0.99); "
+                   "--epochs caps it (0: off).")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs to train.")
 @click.option("--batch-size", type=int, default=128, show_default=True,
               help="Training batch size (a trailing batch of one image is dropped).")

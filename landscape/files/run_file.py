@@ -37,7 +37,7 @@ ATTRIBUTE_KINDS = {"status": STRING, "message": STRING, "config": STRING, "model
                    "threads": WHOLE}
 CONFIG_KINDS = {"model": STRING, "dataset": STRING, "optimizer": STRING, "schedule": STRING, "augment": STRING,
                 "norm": STRING, "probe_direction": STRING, "width": NUMBER, "momentum": NUMBER,
-                "weight_decay": NUMBER, "label_smoothing": NUMBER, "dropout": NUMBER, "nesterov": FLAG,
+                "weight_decay": NUMBER, "label_smoothing": NUMBER, "until_train_loss": NUMBER, "until_train_acc": NUMBER, "dropout": NUMBER, "nesterov": FLAG,
                 "epochs": WHOLE, "batch_size": WHOLE, "seed": WHOLE, "image_size": WHOLE, "train_subset": WHOLE,
                 "lrs": NUMBERS, "probe_multipliers": NUMBERS}
 
@@ -74,6 +74,22 @@ SHARPNESS_DATASETS: dict[str, tuple[tuple[str, ...], str, str]] = {
                   "the converged top eigenvalues at each checked step: the truth the estimate at that step is held to"),
 }
 SHARPNESS_AXES = {"measurement": "step", "check": "check_step"}  # growing axis -> the dataset of its steps
+
+# /criterion (runs trained to a criterion, --until-train-loss / --until-train-acc): name -> (dtype, description)
+CRITERION_DATASETS: dict[str, tuple[str, str]] = {
+    "train_loss": ("float32", "mean cross-entropy on the whole training subset after the epoch (eval mode, no "
+                              "augmentation, no label smoothing); NaN once the run stopped"),
+    "train_acc": ("float32", "fraction of the whole training subset classified correctly after the epoch (eval "
+                             "mode, no augmentation); NaN once the run stopped"),
+}
+CRITERION_METRICS = {"train_loss": "<", "train_acc": ">="}  # the criterion's metric -> how it is met
+
+
+def criterion_text(metric: str, threshold: float) -> str:
+    """'train loss < 0.01' or 'train acc >= 99%': a criterion as info and the studies write it."""
+    if metric == "train_acc":
+        return f"train acc >= {threshold * 100:g}%"
+    return f"train loss < {threshold:g}"
 
 
 def empty_sharpness(runs: int, top_k: int) -> dict[str, np.ndarray]:
@@ -114,7 +130,7 @@ class RunWriter:
 
     def __init__(self, path: str | Path, *, config_json: str, lrs: list[float], attrs: dict,
                  probe_multipliers: list[float] | None = None, probe_direction: str = "update",
-                 sharpness: dict | None = None):
+                 sharpness: dict | None = None, criterion: tuple[str, float] | None = None):
         self.path = Path(path)
         runs = len(lrs)
         self.lrs = np.asarray(lrs, dtype=np.float64)
@@ -136,6 +152,11 @@ class RunWriter:
                           "direction": probe_direction}
             for name, (axes, _) in PROBE_DATASETS.items():
                 self.probe[name] = np.zeros((runs, 0, len(probe_multipliers)) if "multiplier" in axes else (runs, 0))
+        self.criterion = None
+        if criterion:  # the metric and threshold a run trains to, each epoch's values, the epoch each met it
+            self.criterion = {"metric": criterion[0], "threshold": float(criterion[1]),
+                              "met_epoch": np.full(runs, -1, dtype=np.int64),
+                              **{name: np.zeros((runs, 0), dtype=dtype) for name, (dtype, _) in CRITERION_DATASETS.items()}}
         self.sharpness = None
         if sharpness:  # the group's attributes: top_k, images, steps, method...
             self.sharpness = {**empty_sharpness(runs, int(sharpness["top_k"])), "attrs": dict(sharpness)}
@@ -146,7 +167,8 @@ class RunWriter:
         writer = cls(run.path, config_json=run.attrs["config"], lrs=list(run.lrs), attrs={},
                      probe_multipliers=list(run.probe["multipliers"]) if run.probe is not None else None,
                      probe_direction=run.probe["direction"] if run.probe is not None else "update",
-                     sharpness=run.sharpness["attrs"] if run.sharpness is not None else None)
+                     sharpness=run.sharpness["attrs"] if run.sharpness is not None else None,
+                     criterion=(run.criterion["metric"], run.criterion["threshold"]) if run.criterion else None)
         writer.attrs.update(run.attrs)
         steps = int(np.searchsorted(run.train_epoch, epochs))  # steps of the first `epochs` epochs
         writer.train_loss, writer.train_epoch = run.train_loss[:, :steps], run.train_epoch[:steps]
@@ -154,6 +176,10 @@ class RunWriter:
         writer.wall_time = run.epoch["wall_time"][:epochs]
         writer.diverged_step = np.where(run.diverged_step < steps, run.diverged_step, -1)
         writer.stopped_epoch = np.where(run.stopped_epoch <= epochs, run.stopped_epoch, -1)
+        if run.criterion is not None:
+            writer.criterion["met_epoch"] = np.where(run.criterion["met_epoch"] <= epochs, run.criterion["met_epoch"], -1)
+            for name in CRITERION_DATASETS:
+                writer.criterion[name] = run.criterion[name][:, :epochs]
         if run.probe is not None:
             kept = int(np.searchsorted(run.probe["step"], steps))
             writer.probe["step"] = run.probe["step"][:kept]
@@ -179,16 +205,24 @@ class RunWriter:
     def append_epoch(self, *, step_losses: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
                      wall_time: float, diverged_step: np.ndarray, stopped_epoch: np.ndarray,
                      probes: dict[str, np.ndarray] | None = None,
-                     sharpness: dict[str, np.ndarray] | None = None) -> None:
+                     sharpness: dict[str, np.ndarray] | None = None, criterion: dict[str, np.ndarray] | None = None) -> None:
         """Add one finished epoch (step losses [R, k], metrics each [R], wall time, divergences) and flush.
+
+        `criterion` (runs trained to one): this epoch's train_loss and train_acc [R] and met_epoch [R] so far.
 
         If the flush fails (disk full...), the record goes back to what the file on disk holds.
         """
         saved = (self.train_loss, self.train_epoch, dict(self.epoch), self.wall_time, self.diverged_step,
                  self.stopped_epoch, dict(self.probe) if self.probe is not None else None,
-                 dict(self.sharpness) if self.sharpness is not None else None)
+                 dict(self.sharpness) if self.sharpness is not None else None,
+                 dict(self.criterion) if self.criterion is not None else None)
         try:
             self._add_epoch(step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes)
+            if criterion is not None:
+                for name, (dtype, _) in CRITERION_DATASETS.items():
+                    self.criterion[name] = np.concatenate(
+                        [self.criterion[name], np.asarray(criterion[name], dtype=dtype)[:, None]], axis=1)
+                self.criterion["met_epoch"] = np.asarray(criterion["met_epoch"], dtype=np.int64)
             if sharpness is not None:
                 for name, (axes, _, _) in SHARPNESS_DATASETS.items():
                     if name in sharpness:
@@ -196,7 +230,7 @@ class RunWriter:
             self.flush()
         except OSError:
             (self.train_loss, self.train_epoch, self.epoch, self.wall_time, self.diverged_step,
-             self.stopped_epoch, self.probe, self.sharpness) = saved
+             self.stopped_epoch, self.probe, self.sharpness, self.criterion) = saved
             raise
 
     def _add_epoch(self, step_losses, epoch, metrics, wall_time, diverged_step, stopped_epoch, probes) -> None:
@@ -258,6 +292,24 @@ class RunWriter:
                 self._write_probes(f, runs)
             if self.sharpness is not None:
                 self._write_sharpness(f, runs)
+            if self.criterion is not None:
+                self._write_criterion(f)
+
+    def _write_criterion(self, f: h5py.File) -> None:
+        """The /criterion group: what each run trains to, its value after every epoch, the epoch it was met."""
+        group = f.create_group("criterion")
+        metric, threshold = self.criterion["metric"], self.criterion["threshold"]
+        group.attrs.update(metric=metric, threshold=threshold, text=criterion_text(metric, threshold))
+        group.attrs["description"] = (
+            "training to a criterion: after every epoch the whole training subset is evaluated (eval mode); a run "
+            f"stops after the first epoch whose `metric` is {CRITERION_METRICS[metric]} `threshold`, and "
+            "--epochs caps the others")
+        for name, (_, text) in CRITERION_DATASETS.items():
+            _growing(group, name, self.criterion[name], text, "run", "epoch")
+        met = group.create_dataset("met_epoch", fletcher32=True, data=self.criterion["met_epoch"])
+        met.attrs["description"] = "epoch (from 1) after which the run met the criterion and stopped; -1: not met " \
+                                   "(cap reached, diverged, or still training)"
+        _label_axes(met, "run")
 
     def _write_sharpness(self, f: h5py.File, runs: int) -> None:
         """The /sharpness group: measured steps, each run's top Hessian eigenvalues there, their cost and checks."""
@@ -302,6 +354,7 @@ class Run:
     stopped_epoch: np.ndarray | None = None
     probe: dict[str, np.ndarray] | None = None  # step [P], multipliers [J], and PROBE_FIELDS [R, P(, J)]
     sharpness: dict | None = None  # step [M], top [R, M, k], attrs
+    criterion: dict | None = None  # metric, threshold, met_epoch [R], train_loss / train_acc [R, E]
 
     @property
     def model(self) -> str:
@@ -337,11 +390,16 @@ def read_run(path: str | Path) -> Run:
             sharpness = {name: group[name][...] for name in SHARPNESS_DATASETS if name in group}
             sharpness["attrs"] = {k: v for k, v in group.attrs.items() if k != "description"}
             sharpness["images"] = sharpness["attrs"].get("images", 0)
+        criterion = None
+        if "criterion" in f:
+            group = f["criterion"]
+            criterion = {name: group[name][...] for name in (*CRITERION_DATASETS, "met_epoch")}
+            criterion.update(metric=str(group.attrs.get("metric", "")), threshold=group.attrs.get("threshold"))
         config = json.loads(attrs["config"])
         run = Run(path=path, attrs=attrs, config=config, lrs=f["lrs"][...],
                   train_loss=f["train/loss"][...], train_epoch=f["train/epoch"][...], epoch=epoch,
                   diverged_step=f["diverged_step"][...], stopped_epoch=f["stopped_epoch"][...], probe=probe,
-                  sharpness=sharpness)
+                  sharpness=sharpness, criterion=criterion)
     check_consistent(run)
     return run
 
@@ -365,8 +423,24 @@ def check_consistent(run: Run) -> None:
         problem = "the /epoch datasets disagree in shape"
     elif run.diverged_step.shape != (runs,) or run.stopped_epoch.shape != (runs,):
         problem = "/diverged_step or /stopped_epoch does not have one entry per run"
+    elif run.criterion is not None:
+        problem = criterion_problem(run.criterion, runs, epochs)
     if problem:
         raise UsageError(f"{run.path}: inconsistent run file: {problem}; it was damaged or edited, {REDO}")
+
+
+def criterion_problem(criterion: dict, runs: int, epochs: int) -> str | None:
+    """What is wrong with a /criterion group read from a file (None when it is sound)."""
+    threshold = criterion["threshold"]
+    if criterion["metric"] not in CRITERION_METRICS:
+        return f"/criterion names the metric {criterion['metric']!r}, not one of {', '.join(CRITERION_METRICS)}"
+    if isinstance(threshold, (bytes, str)) or np.ndim(threshold) or not np.isfinite(threshold):
+        return "/criterion's threshold is not a number"
+    if criterion["met_epoch"].shape != (runs,) or not np.issubdtype(criterion["met_epoch"].dtype, np.integer):
+        return "/criterion/met_epoch does not hold one whole number per run"
+    if any(criterion[name].shape != (runs, epochs) or criterion[name].dtype.kind != "f" for name in CRITERION_DATASETS):
+        return "/criterion's datasets do not hold one number per run and epoch"
+    return None
 
 
 def shown_status(run: Run) -> str:

@@ -75,6 +75,9 @@ class RunConfig:
     label_smoothing: float = 0.0
     patience: int = 0  # early stopping on test accuracy; 0 = off
     min_delta: float = 0.0  # accuracy gain (fraction) that counts as an improvement
+    # train to a criterion: stop a run after the first epoch whose full training subset (eval mode) meets it
+    until_train_loss: float = 0.0  # mean cross-entropy below this; 0 = off
+    until_train_acc: float = 0.0  # accuracy (fraction) at least this; 0 = off
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -147,6 +150,13 @@ class RunConfig:
         in_range("--label-smoothing", self.label_smoothing, 0, 1, high_open=True)
         in_range("--gamma", self.gamma, 0, math.inf, low_open=True)
         in_range("--min-delta", self.min_delta, 0, 1)
+        in_range("--until-train-loss", self.until_train_loss, 0, math.inf)
+        in_range("--until-train-acc", self.until_train_acc, 0, math.inf)
+        if self.until_train_acc > 1:
+            raise UsageError(f"--until-train-acc {self.until_train_acc:g} is not a fraction: give e.g. 0.99 for 99%")
+        if self.until_train_loss and self.until_train_acc:
+            raise UsageError("--until-train-loss and --until-train-acc are both set: train to one criterion, "
+                             "drop the other")
         if self.eps is not None:
             in_range("--eps", self.eps, 0, 1, low_open=True)
         if any(not isinstance(m, int) or m <= 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
@@ -156,6 +166,15 @@ class RunConfig:
         if not self.probe_multipliers or any(not (0 < m < math.inf) for m in self.probe_multipliers):
             raise UsageError("--probe-multipliers must be positive finite numbers, e.g. 0.5:4:8")
         return self
+
+    @property
+    def criterion(self) -> tuple[str, float] | None:
+        """("train_loss", X) or ("train_acc", A) when the run trains to a criterion, else None."""
+        if self.until_train_loss:
+            return "train_loss", self.until_train_loss
+        if self.until_train_acc:
+            return "train_acc", self.until_train_acc
+        return None
 
     def model_options(self) -> dict:
         """The ablation switches passed to `build_model`."""

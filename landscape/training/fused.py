@@ -146,9 +146,12 @@ class FusedRuns:
         rng_state = RngState(self.device) if probe else None
         for p in self.params.values():
             p.grad = None
+        frozen = None if all(self.active) else {n: b.clone() for n, b in self.buffers.items()}
         logits = self.logits(self.params, images)
         losses = self.run_losses(logits, labels, self.label_smoothing)
         losses.sum().backward()  # runs are independent: each slice gets its own run's gradient
+        if frozen is not None:  # a stopped run keeps its BatchNorm statistics too, not only its weights
+            self.keep_stopped_buffers(frozen)
         if probe:
             weights = {n: p.detach().clone() for n, p in self.params.items()}
             grads = {n: p.grad.detach().clone() for n, p in self.params.items()}
@@ -158,6 +161,13 @@ class FusedRuns:
         nan = torch.full_like(losses, float("nan"))
         return (torch.where(self._active_mask, losses.detach(), nan), torch.where(self._active_mask, hits, 0),
                 probes)
+
+    @torch.no_grad()
+    def keep_stopped_buffers(self, frozen: dict[str, torch.Tensor]) -> None:
+        """Put back the buffers (running statistics) of stopped runs as they were before this step's forward."""
+        for name, buffer in self.buffers.items():
+            stopped = ~self._active_mask.view(-1, *([1] * (buffer.dim() - 1)))
+            buffer.copy_(torch.where(stopped, frozen[name], buffer))
 
     def probe_runs(self, weights, grads, images, labels, rng_state) -> dict[str, torch.Tensor]:
         """Santurkar probes of every run at once: each multiplier is one vmapped forward and backward."""

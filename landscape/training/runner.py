@@ -149,6 +149,11 @@ class TrainingState:
     early_waited: np.ndarray
     elapsed: float = 0.0
     partial: dict | None = None
+    criterion_epoch: np.ndarray | None = None  # epoch (from 1) each run met its criterion; -1 not yet
+
+    def __post_init__(self):
+        if self.criterion_epoch is None:  # a fresh state, or a checkpoint from before criteria existed
+            self.criterion_epoch = np.full(len(self.stopped_epoch), -1, dtype=np.int64)
 
     @classmethod
     def fresh(cls, runs: int) -> "TrainingState":
@@ -262,7 +267,8 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
             "threads": torch.get_num_threads(),
             **({"weights_file": weights_path(out).name} if config.snapshots else {}),
         }, probe_multipliers=list(config.probe_multipliers) if config.probe_every else None,
-            probe_direction=config.probe_direction, sharpness=tracker.attrs if tracker is not None else None)
+            probe_direction=config.probe_direction, sharpness=tracker.attrs if tracker is not None else None,
+            criterion=config.criterion)
         writer.create(overwrite)
         checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
         weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
@@ -487,9 +493,11 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         test_loss, test_correct = runs.evaluate(eval_batches(dataset.test, normalize, config.eval_batch_size))
         test_acc = test_correct.cpu().numpy() / len(dataset.test)
         stop_now = early.update(test_acc) & trained
+        criterion = criterion_values(config, runs, dataset, normalize, trained, epoch, state)
         for run in np.flatnonzero(stop_now):
-            runs.stop(run)
             state.stopped_epoch[run] = epoch + 1
+        for run in np.flatnonzero(stop_now | (state.criterion_epoch == epoch + 1)):
+            runs.stop(run)
         better = np.nan_to_num(test_acc, nan=-np.inf) > np.nan_to_num(state.best_acc, nan=-np.inf)
         state.best_acc = np.where(better, test_acc, state.best_acc)
         state.best_epoch = np.where(better, epoch + 1, state.best_epoch)
@@ -510,7 +518,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
         writer.append_epoch(step_losses=epoch_losses, epoch=epoch, metrics=metrics, wall_time=state.elapsed,
                             diverged_step=state.diverged_step, stopped_epoch=state.stopped_epoch,
                             probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None,
-                            sharpness=sharpness_to_host(sharp_steps, sharp_values) if tracker is not None else None)
+                            sharpness=sharpness_to_host(sharp_steps, sharp_values) if tracker is not None else None,
+                            criterion=criterion)
         if snapshots is not None and snapshot_due(config, state.epoch, runs):
             save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
         if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
@@ -523,8 +532,33 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
              if (state.diverged_step >= 0).any() else "",
              f"stopped early: lr={','.join(f'{config.lrs[r]:g}' for r in np.flatnonzero(state.stopped_epoch >= 0))}"
              if (state.stopped_epoch >= 0).any() else "",
+             criterion_note(config, state.criterion_epoch) if state.epoch >= config.epochs or not any(runs.active) else "",
              tracker.failure_note() if tracker is not None else ""]
     return "; ".join(n for n in notes if n)
+
+
+def criterion_values(config: RunConfig, runs: Engine, dataset: Dataset, normalize: Normalizer, trained: np.ndarray,
+                     epoch: int, state: TrainingState) -> dict[str, np.ndarray] | None:
+    """With a criterion (--until-train-loss/--until-train-acc): evaluate the whole training subset (eval mode, no
+    augmentation), mark in `state.criterion_epoch` the runs that meet it after this epoch, and return the values."""
+    if config.criterion is None:
+        return None
+    loss, correct = runs.evaluate(eval_batches(dataset.train, normalize, config.eval_batch_size))
+    values = {"train_loss": loss.cpu().numpy() / len(dataset.train),
+              "train_acc": correct.cpu().numpy() / len(dataset.train)}
+    metric, threshold = config.criterion
+    value = np.nan_to_num(values[metric], nan=np.inf if metric == "train_loss" else -np.inf)
+    met = (value < threshold if metric == "train_loss" else value >= threshold) & trained & (state.criterion_epoch < 0)
+    state.criterion_epoch[met] = epoch + 1
+    return {**values, "met_epoch": state.criterion_epoch}
+
+
+def criterion_note(config: RunConfig, criterion_epoch: np.ndarray) -> str:
+    """Which runs never met their criterion (the cap, --epochs, was reached or they diverged)."""
+    missed = np.flatnonzero(criterion_epoch < 0)
+    if config.criterion is None or not len(missed):
+        return ""
+    return f"criterion not met (cap of {config.epochs} epochs): lr={','.join(f'{config.lrs[r]:g}' for r in missed)}"
 
 
 def sharpness_tracker(config: RunConfig, dataset: Dataset) -> SharpnessTracker:

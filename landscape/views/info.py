@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.files.hessian_file import HessianResult
 from landscape.files.path_file import PathFile
-from landscape.files.run_file import Run, shown_status
+from landscape.files.run_file import Run, criterion_text, shown_status
 from landscape.files.surface_file import Surface
 from landscape.options import DEFAULT_SHARPNESS_IMAGES
 from landscape.views.analysis import (best_accuracy, check_errors, final_accuracy, fmt_pct, probe_medians,
@@ -68,6 +68,29 @@ def describe_path(item: PathFile) -> str:
     return "\n".join(lines)
 
 
+def describe_criterion(run: Run) -> list[str]:
+    """Lines on a run trained to a criterion: what it was, when each run met it, its last value."""
+    criterion = run.criterion
+    metric = criterion["metric"]
+    lines = [f"criterion   {criterion_text(metric, float(criterion['threshold']))} on the whole training subset "
+             f"(eval mode, after each epoch), --epochs {run.config.get('epochs')} as the cap",
+             f"{'lr':>10}  {'met':>22}  {'train loss':>10}  {'train acc':>9}"]
+    for r, lr in enumerate(run.lrs):
+        met = int(criterion["met_epoch"][r])
+        seen = np.flatnonzero(np.isfinite(criterion["train_loss"][r]))
+        last = seen[-1] if len(seen) else None
+        if met > 0:
+            when = f"after epoch {met}"
+        elif run.status == "complete" or run.diverged_step[r] >= 0:
+            when = "no: diverged" if run.diverged_step[r] >= 0 else "no: cap reached"
+        else:
+            when = "not yet"
+        loss = f"{criterion['train_loss'][r, last]:.4g}" if last is not None else "-"
+        acc = fmt_pct(criterion["train_acc"][r, last]) if last is not None else "-"
+        lines.append(f"{lr:>10g}  {when:>22}  {loss:>10}  {acc:>9}")
+    return lines
+
+
 def describe_run(run: Run) -> str:
     """A run file: model, options, progress, status, per-rate accuracies, probes and sharpness."""
     config = run.config
@@ -101,6 +124,8 @@ def describe_run(run: Run) -> str:
         stop = f"epoch {int(run.stopped_epoch[r])}" if run.stopped_epoch[r] >= 0 else "-"
         epoch = str(int(best_epoch[r])) if best_epoch[r] else "-"
         lines.append(f"{lr:>10g}  {fmt_pct(final[r]):>14}  {fmt_pct(best[r]):>13}  {epoch:>10}  {div:>16}  {stop:>13}")
+    if run.criterion is not None:
+        lines += ["", *describe_criterion(run)]
     if run.probe is not None:
         probe = run.probe
         lines += ["", f"probes      {len(probe['step'])} probed steps, multipliers "
