@@ -20,7 +20,7 @@ SPECS = spec_paths()
 
 def test_there_is_a_spec_per_report_table():
     assert len(SPECS) >= 28
-    reports = {load_spec(p).source.split(",")[0] for p in SPECS}
+    reports = {load_spec(p).source.split(",")[0] for p in SPECS if load_spec(p).study is None}
     assert reports == {"report 000", "report 001", "report 002", "report 003", "report 004"}
 
 
@@ -29,7 +29,7 @@ def test_every_spec_validates_under_both_presets(path):
     spec = load_spec(path)
     assert spec.cells and spec.metrics
     for cell in spec.cells:
-        for preset in ("full", "quick"):
+        for preset in ("full", "quick", "cpu"):
             spec.config(cell, preset).validate()
     quick = spec.config(spec.cells[0], "quick")
     assert quick.epochs <= 7 and (quick.train_subset or 10**9) <= 1024  # CPU-sized

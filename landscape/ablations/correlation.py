@@ -138,8 +138,16 @@ def write_measure_tables(path: Path, axes: list[str], title: str) -> list[Path]:
     return [folder / "measures_table.md", folder / "measures_table.csv", folder / "correlations.md"]
 
 
-def scatter_figure(path: Path, axes: list[str], title: str) -> list[Path]:
-    """Each measure against test accuracy and against the gap, a point per (cell, seed), marked by the first axis."""
+def spans_decades(values: np.ndarray) -> bool:
+    """Positive values whose largest is over 100 times the smallest: drawn on a log axis."""
+    finite = values[np.isfinite(values)]
+    return finite.size > 1 and bool((finite > 0).all()) and finite.max() > 100 * finite.min()
+
+
+def scatter_figure(path: Path, axes: list[str], title: str, columns: int = 4) -> list[Path]:
+    """Each measure against test accuracy and against the gap, a point per (cell, seed), marked by the first axis:
+    a grid `columns` panels wide (readable at a page's width), log axes where a measure spans decades, tau and its
+    interval in each panel's title."""
     import matplotlib.pyplot as plt
 
     from landscape.views.figures import save_figure
@@ -150,20 +158,28 @@ def scatter_figure(path: Path, axes: list[str], title: str) -> list[Path]:
         return []
     targets = targets_of(table)
     marks = np.array([str(table.info.get(c, {}).get(axes[0], c)) if axes else c for c in table.cells])
-    fig, grid = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6), squeeze=False)
+    panels = [(name, target) for name in names for target in targets]
+    lines = -(-len(panels) // columns)
+    fig, grid = plt.subplots(lines, columns, figsize=(12, 2.9 * lines), squeeze=False)
     rows = []
-    for column, name in enumerate(names):
-        for line, (target, y) in enumerate(targets.items()):
-            ax = grid[line][column]
-            for mark in dict.fromkeys(marks):
-                chosen = marks == mark
-                ax.scatter(table.values[name][chosen], y[chosen], label=mark, s=18)
-            ax.set_xlabel(name, fontsize="x-small")
-            ax.set_ylabel(f"{target} (%)", fontsize="x-small")
-            ax.set_title(f"tau {fmt(kendall(table.values[name], y))}", fontsize="x-small")
-            rows += [(table.cells[i], name, target, float(table.values[name][i]), float(y[i]))
-                     for i in range(len(table.cells))]
+    for index, (name, target) in enumerate(panels):
+        ax, x, y = grid[index // columns][index % columns], table.values[name], targets[target]
+        for mark in dict.fromkeys(marks):
+            chosen = marks == mark
+            ax.scatter(x[chosen], y[chosen], label=mark, s=16)
+        if spans_decades(x):
+            ax.set_xscale("log")
+        low, high = bootstrap_interval(x, y)
+        ax.set_title(f"tau {fmt(kendall(x, y))} [{fmt(low)}, {fmt(high)}]", fontsize="small")
+        ax.set_xlabel(name, fontsize="small")
+        ax.set_ylabel(f"{target} (%)", fontsize="small")
+        ax.tick_params(labelsize="x-small")
+        rows += [(table.cells[i], name, target, float(x[i]), float(y[i])) for i in range(len(table.cells))]
+    for index in range(len(panels), lines * columns):
+        grid[index // columns][index % columns].axis("off")
     grid[0][0].legend(fontsize="xx-small", title=axes[0] if axes else "cell", title_fontsize="xx-small")
-    fig.suptitle(f"{title}: measures against test accuracy and the generalization gap", fontsize="small")
+    fig.suptitle(f"{title}: measures against test accuracy and the generalization gap (95% bootstrap intervals)",
+                 fontsize="small")
+    fig.tight_layout()
     return save_figure(fig, path.parent / "measures_scatter", ("cell", "measure", "target", "value", "target_value"),
                        rows)

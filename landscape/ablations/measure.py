@@ -81,6 +81,10 @@ def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, ima
                     "seed": seed, "lr": float(run.lrs[rate]),
                     **{metric: metric_value(run, metric, row.cell.horizons.get(preset))
                        for metric in ("best_test_acc", "final_test_acc")}}
+            if run.criterion is not None:  # trained to a criterion: did this rate meet it, and when
+                met_epoch = int(run.criterion["met_epoch"][rate])
+                info.update(criterion_met=float(met_epoch > 0),
+                            epochs_trained=float(met_epoch if met_epoch > 0 else run.epochs_done))
             out.append((name, info, MeasureTask(skeleton(model), params, buffers, init, batches, tests, options,
                                                 "auto" if on_ray else str(device))))
     return out

@@ -29,11 +29,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from landscape.ablations.study import Study, parse_study
 from landscape.training.config import RunConfig, config_values
 from landscape.errors import UsageError
 
 SPEC_FOLDER = Path(__file__).parent / "specs"
-PRESETS = ("full", "quick")
+PRESETS = ("full", "quick", "cpu")  # cpu: a study's setting for a 2-core machine without a GPU
 # metric -> (heading, unit, how a run file gives it); accuracies are in percent as the reports print them
 METRICS = {
     "best_test_acc": ("best test acc (%)", "%"),
@@ -44,7 +45,7 @@ METRICS = {
     "model_size_mb": ("model size (MB)", "MB"),
 }
 AXIS_ALIASES = {"lr": "lrs"}  # an axis "lr" sets a single learning rate
-SPEC_KEYS = {"title", "description", "source", "metrics", "base", "axes", "cells", "reference", "presets"}
+SPEC_KEYS = {"title", "description", "source", "metrics", "base", "axes", "cells", "reference", "presets", "study"}
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Spec:
     axes: list[str]
     cells: list[Cell]
     presets: dict[str, dict]
+    study: Study | None = None  # a study with claims to check (ablations/study.py), or None for a report's table
 
     def config(self, cell: Cell, preset: str, seed: int = 0) -> RunConfig:
         """The run configuration of `cell` under `preset` (base, preset, then the cell's own settings)."""
@@ -162,8 +164,10 @@ def load_spec(path: str | Path) -> Spec:
         if preset not in PRESETS:
             raise fail(preset, f"unknown preset; use {' or '.join(PRESETS)}")
         presets[preset] = checked_options(values, fail, f"presets.{preset}")
+    study = parse_study(raw["study"], axes, fail) if "study" in raw else None
     spec = Spec(name=path.stem, path=path, title=raw["title"], description=raw.get("description", ""),
-                source=raw["source"], metrics=list(metrics), base=base, axes=axes, cells=cells, presets=presets)
+                source=raw["source"], metrics=list(metrics), base=base, axes=axes, cells=cells, presets=presets,
+                study=study)
     for cell in cells:
         for preset in PRESETS:
             try:
@@ -224,7 +228,7 @@ def grid_cells(axes: list[dict], fail) -> tuple[list[str], list[Cell]]:
             if name == "horizon":
                 if not (isinstance(value, int) and isinstance(quick, int) and value > 0 and quick > 0):
                     raise fail("horizon", "horizons are positive epoch counts")
-                horizons = {"full": value, "quick": quick}
+                horizons = {"full": value, "quick": quick, "cpu": quick}
                 continue
             settings.update(checked_options({name: value}, fail, f"axes {name}"))
             if quick != value:

@@ -135,6 +135,10 @@ def regenerate(specs: list[Spec], preset: str, root: Path) -> tuple[list[Path], 
 
             written += write_measure_tables(folder / "measures.h5", spec.axes, spec.title)
             written += scatter_figure(folder / "measures.h5", spec.axes, spec.title)
+            from landscape.ablations.finding import write_finding
+
+            finding = write_finding(spec, preset, folder / "measures.h5")
+            written += [finding] if finding else []
         spec_missing = sum(r.missing for r in rows)
         done, missing = done + len(rows) - spec_missing, missing + spec_missing
     index = [f"# Ablation studies (preset `{preset}`)", ""]

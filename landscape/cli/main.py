@@ -240,15 +240,25 @@ def info(files: tuple[Path, ...]) -> None:
 def measure_options(command):
     """The options of `measure` and `ablate measure`: which measures, their radii and budgets, the images, the device."""
     for decorator in reversed([
-        click.option("--measures", default="hessian,worst,worst_adaptive,average,average_adaptive,li,gap,norms",
-                     show_default=True, help="Which: hessian, ggn, worst, worst_adaptive, average, average_adaptive, "
-                                             "li, gap, norms, barrier (ablate measure, two seeds), comma-separated."),
+        click.option("--measures", default=None,
+                     help="Which, comma-separated: hessian, ggn, worst, worst_adaptive, average, average_adaptive, "
+                          "li, gap, norms, pacbayes, pacbayes_mag, jiang, jiang_mag, spectral, path_norm, "
+                          "noise_scale, barrier (ablate measure, two seeds) [default: hessian,worst,worst_adaptive,"
+                          "average,average_adaptive,li,gap,norms; ablate measure: the spec's own list if it has one]."),
         click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures (comma list)."),
         click.option("--radius", default="0.1", show_default=True, help="Radii of Li et al.'s flatness (comma list)."),
-        click.option("--images", type=int, default=1024, show_default=True, help="Training images (the first N)."),
-        click.option("--test-images", type=int, default=1024, show_default=True, help="Test images for the gap."),
+        click.option("--images", type=int, default=None,
+                     help="Training images (the first N) [default: 1024; ablate measure: the study's, if it sets one]."),
+        click.option("--test-images", type=int, default=None,
+                     help="Test images for the gap [default: 1024; ablate measure: the study's, if it sets one]."),
         click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst case."),
         click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average case."),
+        click.option("--bound", type=float, default=0.1, show_default=True,
+                     help="pacbayes, jiang: the training-error rise (or loss rise, without accuracy) allowed."),
+        click.option("--draws", type=int, default=10, show_default=True,
+                     help="pacbayes: Monte Carlo draws of the expected error (antithetic pairs)."),
+        click.option("--tolerance", type=float, default=0.05, show_default=True,
+                     help="pacbayes, jiang: the search stops when its bracket is this narrow (relative)."),
         click.option("--m", type=int, default=0, show_default=True,
                      help="m-sharpness: the worst case per batch of m images."),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -434,15 +444,16 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
 @measure_options
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Measures file [default: <run>_measures.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
-def measure(run_file: Path | None, run_index: int | None, measures: str, rho: str, radius: str, steps: int,
-            samples: int, m: int, seed: int, out: Path | None, overwrite: bool, quiet: bool, **options) -> None:
+def measure(run_file: Path | None, run_index: int | None, measures: str | None, rho: str, radius: str, steps: int,
+            samples: int, m: int, seed: int, bound: float, draws: int, tolerance: float, out: Path | None,
+            overwrite: bool, quiet: bool, **options) -> None:
     """Flatness and sharpness measures of one snapshot (or a foreign model): the numbers `ablate measure` gives a
     cell."""
     from landscape.commands.measure import MeasureCommandOptions, measure_snapshot
-    from landscape.engine.measures import MeasureOptions
 
-    chosen = MeasureOptions(measures, comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), steps, 1,
-                            samples, seed=seed, m=m)
+    chosen = measure_choice(measures, rho, radius, steps, samples, m, seed, bound, draws, tolerance)
+    for key in ("images", "test_images"):
+        options[key] = 1024 if options[key] is None else options[key]
     path, result = measure_snapshot(run_file, MeasureCommandOptions(run=run_index, **options), chosen, out,
                                     overwrite=overwrite)
     if not quiet:
@@ -450,6 +461,16 @@ def measure(run_file: Path | None, run_index: int | None, measures: str, rho: st
             error = result.stderr.get(name)
             click.echo(f"{name:>36}  {value:.6g}" + (f"  (+- {error:.2g})" if error is not None else ""))
         click.echo(f"wrote {path}")
+
+
+def measure_choice(measures: str | None, rho: str, radius: str, steps: int, samples: int, m: int, seed: int,
+                   bound: float, draws: int, tolerance: float, default: tuple[str, ...] | None = None):
+    """The MeasureOptions the measure options name (`default`: the measures when --measures is not given)."""
+    from landscape.engine.measures import DEFAULT_MEASURES, MeasureOptions
+
+    return MeasureOptions(measures if measures is not None else (default or DEFAULT_MEASURES),
+                          comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), steps, 1, samples, seed=seed,
+                          m=m, bound=bound, draws=draws, tolerance=tolerance).validate()
 
 
 def comma_numbers(text: str, option: str) -> tuple[float, ...]:
@@ -516,7 +537,7 @@ def connect(a: Path | None, b: Path | None, out: Path | None, overwrite: bool, r
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--ablations", type=click.Path(path_type=Path), default=None,
               help="Folder of ablation results (as `ablate run --results`) to include.")
-@click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+@click.option("--preset", type=click.Choice(["full", "quick", "cpu"]), default="full", show_default=True,
               help="Which preset's ablation results to include (as `ablate run` and `ablate table`).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The page [default: report.html beside the first file, or in --ablations].")
@@ -573,8 +594,9 @@ def spec_arguments(command):
     """SPEC... or --all, --preset and --results, shared by the ablate commands."""
     command = click.argument("specs", nargs=-1)(command)
     command = click.option("--all", "all_specs", is_flag=True, help="Every spec in ablations/specs.")(command)
-    command = click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
-                           help="full: the report's configuration; quick: the same cells, CPU-sized.")(command)
+    command = click.option("--preset", type=click.Choice(["full", "quick", "cpu"]), default="full", show_default=True,
+                           help="full: the report's configuration; quick: the same cells, CPU-sized; cpu: a study's preset for a "
+                                "2-core machine.")(command)
     return click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"),
                         show_default=True, help="Folder of the cells' run files and the tables.")(command)
 
@@ -608,7 +630,8 @@ def ablate_list(results: Path) -> None:
 
 @ablate.command(name="run")
 @spec_arguments
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds per cell.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds per cell [default: the study's seeds for a spec with a study, else 1].")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells in parallel processes (CPU); on a GPU cells run one after another.")
 @click.option("--data-root", default=None, help="Dataset folder for every cell (default: each spec's own).")
@@ -631,7 +654,7 @@ def ablate_list(results: Path) -> None:
               help="local: CPU threads per cell (0: the cores this process may use, shared out over --jobs; auto: "
                    "fewer when other processes keep cores busy, other rounding; or N).")
 @click.option("--download", is_flag=True, help="Download a missing dataset with torchvision.")
-def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int, jobs: int,
+def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, seeds: int | None, jobs: int,
                data_root: str | None, device: str | None, quiet: bool, executor: str, address: str | None,
                cpus_per_cell: float, gpus_per_cell: float, max_retries: int, shared_results: bool, threads: int,
                download: bool) -> None:
@@ -642,7 +665,8 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 
     todo = []
     for spec in load_specs(specs, all_specs):
-        for job in plan(spec, preset, seeds, results, data_root):
+        count = seeds or (spec.study.seeds if spec.study is not None else 1)
+        for job in plan(spec, preset, count, results, data_root):
             todo.append(replace(job, config=replace(job.config, device=device)) if device else job)
     if device == "cuda":
         from landscape.engine.devices import resolve_device
@@ -683,33 +707,37 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 @click.option("--workers", type=int, default=0, show_default=True, help="ray: workers.")
 @click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="ray: CPUs per worker.")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="ray: GPUs per worker.")
-def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, measures: str, rho: str,
-                   radius: str, images: int, test_images: int, steps: int, samples: int, m: int, seed: int,
-                   device: str, data_root: str | None, threads: int | str, quiet: bool, executor: str,
+def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, measures: str | None,
+                   rho: str, radius: str, images: int, test_images: int, steps: int, samples: int, m: int, seed: int,
+                   bound: float, draws: int, tolerance: float, device: str, data_root: str | None, threads: int | str, quiet: bool, executor: str,
                    address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
     """Flatness and sharpness measures of every finished cell; writes measures.h5, the measures table, the rank
     correlations with test accuracy and the gap, and the scatter figure beside each spec's table."""
     from landscape.ablations.correlation import scatter_figure, write_measure_tables
+    from landscape.ablations.finding import write_finding
     from landscape.ablations.measure import measure_spec
     from landscape.engine.devices import resolve_device, set_threads
-    from landscape.engine.measures import MeasureOptions
     from landscape.options import positive
 
-    options = MeasureOptions(measures, comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), steps, 1, samples,
-                             seed=seed, m=m).validate()
-    positive("--images", images)
-    positive("--test-images", test_images)
     chosen = load_specs(specs, all_specs)
     pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)
     if pool is not None and threads:
         raise UsageError("--threads applies to the local executor (on Ray, --cpus-per-worker sets a worker's threads)")
     set_threads(threads, hint=not quiet)
     for spec in chosen:
-        path = measure_spec(spec, preset, results, options, images=images, test_images=test_images,
+        study = spec.study
+        options = measure_choice(measures, rho, radius, steps, samples, m, seed, bound, draws, tolerance,
+                                 default=study.measures if study is not None else None)
+        train_images = images or (study.images if study is not None else 0) or 1024
+        tests = test_images or (study.test_images if study is not None else 0) or train_images
+        positive("--images", train_images)
+        positive("--test-images", tests)
+        path = measure_spec(spec, preset, results, options, images=train_images, test_images=tests,
                             device=resolve_device(device), executor=pool, data_root=data_root,
                             report=(lambda line: None) if quiet else print_line)
+        finding = write_finding(spec, preset, path)
         for written in [path] + write_measure_tables(path, spec.axes, spec.title) + \
-                scatter_figure(path, spec.axes, spec.title):
+                scatter_figure(path, spec.axes, spec.title) + ([finding] if finding else []):
             if not quiet:
                 click.echo(str(written))
 
@@ -734,7 +762,7 @@ def ablate_table(specs: tuple[str, ...], all_specs: bool, preset: str, results: 
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_figures", is_flag=True, help="Every figure of the five reports.")
 @click.option("--list", "list_only", is_flag=True, help="List the report figures and how each is drawn; draw nothing.")
-@click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+@click.option("--preset", type=click.Choice(["full", "quick", "cpu"]), default="full", show_default=True,
               help="Whose results to draw: full (the report's configuration) or quick.")
 @click.option("--results", type=click.Path(path_type=Path), default=Path("artifacts/ablations"), show_default=True,
               help="Folder of the cells' run files (as `ablate run --results`).")

@@ -16,6 +16,13 @@ measurement (BatchNorm on batch statistics by default, dropout off, the model ne
 - `train_loss`, `train_acc` and, with `test_data`, `test_loss`, `test_acc`, `gap_loss` (test minus train loss) and
   `gap_acc` (train minus test accuracy), all with BatchNorm's running statistics (the model's own predictions);
 - `param_norm` (the l2 norm of all parameters) and, with `init`, `distance_from_init`;
+- `pacbayes_flatness` (1 / sigma^2, with `pacbayes_sigma`) and `pacbayes_mag_flatness`: the largest Gaussian noise
+  whose expected training-error rise stays within `bound` (Jiang et al. 2019), plain and magnitude-aware;
+  `jiang_sharpness` (1 / alpha^2, with `jiang_alpha`) and `jiang_mag_sharpness`: the largest box whose worst case
+  stays within `bound` (`engine.bounds`);
+- `log_spectral_product`, `spectral_sum` and `path_norm` (`engine.norms`);
+- `grad_noise_scale` (B_simple of McCandlish et al. 2018, with `grad_noise_trace` and `grad_norm_sq`;
+  `engine.noise_scale`);
 - `barrier` (`ablate measure` only): the loss barrier and accuracy drop on the line between a cell's first two
   seeds (`connectivity.connect`, BatchNorm recomputed), the same for each seed of the cell.
 """
@@ -31,14 +38,18 @@ import torch
 from torch import nn
 
 from landscape.engine.batches import BatchSet, Objective, batch_set
+from landscape.engine.bounds import pacbayes_sigma, values_at, worst_case_alpha
 from landscape.engine.devices import with_threads
 from landscape.engine.directions import normalize_direction, random_direction
 from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_module, evaluate_points,
                                          expand_points, module_buffers, prepared_module, state_like, state_of)
+from landscape.engine.noise_scale import gradient_noise_scale
+from landscape.engine.norms import path_norm, spectral_measures
 from landscape.errors import UsageError
-from landscape.options import check_seed, choose, positive
+from landscape.options import check_seed, choose, in_range, positive
 
 MEASURE_GROUPS = ("hessian", "ggn", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms",
+                  "pacbayes", "pacbayes_mag", "jiang", "jiang_mag", "spectral", "path_norm", "noise_scale",
                   "barrier")  # barrier: seed to seed, measured by `ablate measure` for cells with two seeds
 DEFAULT_MEASURES = ("hessian", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
 
@@ -59,6 +70,10 @@ class MeasureOptions:
     max_steps: int = 80
     bn: str = "train"
     seed: int = 0
+    bound: float = 0.1  # the training-error rise the perturbation bounds (pacbayes, jiang) allow
+    draws: int = 10  # Monte Carlo draws of the PAC-Bayes expectation (antithetic pairs)
+    tolerance: float = 0.05  # relative width of the bracket at which the bound searches stop
+    mag_eps: float = 1e-3  # the magnitude-aware bounds' additive noise (Jiang et al.)
 
     def validate(self) -> "MeasureOptions":
         if isinstance(self.measures, str):
@@ -73,8 +88,10 @@ class MeasureOptions:
             if not values or any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in values):
                 raise UsageError(f"{option} {values}: give positive finite numbers, e.g. {option}=(0.01, 0.05)")
             setattr(self, option, tuple(float(v) for v in values))
-        for option in ("steps", "restarts", "samples", "directions", "trace_samples", "max_steps"):
+        for option in ("steps", "restarts", "samples", "directions", "trace_samples", "max_steps", "draws"):
             positive(option, getattr(self, option))
+        for option in ("bound", "tolerance", "mag_eps"):
+            in_range(option, getattr(self, option), 0, math.inf, low_open=True)
         if self.m < 0:
             raise UsageError(f"m {self.m}: give the images per batch of m-sharpness, or 0 for all at once")
         choose("bn", self.bn, ("train", "eval"))
@@ -201,13 +218,6 @@ def m_batches(batches: BatchSet, m: int) -> list[BatchSet]:
     return out
 
 
-def accuracy_and_loss(module: nn.Module, params: Params, buffers: Params, batches: BatchSet,
-                      objective: Objective) -> dict[str, float]:
-    point = {n: p[None] for n, p in params.items()}
-    values = evaluate_points(module, point, expand_points(buffers, 1), batches, objective)
-    return {name: float(value[0]) for name, value in values.items()}
-
-
 def compute_measures(model: nn.Module, params: Params, buffers: Params, batches: BatchSet, objective: Objective,
                      options: MeasureOptions, test_batches: BatchSet | None = None, init: Params | None = None,
                      on_measure: Callable[[str], None] | None = None) -> Measures:
@@ -223,6 +233,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
     values: dict[str, float] = {}
     stderr: dict[str, float] = {}
     products = {}
+    attrs: dict = {}
     for group in options.measures:
         if group in ("hessian", "ggn"):
             operator = curvature_operator(group, module, params, kept, batches, objective)
@@ -253,14 +264,26 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
         elif group == "gap":
             evaluation = prepared_module(model, "eval")
             own = module_buffers(evaluation, buffers)
-            train = accuracy_and_loss(evaluation, params, own, batches, objective)
+            train = values_at(evaluation, params, own, batches, objective)
             values.update({f"train_{k}": v for k, v in train.items()})
             if test_batches is not None:
-                test = accuracy_and_loss(evaluation, params, own, test_batches, objective)
+                test = values_at(evaluation, params, own, test_batches, objective)
                 values.update({f"test_{k}": v for k, v in test.items()})
                 values["gap_loss"] = test["loss"] - train["loss"]
                 if "acc" in train:
                     values["gap_acc"] = train["acc"] - test["acc"]
+        elif group in ("pacbayes", "pacbayes_mag", "jiang", "jiang_mag"):
+            values.update(bound_measures(group, module, params, kept, batches, objective, options, loss, attrs))
+        elif group == "spectral":
+            values.update(spectral_measures(params))
+        elif group == "path_norm":
+            evaluation = prepared_module(model, "eval")
+            values["path_norm"] = path_norm(evaluation, params, module_buffers(evaluation, buffers),
+                                            first_inputs(batches))
+        elif group == "noise_scale":
+            evaluation = prepared_module(model, "eval")
+            values.update(gradient_noise_scale(evaluation, params, module_buffers(evaluation, buffers), batches,
+                                               Objective(objective.loss, objective.closure, {})))
         elif group == "barrier":
             pass  # between two seeds of a cell: `ablations.measure.seed_barriers`
         elif group == "norms":
@@ -275,15 +298,44 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
              "m": options.m, "bn": options.bn, "seed": options.seed, "images": batches.samples,
              "test_images": test_batches.samples if test_batches is not None else 0,
              "loss_evaluations": loss.evaluations, "seconds": time.perf_counter() - started,
+             "bound": options.bound, "draws": options.draws, "tolerance": options.tolerance,
+             "mag_eps": options.mag_eps, **attrs,
              **{f"{group}_products": count for group, count in products.items()}}
     return Measures(values, stderr, attrs)
+
+
+def bound_measures(group: str, module: nn.Module, params: Params, buffers: Params, batches: BatchSet,
+                   objective: Objective, options: MeasureOptions, loss: LossAt, attrs: dict) -> dict[str, float]:
+    """The PAC-Bayes or worst-case perturbation bound of `group` (engine.bounds), as 1/scale^2 and the scale; what
+    the deviation was measured on and the search's cost go into `attrs`."""
+    magnitude = group.endswith("_mag")
+    plain = Objective(objective.loss, objective.closure, None)
+    common = dict(bound=options.bound, tolerance=options.tolerance, seed=options.seed, magnitude=magnitude,
+                  eps=options.mag_eps)
+    if group.startswith("pacbayes"):
+        found = pacbayes_sigma(module, params, buffers, batches, plain, draws=options.draws, **common)
+        scale_name, value_name = f"{group}_sigma", f"{group}_flatness"
+    else:
+        found = worst_case_alpha(module, params, buffers, batches, plain, lambda point: loss.gradient(point)[1],
+                                 steps=options.steps, **common)
+        scale_name, value_name = f"{group}_alpha", f"{group}_sharpness"
+    attrs.update({f"{group}_deviation": found.deviation, f"{group}_evaluations": found.evaluations,
+                  f"{group}_capped": int(found.capped)})
+    return {value_name: 1.0 / found.scale ** 2, scale_name: found.scale}
+
+
+def first_inputs(batches: BatchSet):
+    """The inputs of the first batch (what an all-ones input is shaped like)."""
+    batch = next(iter(batches))
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 @with_threads
 def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None, init=None,
              measures: tuple[str, ...] | str = DEFAULT_MEASURES, rho=(0.05,), radius=(0.1,), steps: int = 10,
              restarts: int = 1, samples: int = 10, directions: int = 5, m: int = 0, trace_samples: int = 30,
-             max_steps: int = 80, bn: str = "train", seed: int = 0, images: int | None = None,
+             max_steps: int = 80, bn: str = "train", seed: int = 0, bound: float = 0.1, draws: int = 10,
+             tolerance: float = 0.05, mag_eps: float = 1e-3, images: int | None = None,
              batch_size: int | None = None, device=None, threads: int | None = None) -> Measures:
     """Flatness and sharpness measures of `model` on `data` (see the module docstring): a `Measures` record of
     named scalars (`.values`, `.stderr`, `.save(path)`). `init`: the initial weights (a module or a state dict)
@@ -295,7 +347,7 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
         raise UsageError("the barrier measure is between two models: use `landscape ablate measure` (cells with two "
                          "seeds or more) or landscape.connect(model_a, model_b, data)")
     options = MeasureOptions(measures, rho, radius, steps, restarts, samples, directions, m, trace_samples,
-                             max_steps, bn, seed).validate()
+                             max_steps, bn, seed, bound, draws, tolerance, mag_eps).validate()
     device = resolve_device(device, "device", default=next(model.parameters()).device)
     objective = Objective(loss=loss, closure=closure)
     params, buffers = state_of(model, device)

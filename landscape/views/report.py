@@ -130,6 +130,7 @@ def build_report(paths: list[Path], out: Path, *, ablations: Path | None = None,
     for item in inputs.paths:
         path_section(page, item)
     if ablations is not None:
+        findings_section(page, ablations, preset)
         ablation_sections(page, ablations, preset)
     return page
 
@@ -394,6 +395,63 @@ def path_section(page: Page, item) -> None:
         if fig.data:
             fig.update_layout(title=f"{metric} along the paths (t = 0: A, t = 1: B)", xaxis_title="t",
                               yaxis_title=metric)
+            page.figure(fig)
+
+
+def findings_section(page: Page, root: Path, preset: str) -> None:
+    """The studies' verdicts first: per study its question, each claim with its statistic, interval and verdict,
+    and a figure per claim (the two groups' models, or the measure against its target)."""
+    import plotly.graph_objects as go
+
+    from landscape.ablations.correlation import spans_decades
+    from landscape.ablations.finding import verdicts
+    from landscape.ablations.spec import load_spec, spec_paths
+    from landscape.ablations.study import VERDICT_RULE
+    from landscape.errors import UsageError
+    from landscape.files.measures_file import info_columns, read_measures
+
+    studies = []
+    for path in spec_paths():
+        spec = load_spec(path)
+        measures = root / spec.name / preset / "measures.h5"
+        if spec.study is not None and measures.is_file():
+            try:
+                studies.append((spec, read_measures(measures)))
+            except UsageError as exc:
+                page.note(str(exc))
+    if not studies:
+        return
+    page.heading(f"Findings (preset {preset})")
+    page.add(f"<p class=\"muted\">{html.escape(VERDICT_RULE.replace('**', ''))}</p>")
+    for spec, table in studies:
+        page.heading(spec.study.question, 3)
+        page.add(f'<p class="muted">{html.escape(spec.study.paper)}</p>')
+        judged = verdicts(spec, table)
+        page.table(["claim", "source", "statistic", "95% interval", "models", "verdict"],
+                   [[v.claim.claim, v.claim.source, f"{v.statistic:.3g}", f"[{v.interval[0]:.3g}, {v.interval[1]:.3g}]",
+                     v.models, v.verdict] for v in judged],
+                   classes=[["", "", "", "", "", {"agrees": "better", "disagrees": "worse"}.get(v.verdict, "")]
+                            for v in judged])
+        columns = info_columns(table)
+        for verdict in judged:
+            claim = verdict.claim
+            x = table.values.get(claim.measure)
+            if x is None:
+                continue
+            if claim.kind == "difference":
+                axis = np.asarray(columns.get(claim.axis, [""] * len(x)), dtype=object).astype(str)
+                fig = go.Figure([go.Box(y=x[axis == str(side)], name=f"{claim.axis}={side}", boxpoints="all")
+                                 for side in (claim.low, claim.high)])
+                fig.update_layout(title=f"{claim.measure}: {verdict.verdict}", yaxis_title=claim.measure,
+                                  yaxis_type="log" if spans_decades(x) else "linear")
+            else:
+                y = table.values.get(claim.target)
+                if y is None:
+                    continue
+                fig = go.Figure([go.Scatter(x=x, y=y, mode="markers", text=table.cells)])
+                fig.update_layout(title=f"{claim.measure} against {claim.target}: tau {verdict.statistic:.2f}, "
+                                        f"{verdict.verdict}", xaxis_title=claim.measure, yaxis_title=claim.target,
+                                  xaxis_type="log" if spans_decades(x) else "linear")
             page.figure(fig)
 
 

@@ -1,0 +1,138 @@
+"""Studies: the `[study]` section of a spec, the verdict rule, and finding.md from a measures table built by hand."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from landscape.ablations.finding import write_finding
+from landscape.ablations.spec import load_spec, spec_paths
+from landscape.ablations.study import decide, welch_interval
+from landscape.engine.measures import Measures, MeasureOptions
+from landscape.errors import UsageError
+from landscape.files.measures_file import MeasuresTable, write_measures
+
+SPEC = """
+title = "toy study"
+source = "a test"
+metrics = ["final_test_acc"]
+[base]
+model = "vgg_bn"
+dataset = "synthetic"
+lrs = [1e-3]
+until_train_acc = 0.9
+[[axes]]
+name = "batch_size"
+values = [32, 256]
+[study]
+question = "Do large batches find sharper minima?"
+paper = "Keskar et al. 2017"
+seeds = 4
+measures = ["jiang_mag", "gap"]
+[[study.claims]]
+claim = "large-batch minima are sharper"
+source = "Table 2"
+kind = "difference"
+axis = "batch_size"
+low = 32
+high = 256
+measure = "jiang_mag_sharpness"
+expect = "higher"
+[[study.claims]]
+claim = "flatness predicts the gap"
+source = "Table 5"
+kind = "correlation"
+measure = "pacbayes_mag_flatness"
+target = "gap_acc"
+expect = "positive"
+"""
+
+
+def test_decide_follows_the_stated_rule():
+    assert decide((0.1, 0.5), True, 0) == "agrees"
+    assert decide((-0.5, -0.1), True, 0) == "disagrees"
+    assert decide((-0.5, -0.1), False, 0) == "agrees"
+    assert decide((-0.1, 0.3), True, 0) == "inconclusive"
+    assert decide((0.1, 0.5), True, 2) == "inconclusive"  # models that missed the criterion: never a verdict
+    assert decide((np.nan, np.nan), True, 0) == "inconclusive"
+
+
+def test_welch_interval_is_scipys():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 5), rng.normal(0.0, 2.0, 7)
+    expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert welch_interval(a, b) == pytest.approx((expected.low, expected.high), rel=1e-10)
+
+
+def measured_table(path, sharp_small, sharp_large, met=None):
+    """A measures table of 4 seeds per batch size: given sharpness per group, a flatness that tracks the gap."""
+    cells = [f"{size} seed{seed}" for size in (32, 256) for seed in range(4)]
+    table = MeasuresTable(path, {"spec": "toy", "preset": "cpu", "images": 64, "test_images": 64,
+                                 "measures": "jiang_mag,gap"}, cells)
+    rng = np.random.default_rng(1)
+    for i, cell in enumerate(cells):
+        size = 32 if i < 4 else 256
+        gap = 0.1 + 0.05 * i
+        values = {"jiang_mag_sharpness": (sharp_small if size == 32 else sharp_large)[i % 4],
+                  "pacbayes_mag_flatness": 10 * gap + rng.normal(0, 1e-3), "gap_acc": gap, "test_acc": 0.5}
+        info = {"batch_size": str(size), "seed": i % 4, "final_test_acc": 50.0,
+                "criterion_met": 1.0 if met is None else met[i], "epochs_trained": 10.0}
+        table.put(cell, Measures(values), info)
+    return write_measures(table)
+
+
+@pytest.mark.parametrize("small, large, verdict", [
+    ([1.0, 1.1, 0.9, 1.05], [3.0, 3.2, 2.9, 3.1], "agrees"),
+    ([3.0, 3.2, 2.9, 3.1], [1.0, 1.1, 0.9, 1.05], "**disagrees**"),
+    ([1.0, 3.0, 0.5, 2.0], [1.5, 2.5, 1.0, 1.8], "inconclusive"),
+])
+def test_finding_gives_each_claim_its_verdict(tmp_path, small, large, verdict):
+    spec_file = tmp_path / "toy.toml"
+    spec_file.write_text(SPEC)
+    spec = load_spec(spec_file)
+    measures = measured_table(tmp_path / "measures.h5", small, large)
+    text = write_finding(spec, "cpu", measures).read_text()
+    rule = text.index("## Rule")
+    assert rule < text.index("## Results")  # the rule comes before the numbers
+    sharper = next(line for line in text.splitlines() if line.startswith("| large-batch minima are sharper"))
+    assert sharper.rstrip().endswith(f"| {verdict} |")
+    difference = np.mean(large) - np.mean(small)
+    assert f"| {difference:.3g} |" in sharper
+    gap = next(line for line in text.splitlines() if line.startswith("| flatness predicts the gap"))
+    assert gap.rstrip().endswith("| agrees |")  # the flatness tracks the gap by construction
+    assert "met by 8 of 8 models" in text
+
+
+def test_a_model_that_missed_its_criterion_makes_every_verdict_inconclusive(tmp_path):
+    spec_file = tmp_path / "toy.toml"
+    spec_file.write_text(SPEC)
+    measures = measured_table(tmp_path / "measures.h5", [1.0, 1.1, 0.9, 1.05], [3.0, 3.2, 2.9, 3.1],
+                              met=[1, 1, 1, 1, 1, 1, 1, 0])
+    text = write_finding(load_spec(spec_file), "cpu", measures).read_text()
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in text.splitlines() if line.startswith("| ") and
+                "claim (paper)" not in line and "---" not in line]
+    assert verdicts == ["inconclusive", "inconclusive"]
+    assert "missed the training criterion" in text and "met by 7 of 8 models" in text
+
+
+@pytest.mark.parametrize("change, message", [
+    (("kind = \"difference\"", "kind = \"ratio\""), "kind must be one of"),
+    (("expect = \"higher\"", "expect = \"up\""), "expects higher or lower"),
+    (("axis = \"batch_size\"", "axis = \"width\""), "axis must be one of the spec's axes"),
+    (("seeds = 4", "seeds = 0"), "seeds: must be a whole number of at least 1"),
+    (("paper = \"Keskar et al. 2017\"", "journal = \"x\""), "unknown study key"),
+])
+def test_a_bad_study_is_refused_with_its_line(tmp_path, change, message):
+    spec_file = tmp_path / "toy.toml"
+    spec_file.write_text(SPEC.replace(*change))
+    with pytest.raises(UsageError, match=message) as caught:
+        load_spec(spec_file)
+    assert str(caught.value).startswith(f"{spec_file}:")
+
+
+def test_every_shipped_study_names_known_measures_and_has_a_cpu_preset():
+    studies = [spec for spec in map(load_spec, spec_paths()) if spec.study is not None]
+    assert len(studies) >= 2
+    for spec in studies:
+        MeasureOptions(spec.study.measures).validate()
+        assert "cpu" in spec.presets and spec.study.seeds >= 3
+        for claim in spec.study.claims:
+            assert claim.measure and claim.source
