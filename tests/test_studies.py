@@ -136,3 +136,68 @@ def test_every_shipped_study_names_known_measures_and_has_a_cpu_preset():
         assert "cpu" in spec.presets and spec.study.seeds >= 3
         for claim in spec.study.claims:
             assert claim.measure and claim.source
+
+
+STUDY_RUN = '''
+title = "toy study, trained"
+source = "a test"
+metrics = ["final_test_acc"]
+[base]
+model = "vgg_bn"
+dataset = "synthetic"
+width = 0.0625
+lrs = [3e-3]
+train_subset = 128
+batch_size = 32
+eval_batch_size = 128
+epochs = 4
+until_train_acc = 0.3
+threads = 1
+[[axes]]
+name = "batch_size"
+values = [16, 64]
+[presets.cpu]
+epochs = 4
+[study]
+question = "Do large batches find sharper minima?"
+paper = "Keskar et al. 2017"
+seeds = 2
+measures = ["hessian_top", "jiang", "gap"]
+images = 64
+test_images = 64
+measure_options = { steps = 2, tolerance = 0.5 }
+[[study.claims]]
+claim = "large-batch minima are sharper"
+source = "Table 2"
+kind = "difference"
+axis = "batch_size"
+low = 16
+high = 64
+measure = "jiang_sharpness"
+expect = "higher"
+'''
+
+
+def test_a_study_runs_with_its_seeds_and_measures_and_writes_its_finding(tmp_path, capsys):
+    import h5py
+
+    from tests.test_cli import landscape as cli
+
+    spec_file = tmp_path / "toy_run.toml"
+    spec_file.write_text(STUDY_RUN)
+    results = tmp_path / "results"
+    code, _, err = cli("ablate", "run", spec_file, "--preset", "cpu", "--results", results, "--quiet", capsys=capsys)
+    assert code in (0, None), err
+    runs = sorted((results / "toy_run" / "cpu").glob("*_seed*.h5"))
+    assert len([r for r in runs if not r.name.endswith(".weights.h5")]) == 4  # the study's 2 seeds per cell
+    code, out, err = cli("ablate", "measure", spec_file, "--preset", "cpu", "--results", results, capsys=capsys)
+    assert code in (0, None), err
+    folder = results / "toy_run" / "cpu"
+    with h5py.File(folder / "measures.h5") as f:
+        assert set(f["values"]) >= {"hessian_top", "jiang_sharpness", "jiang_alpha", "jiang_capped", "gap_acc"}
+        assert "hessian_trace" not in f["values"]  # hessian_top: the top eigenvalue alone
+        assert f.attrs["steps"] == 2 and f.attrs["tolerance"] == 0.5 and f.attrs["images"] == 64
+        assert set(f["cell_info"]) >= {"criterion_met", "epochs_trained"}
+    text = (folder / "finding.md").read_text()
+    assert "Do large batches find sharper minima?" in text and "| large-batch minima are sharper" in text
+    assert str(folder / "finding.md") in out

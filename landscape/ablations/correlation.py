@@ -64,7 +64,7 @@ def granulated(x: np.ndarray, y: np.ndarray, axes: dict[str, np.ndarray]) -> tup
 def measure_names(table: MeasuresTable) -> list[str]:
     """The measures to correlate: all but the accuracies and losses themselves."""
     plain = {"train_loss", "train_acc", "test_loss", "test_acc", "gap_loss", "gap_acc"}
-    return [name for name in table.values if name not in plain]
+    return [name for name in table.values if name not in plain and not name.endswith("_capped")]
 
 
 def targets_of(table: MeasuresTable) -> dict[str, np.ndarray]:

@@ -4,6 +4,8 @@
     question = "Do large-batch methods find sharper minima that generalize worse?"
     paper = "Keskar et al. 2017, On Large-Batch Training for Deep Learning"
     seeds = 3                                   # `ablate run`'s default --seeds
+    measure_options = { steps = 5 }             # `ablate measure`'s defaults for steps, samples, draws, bound,
+                                                # tolerance (the command line overrides them)
     measures = ["jiang_mag", "hessian", "gap"]  # `ablate measure`'s default --measures
     images = 512                                # `ablate measure`'s default --images (and test_images)
     [[study.claims]]
@@ -33,7 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-STUDY_KEYS = {"question", "paper", "design", "seeds", "measures", "images", "test_images", "claims"}
+STUDY_KEYS = {"question", "paper", "design", "seeds", "measures", "images", "test_images", "measure_options",
+              "claims"}
+MEASURE_OPTION_KEYS = {"steps", "samples", "draws", "bound", "tolerance"}  # what a study may set for ablate measure
 CLAIM_KEYS = {"claim", "source", "kind", "axis", "low", "high", "measure", "target", "expect"}
 KINDS = {"difference": ("higher", "lower"), "correlation": ("positive", "negative")}
 VERDICT_RULE = (
@@ -70,6 +74,7 @@ class Study:
     measures: tuple[str, ...] = ()
     images: int = 0  # 0: ablate measure's own default
     test_images: int = 0
+    measure_options: dict = field(default_factory=dict)  # steps, samples, draws, bound, tolerance
     claims: list[Claim] = field(default_factory=list)
 
 
@@ -90,12 +95,16 @@ def parse_study(raw, axes: list[str], fail) -> Study:
     measures = raw.get("measures", [])
     if not isinstance(measures, list) or not all(isinstance(m, str) for m in measures):
         raise fail("measures", "must be a list of measure groups, e.g. [\"pacbayes\", \"gap\"]")
+    options = raw.get("measure_options", {})
+    if not isinstance(options, dict) or any(key not in MEASURE_OPTION_KEYS for key in options) or \
+            any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in options.values()):
+        raise fail("measure_options", f"must be a table of numbers, keys among {', '.join(sorted(MEASURE_OPTION_KEYS))}")
     claims = [parse_claim(entry, axes, fail, index) for index, entry in enumerate(raw.get("claims", []))]
     if not claims:
         raise fail("study", "a study needs at least one [[study.claims]] entry: what the paper claims")
     return Study(question=raw["question"], paper=raw["paper"], design=str(raw.get("design", "")),
                  seeds=int(raw.get("seeds", 1)), measures=tuple(measures), images=int(raw.get("images", 0)),
-                 test_images=int(raw.get("test_images", 0)), claims=claims)
+                 test_images=int(raw.get("test_images", 0)), measure_options=dict(options), claims=claims)
 
 
 def parse_claim(entry, axes: list[str], fail, index: int) -> Claim:
@@ -185,6 +194,11 @@ def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarra
         models, detail = int(keep.sum()), ""
     expect_positive = claim.expect in ("higher", "positive")
     verdict = decide(interval, expect_positive, missed)
+    capped = values.get(claim.measure.rsplit("_", 1)[0] + "_capped")
+    if capped is not None and np.nansum(capped[met]) > 0:  # a bound search hit the end of its range
+        verdict = "inconclusive"
+        detail = (detail + "; " if detail else "") + (f"the search hit the end of its range for "
+                                                      f"{int(np.nansum(capped[met]))} model(s): those values are limits")
     if missed:
         detail = (detail + "; " if detail else "") + f"{missed} model(s) missed the training criterion"
     return Verdict(claim, statistic, interval, models, verdict, detail)

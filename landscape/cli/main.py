@@ -251,14 +251,18 @@ def measure_options(command):
                      help="Training images (the first N) [default: 1024; ablate measure: the study's, if it sets one]."),
         click.option("--test-images", type=int, default=None,
                      help="Test images for the gap [default: 1024; ablate measure: the study's, if it sets one]."),
-        click.option("--steps", type=int, default=10, show_default=True, help="Ascent steps of the worst case."),
-        click.option("--samples", type=int, default=10, show_default=True, help="Draws of the average case."),
-        click.option("--bound", type=float, default=0.1, show_default=True,
-                     help="pacbayes, jiang: the training-error rise (or loss rise, without accuracy) allowed."),
-        click.option("--draws", type=int, default=10, show_default=True,
-                     help="pacbayes: Monte Carlo draws of the expected error (antithetic pairs)."),
-        click.option("--tolerance", type=float, default=0.05, show_default=True,
-                     help="pacbayes, jiang: the search stops when its bracket is this narrow (relative)."),
+        click.option("--steps", type=int, default=None,
+                     help="Ascent steps of the worst cases (worst, jiang) [default: 10, or the study's]."),
+        click.option("--samples", type=int, default=None, help="Draws of the average case [default: 10, or the study's]."),
+        click.option("--bound", type=float, default=None,
+                     help="pacbayes, jiang: the training-error rise (or loss rise, without accuracy) allowed "
+                          "[default: 0.1, or the study's]."),
+        click.option("--draws", type=int, default=None,
+                     help="pacbayes: Monte Carlo draws of the expected error (antithetic pairs) [default: 10, or the "
+                          "study's]."),
+        click.option("--tolerance", type=float, default=None,
+                     help="pacbayes, jiang: the search stops when its bracket is this narrow, relative [default: "
+                          "0.05, or the study's]."),
         click.option("--m", type=int, default=0, show_default=True,
                      help="m-sharpness: the worst case per batch of m images."),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -463,14 +467,18 @@ def measure(run_file: Path | None, run_index: int | None, measures: str | None, 
         click.echo(f"wrote {path}")
 
 
-def measure_choice(measures: str | None, rho: str, radius: str, steps: int, samples: int, m: int, seed: int,
-                   bound: float, draws: int, tolerance: float, default: tuple[str, ...] | None = None):
-    """The MeasureOptions the measure options name (`default`: the measures when --measures is not given)."""
+def measure_choice(measures: str | None, rho: str, radius: str, steps: int | None, samples: int | None, m: int,
+                   seed: int, bound: float | None, draws: int | None, tolerance: float | None, study=None):
+    """The MeasureOptions the measure options name: what the command line gives, else what the study sets (its
+    measures and measure_options), else the defaults."""
     from landscape.engine.measures import DEFAULT_MEASURES, MeasureOptions
 
-    return MeasureOptions(measures if measures is not None else (default or DEFAULT_MEASURES),
-                          comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), steps, 1, samples, seed=seed,
-                          m=m, bound=bound, draws=draws, tolerance=tolerance).validate()
+    given = {k: v for k, v in dict(steps=steps, samples=samples, bound=bound, draws=draws, tolerance=tolerance).items()
+             if v is not None}
+    chosen = {**(study.measure_options if study is not None else {}), **given}
+    return MeasureOptions(measures if measures is not None else ((study.measures if study else ()) or DEFAULT_MEASURES),
+                          comma_numbers(rho, "--rho"), comma_numbers(radius, "--radius"), seed=seed, m=m,
+                          **chosen).validate()
 
 
 def comma_numbers(text: str, option: str) -> tuple[float, ...]:
@@ -726,8 +734,7 @@ def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results
     set_threads(threads, hint=not quiet)
     for spec in chosen:
         study = spec.study
-        options = measure_choice(measures, rho, radius, steps, samples, m, seed, bound, draws, tolerance,
-                                 default=study.measures if study is not None else None)
+        options = measure_choice(measures, rho, radius, steps, samples, m, seed, bound, draws, tolerance, study)
         train_images = images or (study.images if study is not None else 0) or 1024
         tests = test_images or (study.test_images if study is not None else 0) or train_images
         positive("--images", train_images)

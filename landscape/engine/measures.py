@@ -3,7 +3,7 @@
 `measures(model, data, ...)` computes, on the same fixed images (read once) and the same loss as every other
 measurement (BatchNorm on batch statistics by default, dropout off, the model never changed):
 - `hessian_top`, `hessian_trace`, `ggn_top`, `ggn_trace`: the top eigenvalue and the trace (Hutch++) of the Hessian
-  or the Gauss-Newton matrix (`engine.curvature`);
+  or the Gauss-Newton matrix (`engine.curvature`); the group `hessian_top` computes the top eigenvalue alone;
 - `sharpness_worst_rho<r>`: max over ||delta|| <= r of L(w + delta) - L(w), by projected normalised gradient ascent
   (`steps` steps of length r from `restarts` random points of the sphere; the best kept): a lower bound of the
   maximum, exact for a quadratic when the ascent has converged to its top eigenvector;
@@ -48,7 +48,7 @@ from landscape.engine.norms import path_norm, spectral_measures
 from landscape.errors import UsageError
 from landscape.options import check_seed, choose, in_range, positive
 
-MEASURE_GROUPS = ("hessian", "ggn", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms",
+MEASURE_GROUPS = ("hessian", "ggn", "hessian_top", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms",
                   "pacbayes", "pacbayes_mag", "jiang", "jiang_mag", "spectral", "path_norm", "noise_scale",
                   "barrier")  # barrier: seed to seed, measured by `ablate measure` for cells with two seeds
 DEFAULT_MEASURES = ("hessian", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
@@ -235,12 +235,14 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
     products = {}
     attrs: dict = {}
     for group in options.measures:
-        if group in ("hessian", "ggn"):
-            operator = curvature_operator(group, module, params, kept, batches, objective)
-            values[f"{group}_top"] = float(top_eigenvalues(operator, 1, max_steps=options.max_steps,
-                                                           seed=options.seed).values[0])
-            values[f"{group}_trace"], stderr[f"{group}_trace"] = estimate_trace(operator, options.trace_samples,
-                                                                                "hutch++", options.seed)
+        if group in ("hessian", "ggn", "hessian_top"):
+            kind = group.removesuffix("_top")
+            operator = curvature_operator(kind, module, params, kept, batches, objective)
+            values[f"{kind}_top"] = float(top_eigenvalues(operator, 1, max_steps=options.max_steps,
+                                                          seed=options.seed).values[0])
+            if group != "hessian_top":  # the top eigenvalue alone: no trace
+                values[f"{kind}_trace"], stderr[f"{kind}_trace"] = estimate_trace(operator, options.trace_samples,
+                                                                                  "hutch++", options.seed)
             products[group] = operator.products
         elif group in ("worst", "worst_adaptive"):
             scale = {n: p.abs() for n, p in params.items()} if group == "worst_adaptive" else None
@@ -319,9 +321,9 @@ def bound_measures(group: str, module: nn.Module, params: Params, buffers: Param
         found = worst_case_alpha(module, params, buffers, batches, plain, lambda point: loss.gradient(point)[1],
                                  steps=options.steps, **common)
         scale_name, value_name = f"{group}_alpha", f"{group}_sharpness"
-    attrs.update({f"{group}_deviation": found.deviation, f"{group}_evaluations": found.evaluations,
-                  f"{group}_capped": int(found.capped)})
-    return {value_name: 1.0 / found.scale ** 2, scale_name: found.scale}
+    attrs.update({f"{group}_deviation": found.deviation, f"{group}_evaluations": found.evaluations})
+    # capped: the search ended at the end of its range, so the scale is a limit, not the value (findings flag it)
+    return {value_name: 1.0 / found.scale ** 2, scale_name: found.scale, f"{group}_capped": float(found.capped)}
 
 
 def first_inputs(batches: BatchSet):
