@@ -119,6 +119,7 @@ def test_a_model_that_missed_its_criterion_makes_every_verdict_inconclusive(tmp_
     (("axis = \"batch_size\"", "axis = \"width\""), "axis must be one of the spec's axes"),
     (("seeds = 4", "seeds = 0"), "seeds: must be a whole number of at least 1"),
     (("paper = \"Keskar et al. 2017\"", "journal = \"x\""), "unknown study key"),
+    (("seeds = 4", "seeds = 4\nline = { axis = \"depth\", a = 1, b = 2 }"), "line: must be"),
 ])
 def test_a_bad_study_is_refused_with_its_line(tmp_path, change, message):
     spec_file = tmp_path / "toy.toml"
@@ -166,6 +167,7 @@ measures = ["hessian_top", "jiang", "gap"]
 images = 64
 test_images = 64
 measure_options = { steps = 2, tolerance = 0.5 }
+line = { axis = "batch_size", a = 16, b = 64 }
 [[study.claims]]
 claim = "large-batch minima are sharper"
 source = "Table 2"
@@ -201,3 +203,11 @@ def test_a_study_runs_with_its_seeds_and_measures_and_writes_its_finding(tmp_pat
     text = (folder / "finding.md").read_text()
     assert "Do large batches find sharper minima?" in text and "| large-batch minima are sharper" in text
     assert str(folder / "finding.md") in out
+    from landscape.files.path_file import read_path
+
+    line = read_path(folder / "line_16_64.h5")  # the line between the two cells' seed-0 models, as connect draws it
+    assert "## The line from batch_size=16 to batch_size=64" in text
+    barrier = line.barriers["line"]["train"]["loss"]
+    assert f"| {barrier:.3g} |" in text or f"| {barrier:.2e} |" in text
+    ends = line.values["line"]["train"]["loss"][[0, -1]]
+    assert np.all(np.isfinite(ends)) and any(p.suffix == ".png" for p in folder.glob("line_16_64*"))

@@ -90,12 +90,40 @@ def finding_text(spec: Spec, preset: str, table: MeasuresTable) -> str:
     details = [f"- {v.claim.measure}: {v.detail}" for v in judged if v.detail]
     if details:
         lines += ["", *details]
+    lines += line_section(spec, table.path.parent)
     counts = {name: sum(v.verdict == name for v in judged) for name in VERDICT_MARK}
     lines += ["", f"**Summary.** {counts['agrees']} agree, {counts['disagrees']} disagree, {counts['inconclusive']} "
                   f"inconclusive, of {len(judged)} claims. A disagreement at this scale (a CIFAR-10 subset, small "
                   f"networks, few seeds) is a result about this setting, not a refutation of the paper; the `full` "
                   f"preset repeats the design at the paper's scale.", ""]
     return "\n".join(lines)
+
+
+def line_section(spec: Spec, folder: Path) -> list[str]:
+    """The study's 1D line between two cells (ablations/line.py), when it has been computed."""
+    from landscape.errors import UsageError
+    from landscape.files.path_file import read_path
+
+    line = spec.study.line
+    path = folder / f"line_{line['a']}_{line['b']}.h5" if line else None
+    if path is None or not path.is_file():
+        return []
+    try:
+        held = read_path(path)
+    except UsageError as exc:
+        return ["", f"The line file could not be read: {exc}"]
+    lines = ["", f"## The line from {line['axis']}={line['a']} to {line['axis']}={line['b']} (seed 0 of each)", "",
+             "| split | loss at A | loss at B | loss barrier | accuracy drop |", "| --- | --- | --- | --- | --- |"]
+    for split, metrics in held.values.get("line", {}).items():
+        loss = metrics.get("loss")
+        barrier = held.barriers["line"][split]
+        drop = barrier.get("acc")
+        lines.append(f"| {split} | {number(float(loss[0]))} | {number(float(loss[-1]))} | "
+                     f"{number(barrier.get('loss', np.nan))} | "
+                     f"{'-' if drop is None else f'{100 * drop:.2f}%'} |")
+    figures = sorted(p.name for p in folder.glob(f"{path.stem}*.png"))
+    lines += [""] + [f"![the line]({name})" for name in figures]
+    return lines
 
 
 def number(value: float) -> str:

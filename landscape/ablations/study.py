@@ -6,6 +6,7 @@
     seeds = 3                                   # `ablate run`'s default --seeds
     measure_options = { steps = 5 }             # `ablate measure`'s defaults for steps, samples, draws, bound,
                                                 # tolerance (the command line overrides them)
+    line = { axis = "batch_size", a = 64, b = 1024 }  # the 1D line between two cells' first seeds (optional)
     measures = ["jiang_mag", "hessian", "gap"]  # `ablate measure`'s default --measures
     images = 512                                # `ablate measure`'s default --images (and test_images)
     [[study.claims]]
@@ -36,7 +37,7 @@ import numpy as np
 
 
 STUDY_KEYS = {"question", "paper", "design", "seeds", "measures", "images", "test_images", "measure_options",
-              "claims"}
+              "line", "claims"}
 MEASURE_OPTION_KEYS = {"steps", "samples", "draws", "bound", "tolerance"}  # what a study may set for ablate measure
 CLAIM_KEYS = {"claim", "source", "kind", "axis", "low", "high", "measure", "target", "expect"}
 KINDS = {"difference": ("higher", "lower"), "correlation": ("positive", "negative")}
@@ -75,6 +76,7 @@ class Study:
     images: int = 0  # 0: ablate measure's own default
     test_images: int = 0
     measure_options: dict = field(default_factory=dict)  # steps, samples, draws, bound, tolerance
+    line: dict = field(default_factory=dict)  # axis, a, b: the 1D line between two cells' first seeds (ablations/line)
     claims: list[Claim] = field(default_factory=list)
 
 
@@ -99,12 +101,15 @@ def parse_study(raw, axes: list[str], fail) -> Study:
     if not isinstance(options, dict) or any(key not in MEASURE_OPTION_KEYS for key in options) or \
             any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in options.values()):
         raise fail("measure_options", f"must be a table of numbers, keys among {', '.join(sorted(MEASURE_OPTION_KEYS))}")
+    line = raw.get("line", {})
+    if line and (not isinstance(line, dict) or set(line) != {"axis", "a", "b"} or line["axis"] not in axes):
+        raise fail("line", f"must be {{ axis = ..., a = ..., b = ... }}, axis one of the spec's axes ({', '.join(axes)})")
     claims = [parse_claim(entry, axes, fail, index) for index, entry in enumerate(raw.get("claims", []))]
     if not claims:
         raise fail("study", "a study needs at least one [[study.claims]] entry: what the paper claims")
     return Study(question=raw["question"], paper=raw["paper"], design=str(raw.get("design", "")),
                  seeds=int(raw.get("seeds", 1)), measures=tuple(measures), images=int(raw.get("images", 0)),
-                 test_images=int(raw.get("test_images", 0)), measure_options=dict(options), claims=claims)
+                 test_images=int(raw.get("test_images", 0)), measure_options=dict(options), line=dict(line), claims=claims)
 
 
 def parse_claim(entry, axes: list[str], fail, index: int) -> Claim:

@@ -723,6 +723,7 @@ def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results
     correlations with test accuracy and the gap, and the scatter figure beside each spec's table."""
     from landscape.ablations.correlation import scatter_figure, write_measure_tables
     from landscape.ablations.finding import write_finding
+    from landscape.ablations.line import study_line
     from landscape.ablations.measure import measure_spec
     from landscape.engine.devices import resolve_device, set_threads
     from landscape.options import positive
@@ -742,9 +743,11 @@ def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results
         path = measure_spec(spec, preset, results, options, images=train_images, test_images=tests,
                             device=resolve_device(device), executor=pool, data_root=data_root,
                             report=(lambda line: None) if quiet else print_line)
+        lines = study_line(spec, preset, results, images=train_images, test_images=tests, device=device,
+                           data_root=data_root, threads=threads)
         finding = write_finding(spec, preset, path)
         for written in [path] + write_measure_tables(path, spec.axes, spec.title) + \
-                scatter_figure(path, spec.axes, spec.title) + ([finding] if finding else []):
+                scatter_figure(path, spec.axes, spec.title) + lines + ([finding] if finding else []):
             if not quiet:
                 click.echo(str(written))
 
