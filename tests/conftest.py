@@ -60,6 +60,29 @@ def tiny_run(tmp_path_factory, tiny_config) -> Path:
 HANG_GUARD = 1800
 
 
+def cut_at_epoch_three(monkeypatch, config, path: Path) -> None:
+    """Train `config` into `path` with the run file's flush of epoch 3 failing (a full disk): the file keeps epochs 1
+    and 2 and the checkpoint, as after a kill; the writer is restored afterwards."""
+    import errno
+
+    import landscape.files.run_file as store
+    from landscape.errors import RunFailed
+    from landscape.training.runner import train
+
+    real, calls = store.write_atomically, {"n": 0}
+
+    def fail_epoch_three(target, write, replace=True):
+        calls["n"] += target.name == path.name
+        if target.name == path.name and calls["n"] == 4:  # the run file: create, epoch 1, epoch 2, then epoch 3
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, write, replace=replace)
+
+    monkeypatch.setattr(store, "write_atomically", fail_epoch_three)
+    with pytest.raises(RunFailed):
+        train(config, path, progress=False)
+    monkeypatch.setattr(store, "write_atomically", real)
+
+
 def wait_for(condition, process=None, poll: float = 0.05):
     """Poll `condition()` until it holds; fail (with the process's output) if `process` ends first or the hang
     guard passes."""

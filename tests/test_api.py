@@ -1,9 +1,7 @@
 """The engine on any model: surfaces, Hessians and probes through the Python API, each against an independent
 computation (closed forms, explicit Hessians, the run-file command), and the model never changed."""
-import os
 import pickle
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from torch.func import functional_call
 
 import landscape
 from landscape.errors import UsageError
-from tests.conftest import HANG_GUARD, REPO
+from tests.conftest import REPO
 from tests.test_cli import checksums, landscape as run_cli
 
 MODEL_DEFS = REPO / "tests" / "model_defs.py"
@@ -285,24 +283,3 @@ def test_a_surface_through_a_dataloader_of_a_dataset():
     a = landscape.surface(model, loader, loss=mse, grid="-1:1:3", dims=1)
     b = landscape.surface(model, TensorDataset(x, y), loss=mse, grid="-1:1:3", dims=1)
     assert np.allclose(a.loss, b.loss, rtol=1e-9)  # the mean over all samples, whatever the batches
-
-
-def test_the_readme_python_examples_run(tmp_path, cifar_root):
-    """Every ```python block of the README's Python API section, pasted as written (data from the CIFAR subset)."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
-    assert blocks, "the README's Python API section has no example"
-    import subprocess
-
-    (tmp_path / "data").symlink_to(cifar_root, target_is_directory=True)  # the examples read data/ as a user's would
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # one thread each, side by side
-    processes = []
-    for index, block in enumerate(blocks):
-        script = tmp_path / f"example_{index}.py"
-        script.write_text(textwrap.dedent(block))
-        processes.append(subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    for block, process in zip(blocks, processes):
-        _, err = process.communicate(timeout=HANG_GUARD)
-        assert process.returncode == 0, f"README example failed:\n{block}\n{err[-2000:]}"

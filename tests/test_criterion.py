@@ -14,6 +14,7 @@ from landscape.files.weights_file import weights_of_run
 from landscape.training.data import load_dataset
 from landscape.training.models import build_model
 from landscape.training.runner import resume, train
+from tests.conftest import cut_at_epoch_three
 
 
 def independent_train_loss(run, index: int, epoch: int) -> float:
@@ -79,26 +80,10 @@ def test_train_acc_criterion_and_info(tmp_path, tiny_config):
 
 def test_a_run_to_a_criterion_resumed_after_a_kill_gives_the_identical_file(tmp_path, tiny_config, trajectories,
                                                                              monkeypatch):
-    import errno
-
-    import landscape.files.run_file as store
-    from landscape.errors import RunFailed
-
     threshold = float(np.mean(sorted(trajectories[0])[1:3]))
     config = tiny_config(lrs=(3e-3, 1e-5), epochs=5, until_train_loss=threshold)
     whole = read_run(train(config, tmp_path / "whole.h5", progress=False))
-    real, calls = store.write_atomically, {"n": 0}
-
-    def fail_epoch_three(path, write, replace=True):
-        calls["n"] += path.name == "cut.h5"
-        if path.name == "cut.h5" and calls["n"] == 4:  # create, epoch 1, epoch 2, then epoch 3's flush fails
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, write, replace=replace)
-
-    monkeypatch.setattr(store, "write_atomically", fail_epoch_three)
-    with pytest.raises(RunFailed):
-        train(config, tmp_path / "cut.h5", progress=False)
-    monkeypatch.setattr(store, "write_atomically", real)
+    cut_at_epoch_three(monkeypatch, config, tmp_path / "cut.h5")
     resumed = read_run(resume(tmp_path / "cut.h5", progress=False)[0])
     for name in ("train_loss", "train_acc", "met_epoch"):
         assert np.array_equal(resumed.criterion[name], whole.criterion[name], equal_nan=name != "met_epoch"), name

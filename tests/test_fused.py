@@ -74,27 +74,13 @@ def test_compile_gives_the_same_losses(tmp_path, tiny_config):
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_fused_run_resumes_to_the_identical_result(tmp_path, tiny_config, monkeypatch, optimizer):
-    import errno
-
-    import landscape.files.run_file as store
-    from landscape.errors import RunFailed
     from landscape.files.run_file import read_run
     from landscape.training.runner import resume
+    from tests.conftest import cut_at_epoch_three
 
     config = tiny_config(engine="fused", optimizer=optimizer, lrs=(0.01, 0.002), epochs=3)
     reference = read_run(train(config, tmp_path / "whole.h5", progress=False))
-    real, calls = store.write_atomically, {"n": 0}
-
-    def fail_epoch_three(path, write, replace=True):
-        calls["n"] += path.name == "cut.h5"
-        if path.name == "cut.h5" and calls["n"] == 4:  # the run file: create, epoch 1, epoch 2, then epoch 3 fails
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, write, replace=replace)
-
-    monkeypatch.setattr(store, "write_atomically", fail_epoch_three)
-    with pytest.raises(RunFailed):
-        train(config, tmp_path / "cut.h5", progress=False)
-    monkeypatch.setattr(store, "write_atomically", real)
+    cut_at_epoch_three(monkeypatch, config, tmp_path / "cut.h5")
     assert read_run(tmp_path / "cut.h5").epochs_done == 2
     resumed = read_run(resume(tmp_path / "cut.h5", progress=False)[0])
     assert np.array_equal(resumed.train_loss, reference.train_loss)

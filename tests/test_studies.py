@@ -22,6 +22,8 @@ until_train_acc = 0.9
 [[axes]]
 name = "batch_size"
 values = [32, 256]
+[presets.quick]
+until_train_acc = 0.0
 [study]
 question = "Do large batches find sharper minima?"
 paper = "Keskar et al. 2017"
@@ -111,6 +113,15 @@ def test_a_model_that_missed_its_criterion_makes_every_verdict_inconclusive(tmp_
                 "claim (paper)" not in line and "---" not in line]
     assert verdicts == ["inconclusive", "inconclusive"]
     assert "missed the training criterion" in text and "met by 7 of 8 models" in text
+
+
+def test_a_preset_without_the_studys_criterion_gives_no_verdict(tmp_path):
+    spec_file = tmp_path / "toy.toml"
+    spec_file.write_text(SPEC)
+    measures = measured_table(tmp_path / "measures.h5", [1.0, 1.1, 0.9, 1.05], [3.0, 3.2, 2.9, 3.1])
+    text = write_finding(load_spec(spec_file), "quick", measures).read_text()
+    assert "| agrees |" not in text and text.count("| inconclusive |") == 2
+    assert "without the study's criterion" in text
 
 
 @pytest.mark.parametrize("change, message", [

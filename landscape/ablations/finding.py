@@ -21,7 +21,7 @@ def criterion_met(table: MeasuresTable) -> np.ndarray:
     return table.done.astype(bool) & ~(np.asarray(met, dtype=float) == 0)
 
 
-def verdicts(spec: Spec, table: MeasuresTable) -> list[Verdict]:
+def verdicts(spec: Spec, table: MeasuresTable, preset: str) -> list[Verdict]:
     """Every claim of the spec's study judged on the measured models (all of the study's cells and seeds)."""
     done = table.done.astype(bool)
     columns = info_columns(table)
@@ -32,7 +32,16 @@ def verdicts(spec: Spec, table: MeasuresTable) -> list[Verdict]:
     info = {axis: np.asarray(columns.get(axis, [""] * len(table.cells)), dtype=object).astype(str)
             for axis in spec.axes}
     met = criterion_met(table) | ~done
-    return [judge(claim, values, info, met) for claim in spec.study.claims]
+    return [judge(claim, values, info, met, dropped_criterion(spec, preset)) for claim in spec.study.claims]
+
+
+def dropped_criterion(spec: Spec, preset: str) -> str:
+    """Why a preset's models are not the study's design: the study trains to a criterion the preset turns off."""
+    study_has = any(spec.base.get(key) for key in ("until_train_loss", "until_train_acc"))
+    settings = {**spec.base, **spec.presets.get(preset, {})}
+    if study_has and not any(settings.get(key) for key in ("until_train_loss", "until_train_acc")):
+        return f"the {preset} preset trains without the study's criterion (a check of the machinery, not the design)"
+    return ""
 
 
 def design_lines(spec: Spec, preset: str, table: MeasuresTable) -> list[str]:
@@ -78,7 +87,7 @@ def finding_text(spec: Spec, preset: str, table: MeasuresTable) -> str:
     lines += ["## Design", "", *design_lines(spec, preset, table), "", "## Rule (stated before the numbers)", "",
               VERDICT_RULE, "", "## Results", "",
               "| claim (paper) | statistic | 95% interval | models | verdict |", "| --- | --- | --- | --- | --- |"]
-    judged = verdicts(spec, table)
+    judged = verdicts(spec, table, preset)
     for verdict in judged:
         claim = verdict.claim
         what = (f"mean {claim.measure}: {claim.axis}={claim.high} minus {claim.axis}={claim.low}, paper: "

@@ -172,9 +172,11 @@ def welch_interval(high: np.ndarray, low: np.ndarray, level: float = 0.95) -> tu
     return float(difference - half), float(difference + half)
 
 
-def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarray], met: np.ndarray) -> Verdict:
+def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarray], met: np.ndarray,
+          not_the_design: str = "") -> Verdict:
     """One claim over the models of a measures table: `values` measure -> [C], `info` axis -> [C] text, `met` [C]
-    True where the model met its criterion."""
+    True where the model met its criterion; `not_the_design`: why these models are not the study's design (then
+    the verdict is inconclusive whatever the numbers)."""
     from landscape.ablations.correlation import bootstrap_interval, kendall
 
     missed = int((~met).sum())
@@ -206,6 +208,9 @@ def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarra
                                                       f"{int(np.nansum(capped[met]))} model(s): those values are limits")
     if missed:
         detail = (detail + "; " if detail else "") + f"{missed} model(s) missed the training criterion"
+    if not_the_design:
+        verdict = "inconclusive"
+        detail = (detail + "; " if detail else "") + not_the_design
     return Verdict(claim, statistic, interval, models, verdict, detail)
 
 

@@ -426,7 +426,7 @@ def findings_section(page: Page, root: Path, preset: str) -> None:
     for spec, table in studies:
         page.heading(spec.study.question, 3)
         page.add(f'<p class="muted">{html.escape(spec.study.paper)}</p>')
-        judged = verdicts(spec, table)
+        judged = verdicts(spec, table, preset)
         page.table(["claim", "source", "statistic", "95% interval", "models", "verdict"],
                    [[v.claim.claim, v.claim.source, f"{v.statistic:.3g}", f"[{v.interval[0]:.3g}, {v.interval[1]:.3g}]",
                      v.models, v.verdict] for v in judged],
