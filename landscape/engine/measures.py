@@ -5,7 +5,8 @@ measurement (BatchNorm on batch statistics by default, dropout off, the model ne
 - `hessian_top`, `hessian_trace`, `ggn_top`, `ggn_trace`: the top eigenvalue and the trace (Hutch++) of the Hessian
   or the Gauss-Newton matrix (`engine.curvature`); the group `hessian_top` computes the top eigenvalue alone;
 - `sharpness_worst_rho<r>`: max over ||delta|| <= r of L(w + delta) - L(w), by projected normalised gradient ascent
-  (`steps` steps of length r from `restarts` random points of the sphere; the best kept): a lower bound of the
+  (at most `steps` steps of length r, the first start along the top Hessian direction by at most `start_steps`
+  Lanczos products, further `restarts` from random points of the sphere; the highest loss seen kept): a lower bound of the
   maximum, exact for a quadratic when the ascent has converged to its top eigenvector;
   `sharpness_worst_adaptive_rho<r>`: the same over delta = |w| * u, ||u|| <= r (Kwon et al. 2021);
   with `m`, the worst case is taken on every batch of m images and averaged (m-sharpness, Foret et al. 2021);
@@ -42,7 +43,8 @@ from landscape.engine.bounds import pacbayes_sigma, values_at, worst_case_alpha
 from landscape.engine.devices import with_threads
 from landscape.engine.directions import normalize_direction, random_direction
 from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_module, evaluate_points,
-                                         expand_points, module_buffers, prepared_module, state_like, state_of)
+                                         expand_points, flatten, module_buffers, prepared_module, state_like, state_of,
+                                         unflatten)
 from landscape.engine.noise_scale import gradient_noise_scale
 from landscape.engine.norms import path_norm, spectral_measures
 from landscape.errors import UsageError
@@ -74,6 +76,7 @@ class MeasureOptions:
     draws: int = 10  # Monte Carlo draws of the PAC-Bayes expectation (antithetic pairs)
     tolerance: float = 0.05  # relative width of the bracket at which the bound searches stop
     mag_eps: float = 1e-3  # the magnitude-aware bounds' additive noise (Jiang et al.)
+    start_steps: int = 20  # worst case: Lanczos products for its start along the top Hessian direction (0: random)
 
     def validate(self) -> "MeasureOptions":
         if isinstance(self.measures, str):
@@ -90,6 +93,8 @@ class MeasureOptions:
             setattr(self, option, tuple(float(v) for v in values))
         for option in ("steps", "restarts", "samples", "directions", "trace_samples", "max_steps", "draws"):
             positive(option, getattr(self, option))
+        if isinstance(self.start_steps, bool) or not isinstance(self.start_steps, int) or self.start_steps < 0:
+            raise UsageError(f"start_steps {self.start_steps!r}: give a whole number, 0 for a random start")
         for option in ("bound", "tolerance", "mag_eps"):
             in_range(option, getattr(self, option), 0, math.inf, low_open=True)
         if self.m < 0:
@@ -154,19 +159,71 @@ def norm_of(tensors: Params) -> torch.Tensor:
     return torch.sqrt(sum(t.double().pow(2).sum() for t in tensors.values()))
 
 
+def scaled_point(params: Params, u: Params, scale: Params | None) -> Params:
+    """w + s * u (s elementwise, or 1)."""
+    return {n: p + (scale[n] * u[n] if scale is not None else u[n]) for n, p in params.items()}
+
+
+class ScaledOperator:
+    """v -> S M S v for a curvature operator M and a diagonal S (the adaptive measures' coordinates u = w / s)."""
+
+    def __init__(self, operator, scale: torch.Tensor):
+        self.operator, self.scale = operator, scale
+        self.size, self.device = operator.size, operator.device
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.operator(self.scale * v)
+
+
+def top_direction(loss: LossAt, scale: Params | None, steps: int, seed: int,
+                  batches: BatchSet | None = None) -> Params:
+    """The top eigenvector of the Hessian at w (of S H S with a scale), unit length, by Lanczos (at most `steps`
+    products, stopped at convergence), shaped like the parameters."""
+    from landscape.engine.curvature import top_eigenvalues
+    from landscape.engine.operators import curvature_operator
+
+    operator = curvature_operator("hessian", loss.module, loss.params, loss.buffers, batches or loss.batches,
+                                  loss.objective)
+    if scale is not None:
+        operator = ScaledOperator(operator, flatten(scale, list(loss.params)).to(operator.device))
+    eigen = top_eigenvalues(operator, 1, max_steps=steps, seed=seed, vectors=True)
+    return unflatten(eigen.vectors[0], loss.params)
+
+
 def worst_case(loss: LossAt, rho: float, scale: Params | None, steps: int, restarts: int,
-               generator: torch.Generator, batches: BatchSet | None = None) -> float:
+               generator: torch.Generator, batches: BatchSet | None = None, start_steps: int = 0, seed: int = 0,
+               tolerance: float = 1e-4, directions: dict | None = None) -> tuple[float, int]:
     """max over ||u|| <= rho of L(w + s * u) - L(w) (s = `scale`, elementwise, or 1) by projected normalised
-    gradient ascent in u from random points of the sphere; the best of `restarts`."""
-    base = loss.value(batches=batches)
-    best = -math.inf
+    gradient ascent in u, and the ascent steps taken. The first start is rho times the top Hessian direction
+    (`top_direction` by at most `start_steps` Lanczos products, when > 0; of its two signs the higher), which an
+    ascent from a zero gradient at a minimum needs many steps to find; further restarts start at random points.
+    An ascent stops after `steps` steps, or once a step raises the loss by less than `tolerance` (relative to the
+    rise so far); the highest loss seen is kept: a lower bound of the maximum. `directions` caches the top direction
+    by (scaled or not, batches), as it does not depend on rho."""
+    base = float(loss.value(batches=batches))
+    best, taken = -math.inf, 0
     params = loss.params
-    for _ in range(restarts):
-        u = random_direction(params, generator)
-        u = {n: v * (rho / float(norm_of(u))) for n, v in u.items()}
+    for restart in range(restarts):
+        if restart == 0 and start_steps:
+            key = (scale is not None, id(batches))
+            cache = directions if directions is not None else {}
+            if key not in cache:
+                cache[key] = top_direction(loss, scale, start_steps, seed, batches)
+            v = cache[key]
+            ends = [{n: sign * rho * t for n, t in v.items()} for sign in (1.0, -1.0)]
+            u = max(ends, key=lambda end: float(loss.value(scaled_point(params, end, scale), batches)))
+        else:
+            u = random_direction(params, generator)
+            u = {n: t * (rho / float(norm_of(u))) for n, t in u.items()}
+        previous = -math.inf
         for _ in range(steps):
-            point = {n: p + (scale[n] * u[n] if scale is not None else u[n]) for n, p in params.items()}
-            _, grads = loss.gradient(point, batches)
+            total, grads = loss.gradient(scaled_point(params, u, scale), batches)
+            taken += 1
+            rise = float(total) - base
+            best = max(best, rise)
+            if abs(rise - previous) <= tolerance * max(abs(rise), 1e-12):
+                break
+            previous = rise
             if scale is not None:
                 grads = {n: g * scale[n] for n, g in grads.items()}
             length = float(norm_of(grads))
@@ -175,10 +232,9 @@ def worst_case(loss: LossAt, rho: float, scale: Params | None, steps: int, resta
             u = {n: u[n] + rho * g / length for n, g in grads.items()}
             size = float(norm_of(u))
             if size > rho:
-                u = {n: v * (rho / size) for n, v in u.items()}
-        point = {n: p + (scale[n] * u[n] if scale is not None else u[n]) for n, p in params.items()}
-        best = max(best, float(loss.value(point, batches) - base))
-    return best
+                u = {n: t * (rho / size) for n, t in u.items()}
+        best = max(best, float(loss.value(scaled_point(params, u, scale), batches)) - base)
+    return best, taken
 
 
 def average_case(loss: LossAt, sigma: float, scale: Params | None, samples: int,
@@ -234,6 +290,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
     stderr: dict[str, float] = {}
     products = {}
     attrs: dict = {}
+    directions: dict = {}  # the worst cases' start directions, shared by their radii
     for group in options.measures:
         if group in ("hessian", "ggn", "hessian_top"):
             kind = group.removesuffix("_top")
@@ -248,12 +305,15 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
             scale = {n: p.abs() for n, p in params.items()} if group == "worst_adaptive" else None
             for rho in options.rho:
                 name = f"sharpness_{group}_rho{rho:g}"
+                ascent = dict(start_steps=options.start_steps, seed=options.seed, directions=directions)
                 if options.m:
-                    parts = [worst_case(loss, rho, scale, options.steps, options.restarts, generator, part)
+                    parts = [worst_case(loss, rho, scale, options.steps, options.restarts, generator, part, **ascent)
                              for part in m_batches(batches, options.m)]
-                    values[name], stderr[name] = mean_stderr(parts)
+                    values[name], stderr[name] = mean_stderr([value for value, _ in parts])
+                    attrs[f"{name}_steps_taken"] = int(sum(taken for _, taken in parts))
                 else:
-                    values[name] = worst_case(loss, rho, scale, options.steps, options.restarts, generator)
+                    values[name], attrs[f"{name}_steps_taken"] = worst_case(loss, rho, scale, options.steps,
+                                                                            options.restarts, generator, **ascent)
         elif group in ("average", "average_adaptive"):
             scale = {n: p.abs() for n, p in params.items()} if group == "average_adaptive" else None
             for rho in options.rho:
@@ -301,7 +361,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
              "test_images": test_batches.samples if test_batches is not None else 0,
              "loss_evaluations": loss.evaluations, "seconds": time.perf_counter() - started,
              "bound": options.bound, "draws": options.draws, "tolerance": options.tolerance,
-             "mag_eps": options.mag_eps, **attrs,
+             "mag_eps": options.mag_eps, "start_steps": options.start_steps, **attrs,
              **{f"{group}_products": count for group, count in products.items()}}
     return Measures(values, stderr, attrs)
 
@@ -337,7 +397,7 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
              measures: tuple[str, ...] | str = DEFAULT_MEASURES, rho=(0.05,), radius=(0.1,), steps: int = 10,
              restarts: int = 1, samples: int = 10, directions: int = 5, m: int = 0, trace_samples: int = 30,
              max_steps: int = 80, bn: str = "train", seed: int = 0, bound: float = 0.1, draws: int = 10,
-             tolerance: float = 0.05, mag_eps: float = 1e-3, images: int | None = None,
+             tolerance: float = 0.05, mag_eps: float = 1e-3, start_steps: int = 20, images: int | None = None,
              batch_size: int | None = None, device=None, threads: int | None = None) -> Measures:
     """Flatness and sharpness measures of `model` on `data` (see the module docstring): a `Measures` record of
     named scalars (`.values`, `.stderr`, `.save(path)`). `init`: the initial weights (a module or a state dict)
@@ -349,7 +409,7 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
         raise UsageError("the barrier measure is between two models: use `landscape ablate measure` (cells with two "
                          "seeds or more) or landscape.connect(model_a, model_b, data)")
     options = MeasureOptions(measures, rho, radius, steps, restarts, samples, directions, m, trace_samples,
-                             max_steps, bn, seed, bound, draws, tolerance, mag_eps).validate()
+                             max_steps, bn, seed, bound, draws, tolerance, mag_eps, start_steps).validate()
     device = resolve_device(device, "device", default=next(model.parameters()).device)
     objective = Objective(loss=loss, closure=closure)
     params, buffers = state_of(model, device)

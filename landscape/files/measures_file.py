@@ -53,7 +53,8 @@ class MeasuresTable:
         self.info[cell] = dict(info)
         self.done[row] = 1
         for key, value in measures.attrs.items():
-            if key not in ("seconds", "loss_evaluations", "created") and not key.endswith("_products"):
+            if key not in ("seconds", "loss_evaluations", "created") and \
+                    not key.endswith(("_products", "_steps_taken", "_evaluations")):  # per model: not the table's
                 self.attrs.setdefault(key, value)
 
 
