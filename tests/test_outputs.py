@@ -150,3 +150,42 @@ def test_two_ablate_measures_on_one_results_folder_do_not_both_write(tmp_path, c
                                  capsys=capsys)
     assert code == 2 and "is being written by" in err and not measures.exists()
     assert not np.any([p.name.endswith(".lock") for p in measures.parent.iterdir()])
+
+
+def test_info_summarises_a_measures_file_and_a_hand_edited_one_is_one_line(tmp_path, capsys):
+    """A measures file is ours like the others: `info` summarises it; text where numbers belong (a value, a
+    final accuracy) or a 2-D value is one line, exit 2, in info, ablate table's reader and report."""
+    import h5py
+    import numpy as np
+
+    from landscape.engine.measures import Measures
+    from landscape.files.measures_file import MeasuresTable, write_measures
+    from tests.test_cli import landscape as cli
+
+    table = MeasuresTable(tmp_path / "m.h5", {"spec": "toy", "preset": "cpu", "images": 64, "test_images": 64,
+                                               "measures": "gap"}, ["a seed0", "a seed1"])
+    for i, cell in enumerate(table.cells):
+        table.put(cell, Measures({"gap_acc": 0.1 * (i + 1), "hessian_top": 10.0 + i}), {"seed": i,
+                                                                                       "final_test_acc": 50.0})
+    path = write_measures(table)
+    code, out, err = cli("info", path, capsys=capsys)
+    assert code in (0, None) and "measures file, spec toy" in out and "hessian_top" in out and "2 of 2 models" in out
+    code, _, err = cli("plot", path, "--out", tmp_path, capsys=capsys)
+    assert code == 2 and "has no curves to plot" in err
+    for edit in ("values_text", "values_2d", "accuracy_text"):
+        broken = tmp_path / f"{edit}.h5"
+        broken.write_bytes(path.read_bytes())
+        with h5py.File(broken, "r+") as f:
+            if edit == "values_text":
+                del f["values/gap_acc"]
+                f.create_dataset("values/gap_acc", data=np.array(["x", "y"], dtype=object), dtype=h5py.string_dtype())
+            elif edit == "values_2d":
+                del f["values/gap_acc"]
+                f["values/gap_acc"] = np.zeros((2, 2))
+            else:
+                del f["cell_info/final_test_acc"]
+                f.create_dataset("cell_info/final_test_acc", data=np.array(["a", "b"], dtype=object),
+                                 dtype=h5py.string_dtype())
+        code, _, err = cli("info", broken, capsys=capsys)
+        assert code == 2 and "inconsistent measures file" in err and len(err.strip().splitlines()) == 1, edit
+        assert "Traceback" not in err

@@ -161,6 +161,9 @@ def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int,
     folder = out_dir or runs[0].parent
     check_writable_folder(folder, "--out")
     inputs = read_inputs(runs, need_steps=True)
+    inputs.notes += [f"{table.path}: a measures file has no curves to plot; `landscape ablate table` draws its "
+                     f"scatter (and `landscape info` summarises it)" for table in inputs.measures]
+    inputs.measures = []
     if inputs.empty:
         raise UsageError(" | ".join(inputs.notes))
     from landscape.views.figures import protect
@@ -191,7 +194,7 @@ def plot(runs: tuple[Path, ...], out_dir: Path | None, smooth: int, stride: int,
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def info(files: tuple[Path, ...]) -> None:
-    """Summarise run, surface and Hessian files: what each holds, how far it got, its main numbers."""
+    """Summarise run, surface, Hessian, path and measures files: what each holds, how far it got, its main numbers."""
     from landscape.files.any_file import read_inputs
     from landscape.views.info import describe
 

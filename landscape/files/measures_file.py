@@ -15,11 +15,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
 from landscape.files.hdf5 import read_versioned, root_attrs
 
 MEASURES_FORMAT = "landscape-measures"
 MEASURES_SCHEMA_VERSION = 1
+NUMERIC_INFO = ("final_test_acc", "best_test_acc", "seed", "lr", "criterion_met", "epochs_trained")
 
 
 @dataclass
@@ -93,6 +95,24 @@ def write_measures(table: MeasuresTable) -> Path:
     return table.path
 
 
+def table_problem(table: MeasuresTable, columns: dict) -> str | None:
+    """What is wrong with a measures table read from a file (None when it is sound): every value and standard error
+    one number per cell, every description one entry per cell, `done` one flag per cell."""
+    count = len(table.cells)
+    if table.done.shape != (count,) or table.done.dtype.kind not in "biu":
+        return "/done does not hold one flag per cell"
+    for group, arrays in (("values", table.values), ("stderr", table.stderr)):
+        for name, array in arrays.items():
+            if array.shape != (count,) or array.dtype.kind not in "fiu":
+                return f"/{group}/{name} does not hold one number per cell"
+    for key, column in columns.items():
+        if len(column) != count or np.ndim(column) != 1:
+            return f"/cell_info/{key} does not hold one entry per cell"
+        if key in NUMERIC_INFO and not all(isinstance(v, (int, float, np.number)) for v in column):
+            return f"/cell_info/{key} holds text where numbers belong"
+    return None
+
+
 def read_measures(path: str | Path) -> MeasuresTable:
     """Read a measures file; UsageError (one line) when it is missing, damaged, not ours or too new."""
 
@@ -104,6 +124,10 @@ def read_measures(path: str | Path) -> MeasuresTable:
         columns = {k: [x.decode() if isinstance(x, bytes) else x for x in v[...]] for k, v in f["cell_info"].items()} \
             if "cell_info" in f else {}
         table.info = {cell: {k: columns[k][i] for k in columns} for i, cell in enumerate(cells) if table.done[i]}
+        problem = table_problem(table, columns)
+        if problem:
+            raise UsageError(f"{path}: inconsistent measures file: {problem}; it was damaged or edited, rerun "
+                             f"`landscape ablate measure` (or measures(...).save) to recreate it")
         return table
 
     return read_versioned(path, MEASURES_FORMAT, MEASURES_SCHEMA_VERSION, "landscape ablate measure", read)

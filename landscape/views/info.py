@@ -11,6 +11,7 @@ import numpy as np
 
 from landscape.files.hessian_file import HessianResult
 from landscape.files.path_file import PathFile
+from landscape.files.measures_file import MeasuresTable
 from landscape.files.run_file import Run, criterion_text, shown_status
 from landscape.files.surface_file import Surface
 from landscape.options import DEFAULT_SHARPNESS_IMAGES
@@ -33,7 +34,26 @@ def describe(item) -> str:
         return plain(describe_hessian(item))
     if isinstance(item, PathFile):
         return plain(describe_path(item))
+    if isinstance(item, MeasuresTable):
+        return plain(describe_measures(item))
     return plain(describe_run(item))
+
+
+def describe_measures(table: MeasuresTable) -> str:
+    """A measures file: where it came from, the models, and each measure's range over them."""
+    attrs = table.attrs
+    source = f"spec {attrs['spec']}, preset {attrs.get('preset')}" if attrs.get("spec") else \
+        f"{attrs.get('model', 'a model')} ({attrs.get('source', 'python')})"
+    done = table.done.astype(bool)
+    lines = [f"{table.path}: measures file, {source}",
+             f"            {int(done.sum())} of {len(table.cells)} models measured on {attrs.get('images', '?')} "
+             f"training and {attrs.get('test_images', '?')} test images; measures {attrs.get('measures', '?')}",
+             f"{'measure':>36}  {'min':>10}  {'median':>10}  {'max':>10}"]
+    for name, values in table.values.items():
+        finite = values[done & np.isfinite(values)]
+        if finite.size:
+            lines.append(f"{name:>36}  {finite.min():>10.4g}  {np.median(finite):>10.4g}  {finite.max():>10.4g}")
+    return "\n".join(lines)
 
 
 END_STATISTICS_SAID = {
