@@ -25,7 +25,8 @@
     expect = "positive"                         # positive or negative
 
 The verdict rule, stated on every finding before its numbers: only models that met their training criterion
-enter (a study whose models did not all meet it is inconclusive); the 95% interval of the statistic (Welch's t
+enter (those that missed it are left out and counted; with more than a quarter missing, every verdict is
+inconclusive); the 95% interval of the statistic (Welch's t
 interval of the difference of group means; a percentile bootstrap of Kendall's tau) **agrees** when it excludes 0 on
 the paper's side, **disagrees** when it excludes 0 on the other side, and is **inconclusive** when it includes 0.
 """
@@ -42,8 +43,8 @@ MEASURE_OPTION_KEYS = {"steps", "samples", "draws", "bound", "tolerance"}  # wha
 CLAIM_KEYS = {"claim", "source", "kind", "axis", "low", "high", "measure", "target", "expect"}
 KINDS = {"difference": ("higher", "lower"), "correlation": ("positive", "negative")}
 VERDICT_RULE = (
-    "Only models that met their training criterion enter; if any model missed it, every verdict is "
-    "**inconclusive**. For each claim, the 95% interval of its statistic (Welch's t interval for a difference of "
+    "Only models that met their training criterion enter (those that missed it are excluded and counted); if more "
+    "than a quarter of the models missed it, the design was not met and every verdict is **inconclusive**. For each claim, the 95% interval of its statistic (Welch's t interval for a difference of "
     "group means over seeds; a percentile bootstrap over models, 2,000 resamples, for Kendall's tau) gives "
     "**agrees** when it excludes 0 on the paper's side, **disagrees** when it excludes 0 on the other side, and "
     "**inconclusive** when it includes 0.")
@@ -147,10 +148,13 @@ class Verdict:
     detail: str = ""
 
 
-def decide(interval: tuple[float, float], expect_positive: bool, criterion_missed: int) -> str:
+MISSED_SHARE = 0.25  # more models than this share missing their criterion: the design was not met
+
+
+def decide(interval: tuple[float, float], expect_positive: bool, design_not_met: bool) -> str:
     """The verdict rule (VERDICT_RULE)."""
     low, high = interval
-    if criterion_missed or not (np.isfinite(low) and np.isfinite(high)):
+    if design_not_met or not (np.isfinite(low) and np.isfinite(high)):
         return "inconclusive"
     if low > 0 or high < 0:
         return "agrees" if (low > 0) == expect_positive else "disagrees"
@@ -200,14 +204,15 @@ def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarra
         interval = bootstrap_interval(x[keep], y[keep], draws=2000)
         models, detail = int(keep.sum()), ""
     expect_positive = claim.expect in ("higher", "positive")
-    verdict = decide(interval, expect_positive, missed)
+    verdict = decide(interval, expect_positive, missed > MISSED_SHARE * len(met))
     capped = values.get(claim.measure.rsplit("_", 1)[0] + "_capped")
     if capped is not None and np.nansum(capped[met]) > 0:  # a bound search hit the end of its range
         verdict = "inconclusive"
         detail = (detail + "; " if detail else "") + (f"the search hit the end of its range for "
                                                       f"{int(np.nansum(capped[met]))} model(s): those values are limits")
     if missed:
-        detail = (detail + "; " if detail else "") + f"{missed} model(s) missed the training criterion"
+        detail = (detail + "; " if detail else "") + (f"{missed} of {len(met)} model(s) missed the training criterion "
+                                                      f"and were left out")
     if not_the_design:
         verdict = "inconclusive"
         detail = (detail + "; " if detail else "") + not_the_design
