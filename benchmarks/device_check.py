@@ -259,6 +259,14 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
                                        steps=3, samples=3).values for d in dict.fromkeys(("cpu", base.device))]
         diffs["measures"] = float(max(abs(measured[-1][k] - measured[0][k]) / max(abs(measured[0][k]), 1e-6)
                                       for k in measured[0]))
+        bounds = landscape.measures(model.to(base.device), (x.to(base.device), y.to(base.device)),
+                                    measures="pacbayes,jiang,hessian_top,spectral,path_norm,noise_scale", steps=2,
+                                    draws=2, tolerance=0.5, bn="eval").values
+        if not all(np.isfinite(v) for v in bounds.values()):
+            raise AssertionError(f"the generalization measures on {base.device} are not all finite: {bounds}")
+        criterion = trained("criterion", replace(base, engine="fused", until_train_acc=0.2))
+        if criterion.criterion is None:
+            raise AssertionError("the run to a criterion recorded no /criterion group")
         tracked = trained("critical", replace(base, sharpness_every=5, sharpness_method="critical",
                                               sharpness_images=min(256, base.train_subset)))
         compare(runs["loop"], tracked, FP32, "training with critical sharpness")
@@ -267,9 +275,11 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
                                  f"measures {diffs['measures']:.1e}, connect line {connect_diff:.1e}")
         return (f"GGN vs CPU {diffs['ggn']:.1e}, Fisher vs CPU {diffs['fisher']:.1e}, measures vs CPU "
                 f"{diffs['measures']:.1e}, connect line vs CPU {connect_diff:.1e}; critical sharpness at step 0: "
-                f"{tracked.sharpness['top'][:, 0, 0]}")
+                f"{tracked.sharpness['top'][:, 0, 0]}; PAC-Bayes sigma {bounds['pacbayes_sigma']:.3g}, noise scale "
+                f"{bounds['grad_noise_scale']:.3g}; criterion met at epochs {criterion.criterion['met_epoch']}")
 
-    checks.run("GGN/Fisher operators, measures, connect, critical sharpness", operators_and_connect)
+    checks.run("GGN/Fisher operators, measures (the bounds and norms too), connect, critical sharpness, training to a "
+               "criterion (fused)", operators_and_connect)
 
     def ray_surface() -> str:
         from landscape.commands.surface import SurfaceOptions, compute_surface
