@@ -18,7 +18,8 @@ def test_device_check_dry_run_passes_and_writes_its_tables(tmp_path):
     for path in ("loop bf16", "loop channels_last", "fused fp32", "fused bf16", "probes looped, batched, fused",
                  "resume after SIGTERM", "sharpness tracking", "surface bf16 vs CPU", "hessian both HVP methods vs CPU",
                  "API surface/hessian/probe and Recorder", "ray surface vs in process",
-                 "GGN/Fisher operators, measures, connect, critical sharpness"):
+                 "GGN/Fisher operators, measures (the bounds and norms too), connect, critical sharpness, training to a "
+        "criterion (fused)"):
         assert path in names
     assert all(row["status"] == "pass" for row in report["smoke"])
     if data:  # the benchmarks need CIFAR files; each printed its table
