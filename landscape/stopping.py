@@ -28,6 +28,9 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self.previous[sig] = signal.signal(sig, self.handle)
+                outer = getattr(self.previous[sig], "__self__", None)
+                if isinstance(outer, StopSignals) and outer.received is not None:
+                    self.received = outer.received  # asked before this block began: stop at its first safe point
         return self
 
     def handle(self, signum, frame) -> None:
@@ -41,7 +44,7 @@ class StopSignals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         outer = self.previous.get(self.received)
-        if self.received is not None and getattr(outer, "__self__", None).__class__ is StopSignals:
+        if self.received is not None and isinstance(getattr(outer, "__self__", None), StopSignals):
             outer(self.received, None)  # the enclosing block stops too
 
 

@@ -150,6 +150,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = T
     cells.close()
     if signals.received is not None:
         left = len(todo) - sum(counts[k] for k in ("trained", "resumed", "failed", "interrupted"))
+        counts["not started"] = left
         report(f"stopped by {signals.name}: {left} cell(s) not started; the finished cells and the running cells' "
                f"checkpoints are kept: rerun the same command to go on")
     return counts

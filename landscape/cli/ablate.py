@@ -109,8 +109,8 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
             raise UsageError("--address and --shared-results apply to --executor ray")
         counts = run_jobs(todo, jobs, report=print_err, progress=not quiet, threads=threads, download=download)
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "interrupted"))
-    if counts["failed"] or counts.get("interrupted"):
-        sys.exit(1)
+    if counts["failed"] or counts.get("interrupted") or "not started" in counts:
+        sys.exit(1)  # a failed cell, or stopped by a signal
 
 
 @ablate.command(name="measure")
