@@ -113,8 +113,9 @@ def test_ctrl_c_keeps_finished_cells_and_a_rerun_trains_the_rest(spec_file, tmp_
     wait_for(lambda: any(cell_status(p) == "complete" for p in paths), process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=HANG_GUARD)
-    assert process.returncode != 0 and "Traceback" not in err
     finished = [p for p in paths if cell_status(p) == "complete"]
+    # exit 0 only when the last cell finished before the signal landed (a loaded machine): then all are complete
+    assert (process.returncode != 0 or len(finished) == len(paths)) and "Traceback" not in err, err
     kept = checksums(finished[0].parent)
     rerun = subprocess.run(command(spec_file, results, "--executor", "ray", "--cpus-per-cell", "2"),
                            capture_output=True, text=True, timeout=HANG_GUARD)

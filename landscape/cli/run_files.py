@@ -64,6 +64,8 @@ from landscape.errors import UsageError
               help="Batch size of the test evaluation after each epoch.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the initial weights, data order and augmentation.")
+@click.option("--data-seed", type=int, default=None,
+              help="Seeds the data order and augmentation instead of --seed (a branch's own order) [default: --seed].")
 @THREADS_OPTION
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--engine", default="auto", show_default=True,
@@ -85,6 +87,9 @@ from landscape.errors import UsageError
               help="Save weight snapshots to <run>.weights.h5 (epoch 0, every --snapshot-every epochs, the end).")
 @click.option("--snapshot-every", type=int, default=0, show_default=True,
               help="Epochs between weight snapshots (0: only the initial and the final weights).")
+@click.option("--branch-points/--no-branch-points", default=False, show_default=True,
+              help="Keep the full training state at every snapshot epoch (<run>.h5.epoch_KKKK.ckpt) so that "
+                   "--branch-from can start there.")
 @click.option("--sharpness-every", type=int, default=0, show_default=True,
               help="Track the top Hessian eigenvalue(s) of every run every K steps (0: off).")
 @click.option("--sharpness-images", default="0", show_default=True,
@@ -107,13 +112,19 @@ from landscape.errors import UsageError
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue this run file from its checkpoint (options, if given, must match the run's).")
+@click.option("--branch-from", type=click.Path(path_type=Path), default=None,
+              help="Branch this run file: start from its run --lr after --epoch epochs (kept by --branch-points) "
+                   "and train the remaining epochs under --data-seed; other options, if given, must match.")
+@click.option("--lr", type=float, default=None, help="--branch-from: which of the parent's runs (its rate).")
+@click.option("--epoch", type=click.IntRange(min=0), default=None, help="--branch-from: the epoch to branch after.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=1, show_default=True,
               help="Save a checkpoint beside the run file every N epochs (0: never; always on SIGINT/SIGTERM).")
 @click.option("--keep-checkpoint", is_flag=True, help="Keep the checkpoint (final weights) when the run completes.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrite: bool, resume: Path | None,
-        checkpoint_every: int, keep_checkpoint: bool, download: bool, quiet: bool, **options) -> None:
+        branch_from: Path | None, lr: float | None, epoch: int | None, checkpoint_every: int, keep_checkpoint: bool,
+        download: bool, quiet: bool, **options) -> None:
     """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
     from landscape.training.config import RunConfig, config_values, default_out_path, load_config_file
 
@@ -122,6 +133,24 @@ def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrit
                        if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     runtime = dict(download=download, progress=not quiet, checkpoint_every=checkpoint_every,
                    keep_checkpoint=keep_checkpoint)
+    if branch_from is None and (lr is not None or epoch is not None):
+        raise UsageError("--lr and --epoch pick where --branch-from starts: add --branch-from PARENT.h5, or give "
+                         "a new run's rates with --lrs")
+    if branch_from is not None:
+        if resume is not None or "lrs" in on_command_line:
+            raise UsageError("--branch-from starts a new run from one run of the parent: pick it with --lr, and "
+                             "drop --resume and --lrs")
+        if epoch is None or options["data_seed"] is None or out is None:
+            raise UsageError("--branch-from needs --epoch K (where to start), --data-seed S (the child's data "
+                             "order) and --out CHILD.h5")
+        from landscape.training.branch import branch
+
+        path = branch(branch_from, out, epoch=epoch, data_seed=options["data_seed"], lr=lr,
+                      options={**from_file, **config_values(on_command_line, where="command line")},
+                      overwrite=overwrite, **runtime)
+        if not quiet:
+            click.echo(f"wrote {path}")
+        return
     if resume is not None:
         if out is not None or overwrite:
             raise UsageError("--resume continues the given file: drop --out and --overwrite")

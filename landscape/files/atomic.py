@@ -110,11 +110,12 @@ def lock_file(path: Path) -> Path:
 
 def companions(path: Path) -> list[Path]:
     """The files an input brings with it: a run file's snapshots (`<run>.weights.h5`), the checkpoint of a run
-    (`<run>.ckpt`) or of a curve (`<out>.curve.pt`); only those that exist."""
+    (`<run>.ckpt`) or of a curve (`<out>.curve.pt`), a run's branch points; only those that exist."""
     path = Path(path)
     around = [path.with_name(path.stem + ".weights.h5"), path.with_name(path.name + ".ckpt"),
               path.with_name(path.name + ".curve.pt")]
-    return [path] + [p for p in around if p.exists()]
+    kept = sorted(path.parent.glob("".join(f"[{c}]" if c in "*?[" else c for c in path.name) + ".epoch_*.ckpt"))
+    return [path] + [p for p in around if p.exists()] + kept  # kept: a run's branch points (--branch-points)
 
 
 def same_file(a: Path, b: Path) -> bool:

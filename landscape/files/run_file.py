@@ -34,7 +34,8 @@ ATTRIBUTE_KINDS = {"status": STRING, "message": STRING, "config": STRING, "model
                    "device": STRING, "source": STRING, "model_def": STRING, "engine": STRING,
                    "weights_file": FILE_NAME, "parameters": WHOLE, "model_size_mb": NUMBER, "image_size": WHOLE,
                    "num_classes": WHOLE, "steps_per_epoch": WHOLE, "train_images": WHOLE, "test_images": WHOLE,
-                   "threads": WHOLE}
+                   "threads": WHOLE, "parent_file": STRING, "parent_lr": NUMBER, "branch_epoch": WHOLE,
+                   "branch_step": WHOLE, "data_seed": WHOLE}
 CONFIG_KINDS = {"model": STRING, "dataset": STRING, "optimizer": STRING, "schedule": STRING, "augment": STRING,
                 "norm": STRING, "probe_direction": STRING, "width": NUMBER, "momentum": NUMBER,
                 "weight_decay": NUMBER, "label_smoothing": NUMBER, "until_train_loss": NUMBER, "until_train_acc": NUMBER, "dropout": NUMBER, "nesterov": FLAG,
@@ -193,6 +194,23 @@ class RunWriter:
                 kept = int(np.searchsorted(run.sharpness[SHARPNESS_AXES[axes[axis]]], steps))
                 writer.sharpness[name] = np.take(run.sharpness[name], np.arange(kept), axis=axis)
         return writer
+
+    def keep_only(self, run: int) -> None:
+        """Keep run `run` alone, as the first run of this record (a branch continues one run of its parent)."""
+        pick = slice(run, run + 1)
+        self.lrs, self.train_loss = self.lrs[pick], self.train_loss[pick]
+        self.epoch = {name: values[pick] for name, values in self.epoch.items()}
+        self.diverged_step, self.stopped_epoch = self.diverged_step[pick], self.stopped_epoch[pick]
+        if self.probe is not None:
+            for name in PROBE_FIELDS:
+                self.probe[name] = self.probe[name][pick]
+        if self.criterion is not None:
+            for name in (*CRITERION_DATASETS, "met_epoch"):
+                self.criterion[name] = self.criterion[name][pick]
+        if self.sharpness is not None:
+            for name, (axes, _, _) in SHARPNESS_DATASETS.items():
+                if "run" in axes:
+                    self.sharpness[name] = np.take(self.sharpness[name], [run], axis=axes.index("run"))
 
     def create(self, overwrite: bool = False) -> None:
         """Write the (empty) run file; refuses to replace an existing one unless `overwrite`."""

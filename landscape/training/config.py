@@ -82,6 +82,7 @@ class RunConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     seed: int = 0
+    data_seed: int | None = None  # seeds the data order and augmentation (None: seed); a branch's own order
     device: str = "auto"
     engine: str = "auto"  # loop: one model after another; fused: all runs as one stacked model (torch.func)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -96,6 +97,7 @@ class RunConfig:
     # weight snapshots (<run>.weights.h5): epoch 0, every snapshot_every epochs (0: none between) and the end
     snapshots: bool = True
     snapshot_every: int = 0
+    branch_points: bool = False  # keep the full training state at every snapshot: `run --branch-from` starts there
     # sharpness: top Hessian eigenvalues of every run every K steps on a fixed training subset (or "batch")
     sharpness_every: int = 0
     sharpness_images: int | str = 0  # 0: DEFAULT_SHARPNESS_IMAGES, or all the training images when fewer
@@ -144,6 +146,8 @@ class RunConfig:
             non_negative(option, value)
         in_range("--width", self.width, 0, math.inf, low_open=True)
         check_seed("--seed", self.seed)
+        if self.data_seed is not None:
+            check_seed("--data-seed", self.data_seed)
         in_range("--weight-decay", self.weight_decay, 0, math.inf)
         in_range("--momentum", self.momentum, 0, 1)
         in_range("--dropout", self.dropout, 0, 1, high_open=True)
@@ -175,6 +179,11 @@ class RunConfig:
         if self.until_train_acc:
             return "train_acc", self.until_train_acc
         return None
+
+    @property
+    def order_seed(self) -> int:
+        """What seeds the data order and augmentation: --data-seed, else --seed."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def model_options(self) -> dict:
         """The ablation switches passed to `build_model`."""

@@ -219,6 +219,20 @@ class FusedRuns:
         return {"params": {n: p.detach() for n, p in self.params.items()}, "buffers": self.buffers,
                 "optimizer": moments, "lrs": self.lrs, "active": list(self.active)}
 
+    @staticmethod
+    def select(state: dict, run: int) -> dict:
+        """The part of a `state_dict` that belongs to run `run`: a one-run engine's state (a branch's start)."""
+        def one(value):
+            if isinstance(value, torch.Tensor):
+                return value[run:run + 1].clone()
+            if isinstance(value, dict):
+                return {k: one(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [one(v) for v in value]
+            return value  # Adam's step count, an SGD buffer not created yet (None)
+
+        return {**{k: one(state[k]) for k in ("params", "buffers", "optimizer", "lrs")}, "active": [True]}
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Every run's parameters and buffers, stacked [R, ...] (copies)."""
         return {**{n: p.detach().clone() for n, p in self.params.items()},
@@ -239,8 +253,9 @@ class FusedRuns:
             for name, value in state["buffers"].items():
                 self.buffers[name].copy_(value)
             self.lrs.copy_(state["lrs"])
-        for key, value in state["optimizer"].items():
-            setattr(self.optimizer, key, value)
+        for key, value in state["optimizer"].items():  # moments as saved (on the CPU): onto the engine's device
+            setattr(self.optimizer, key, [v if v is None else v.to(self.device) for v in value]
+                    if isinstance(value, list) else value)
         for run, active in enumerate(state["active"]):
             if not active:
                 self.stop(run)

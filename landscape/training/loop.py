@@ -87,6 +87,11 @@ class LockstepRuns:
         return {"models": [m.state_dict() for m in self.models], "optimizers": [o.state_dict() for o in self.optimizers],
                 "active": list(self.active)}
 
+    @staticmethod
+    def select(state: dict, run: int) -> dict:
+        """The part of a `state_dict` that belongs to run `run`: a one-run engine's state (a branch's start)."""
+        return {"models": [state["models"][run]], "optimizers": [state["optimizers"][run]], "active": [True]}
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Every run's state-dict entries stacked along a new first axis [R, ...] (copies)."""
         states = [m.state_dict() for m in self.models]

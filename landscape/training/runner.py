@@ -24,8 +24,8 @@ from torch import nn
 from landscape.files.atomic import check_output, remove_stale_temporaries
 from landscape.files.lock import WriterLock
 from landscape.stopping import StopSignals, ignore_file_size_signal
-from landscape.training.checkpoint import (checkpoint_path, load_checkpoint, random_state, restore_random_state,
-                                           save_checkpoint)
+from landscape.training.checkpoint import (checkpoint_path, load_checkpoint, random_state, remove_branch_points,
+                                           restore_random_state, save_branch_point, save_checkpoint)
 from landscape.options import DEFAULT_SHARPNESS_IMAGES
 from landscape.training.config import RunConfig, format_lrs
 from landscape.training.data import (Dataset, Normalizer, Split, eval_batches, load_dataset, steps_per_epoch,
@@ -270,12 +270,18 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, downlo
             probe_direction=config.probe_direction, sharpness=tracker.attrs if tracker is not None else None,
             criterion=config.criterion)
         writer.create(overwrite)
-        checkpoint_path(out).unlink(missing_ok=True)  # a checkpoint of a replaced run
-        weights_path(out).unlink(missing_ok=True)  # snapshots of a replaced run
+        forget_replaced_run(out)
         snapshots = snapshot_writer(config, out)
         return drive(config, dataset, runs, writer, TrainingState.fresh(len(config.lrs)), device, snapshots, tracker,
                      progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
-                     on_checkpoint=on_checkpoint)
+                     on_checkpoint=on_checkpoint, starting=True)
+
+
+def forget_replaced_run(out: Path) -> None:
+    """Remove the checkpoint, snapshots and branch points of the run that `out` replaces."""
+    checkpoint_path(out).unlink(missing_ok=True)
+    weights_path(out).unlink(missing_ok=True)
+    remove_branch_points(out)
 
 
 def snapshot_writer(config: RunConfig, out: Path) -> SnapshotWriter | None:
@@ -349,27 +355,38 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
 
 def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
           device: torch.device, snapshots: SnapshotWriter | None, tracker: SharpnessTracker | None, *,
-          progress: bool, checkpoint_every: int, keep_checkpoint: bool, on_checkpoint=None) -> Path:
-    """Run the remaining epochs under signal handling; set the final status; translate failures."""
+          progress: bool, checkpoint_every: int, keep_checkpoint: bool, on_checkpoint=None,
+          starting: bool = False) -> Path:
+    """Run the remaining epochs under signal handling; set the final status; translate failures.
+
+    `starting` (a new run or a new branch): first save the snapshot, branch point and checkpoint of `state`."""
     out = writer.path
 
+    def content(state: TrainingState) -> dict:
+        return {"config": writer.attrs["config"], "state": state.to_checkpoint(), "engine": runs.state_dict(),
+                "random": random_state(device), **({"sharpness": tracker.state_dict()} if tracker is not None else {})}
+
     def save(state: TrainingState) -> None:
-        save_checkpoint(out, {"config": writer.attrs["config"], "state": state.to_checkpoint(),
-                              "engine": runs.state_dict(), "random": random_state(device),
-                              **({"sharpness": tracker.state_dict()} if tracker is not None else {})})
+        save_checkpoint(out, content(state))
         if on_checkpoint is not None:
             on_checkpoint(out, state.epoch)
 
+    def keep(state: TrainingState) -> None:
+        save_branch_point(out, state.epoch, content(state))
+
     resume_line = f"resume with: landscape run --resume {out}"
     try:
-        if state.epoch == 0 and state.partial is None:
-            if snapshots is not None:
-                save_snapshot(snapshots, runs, epoch=0, step=0)  # the shared initialisation
+        if starting:
+            if snapshots is not None:  # the shared initialisation (a branch: the state it starts from)
+                save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
+            if config.branch_points:
+                keep(state)
             if checkpoint_every:
                 save(state)  # a run killed before its first epoch's checkpoint resumes from the start
         with StopSignals() as signals:
             outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
-                                    save if checkpoint_every else None, checkpoint_every, snapshots, tracker)
+                                    save if checkpoint_every else None, checkpoint_every, snapshots, tracker,
+                                    keep if config.branch_points else None)
         writer.set_status("complete", outcome)
     except Interrupted as stop:
         try:
@@ -410,7 +427,8 @@ class Interrupted(Exception):
 
 def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
                   progress_on: bool, signals: StopSignals, save, checkpoint_every: int,
-                  snapshots: SnapshotWriter | None = None, tracker: SharpnessTracker | None = None) -> str:
+                  snapshots: SnapshotWriter | None = None, tracker: SharpnessTracker | None = None,
+                  keep=None) -> str:
     """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
 
     Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
@@ -451,7 +469,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 blocks.append(block)
                 progress.step(epoch, sum(b.shape[1] for b in blocks), block[:, -1])
 
-        batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.seed,
+        batches = train_batches(dataset.train, normalize, batch_size=config.batch_size, seed=config.order_seed,
                                 epoch=epoch, augment=config.augment)
         for step, (images, labels) in enumerate(batches):
             if step < done:
@@ -520,8 +538,11 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                             probes=probes_to_host(probe_steps, probe_values) if config.probe_every else None,
                             sharpness=sharpness_to_host(sharp_steps, sharp_values) if tracker is not None else None,
                             criterion=criterion)
-        if snapshots is not None and snapshot_due(config, state.epoch, runs):
-            save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
+        if snapshot_due(config, state.epoch, runs):
+            if snapshots is not None:
+                save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
+            if keep is not None:
+                keep(state)  # a branch point (--branch-points) at every snapshot epoch
         if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
             save(state)
         progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)

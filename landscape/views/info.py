@@ -88,6 +88,15 @@ def describe_path(item: PathFile) -> str:
     return "\n".join(lines)
 
 
+def lineage(run) -> list[str]:
+    """A branched run's parent (`landscape run --branch-from`), or nothing."""
+    if run.attrs.get("parent_file") is None:
+        return []
+    return [f"branched    from {run.attrs['parent_file']} (its run lr={float(run.attrs['parent_lr']):g}) after epoch "
+            f"{int(run.attrs['branch_epoch'])} (step {int(run.attrs['branch_step'])}); data order seed "
+            f"{int(run.attrs['data_seed'])}"]
+
+
 def describe_criterion(run: Run) -> list[str]:
     """Lines on a run trained to a criterion: what it was, when each run met it, its last value."""
     criterion = run.criterion
@@ -131,6 +140,7 @@ def describe_run(run: Run) -> str:
         f"training    {config.get('optimizer')}, schedule {config.get('schedule', 'constant')}, batch "
         f"{config.get('batch_size')}, weight decay {config.get('weight_decay')}, seed {config.get('seed')}, "
         f"device {run.attrs.get('device')}, {run.attrs.get('threads', '?')} CPU threads",
+        *lineage(run),
         f"progress    {run.epochs_done}/{epochs_planned} epochs, {run.steps} steps",
         f"status      {shown_status(run)}" + (f"  ({run.attrs.get('message')})" if run.attrs.get("message") else ""),
         f"created     {run.attrs.get('created')}  (landscape {run.attrs.get('landscape_version')}, "

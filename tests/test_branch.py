@@ -1,0 +1,92 @@
+"""Branching a run (`landscape run --branch-from`): the parent's own order repeats it bit for bit, another order
+differs from the first step after the branch, the child starts from the parent's snapshot, bad input is refused."""
+import numpy as np
+import pytest
+
+from tests.test_cli import landscape
+
+
+@pytest.fixture(scope="module", params=["loop", "fused"])
+def parent(request, tmp_path_factory, tiny_config):
+    """Two SGD-with-momentum runs, 3 epochs, the full state kept at every epoch (momentum makes the optimizer state
+    matter: a branch that lost it would differ from the first step)."""
+    from landscape.training.runner import train
+
+    config = tiny_config(epochs=3, optimizer="sgd", lrs=(0.05, 0.02), snapshot_every=1, branch_points=True,
+                         engine=request.param)
+    return train(config, tmp_path_factory.mktemp(request.param) / "parent.h5", progress=False)
+
+
+def branch(parent, out, *options, capsys):
+    return landscape("run", "--branch-from", parent, "--lr", "0.02", *options, "--out", out, "--quiet",
+                     capsys=capsys)
+
+
+def test_the_parents_own_order_repeats_its_remaining_epochs_bit_for_bit(parent, tmp_path, capsys):
+    from landscape.files.run_file import read_run
+    from landscape.files.weights_file import read_weights, weights_path
+
+    code, _, err = branch(parent, tmp_path / "same.h5", "--epoch", "1", "--data-seed", "0", capsys=capsys)
+    assert code in (0, None), err
+    mother, child = read_run(parent), read_run(tmp_path / "same.h5")
+    assert child.lrs.tolist() == [0.02] and child.status == "complete"
+    # the fused engine stacks R runs in one computation: a one-run child rounds differently in the last bits
+    same = np.array_equal if "loop" in parent.parent.name else lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert same(child.train_loss[0], mother.train_loss[1])
+    for name in ("test_loss", "test_acc"):
+        assert same(child.epoch[name][0], mother.epoch[name][1])
+    assert (child.attrs["parent_file"], float(child.attrs["parent_lr"]), int(child.attrs["branch_epoch"]),
+            int(child.attrs["branch_step"])) == (f"../{parent.parent.name}/parent.h5", 0.02, 1, mother.attrs["steps_per_epoch"])
+    start, final = read_weights(weights_path(tmp_path / "same.h5")), read_weights(weights_path(parent))
+    assert start.epochs == [1, 2, 3]
+    for name in final.names:  # the child starts at the parent's snapshot and ends at its final weights
+        assert np.array_equal(start.state(1, 0)[name], final.state(1, 1)[name]), name
+        assert same(start.state(3, 0)[name], final.state(3, 1)[name]), name
+    _, out, _ = landscape("info", tmp_path / "same.h5", capsys=capsys)
+    assert "parent.h5 (its run lr=0.02) after epoch 1 (step 8); data order seed 0" in out
+
+
+def test_another_data_order_differs_from_the_first_step_after_the_branch(parent, tmp_path, capsys):
+    from landscape.files.run_file import read_run
+
+    code, _, err = branch(parent, tmp_path / "other.h5", "--epoch", "1", "--data-seed", "7", capsys=capsys)
+    assert code in (0, None), err
+    mother, child = read_run(parent), read_run(tmp_path / "other.h5")
+    steps = mother.attrs["steps_per_epoch"]
+    assert np.array_equal(child.train_loss[0, :steps], mother.train_loss[1, :steps])  # the parent's epoch, copied
+    assert child.train_loss[0, steps] != mother.train_loss[1, steps]
+    assert int(child.attrs["data_seed"]) == 7
+
+
+def test_a_branch_at_the_last_epoch_is_the_parents_final_model(parent, tmp_path, capsys):
+    from landscape.files.weights_file import read_weights, weights_path
+
+    code, _, err = branch(parent, tmp_path / "end.h5", "--epoch", "3", "--data-seed", "4", capsys=capsys)
+    assert code in (0, None), err
+    mine, theirs = read_weights(weights_path(tmp_path / "end.h5")), read_weights(weights_path(parent))
+    assert mine.epochs == [3]
+    for name in theirs.names:
+        assert np.array_equal(mine.state(3, 0)[name], theirs.state(3, 1)[name])
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--epoch", "5", "--data-seed", "1"), "past"),
+    (("--epoch", "1"), "needs --epoch K"),
+    (("--epoch", "1", "--data-seed", "1", "--batch-size", "64"), "--batch-size 64 (the parent has 32)"),
+    (("--epoch", "1", "--data-seed", "1", "--lrs", "0.1"), "drop --resume and --lrs"),
+])
+def test_bad_branches_are_refused_in_one_line_and_write_nothing(parent, tmp_path, capsys, options, message):
+    code, _, err = branch(parent, tmp_path / "child.h5", *options, capsys=capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_branch_never_writes_over_its_parent_and_needs_kept_states(parent, tiny_run, tmp_path, capsys):
+    before = parent.read_bytes()
+    code, _, err = branch(parent, parent, "--epoch", "1", "--data-seed", "1", "--overwrite", capsys=capsys)
+    assert code == 2 and "inputs" in err and parent.read_bytes() == before
+    code, _, err = landscape("run", "--branch-from", tiny_run, "--lr", "1e-3", "--epoch", "1", "--data-seed", "1",
+                             "--out", tmp_path / "c.h5", capsys=capsys)
+    assert code == 2 and "kept no branch points: rerun it with --branch-points" in err
+    code, _, err = landscape("run", "--lr", "1e-3", "--epoch", "1", "--out", tmp_path / "c.h5", capsys=capsys)
+    assert code == 2 and "--branch-from" in err
