@@ -4,7 +4,8 @@
 
 Smoke tests train small runs on the device and compare each path with the fp32 loop engine on the
 same batches: fp32 paths (fused, channels_last, compile) to float rounding, bf16 paths within the
-tolerance below; probes looped against batched; resume after SIGTERM against an uninterrupted run;
+tolerance below; probes looped against batched; resume after SIGTERM against an uninterrupted run; a
+branch with the parent's own data order against the parent;
 surfaces and Hessians on the device against the same computation on the CPU. Each is pass or fail
 with its error, never stopping the others. Then the benchmarks run as subprocesses with time
 limits (bench_speed at full width on 50,000 images: the shared CIFAR subset repeated). Results go
@@ -143,6 +144,23 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
         return "bit-identical to the uninterrupted run" if identical else "within fp32 tolerance (not bit-identical)"
 
     checks.run("resume after SIGTERM", sigterm_resume)
+
+    def branching() -> str:
+        from landscape.training.branch import branch
+
+        said = []
+        for engine in ("loop", "fused"):
+            parent = replace(base, engine=engine, optimizer="sgd", snapshot_every=1, branch_points=True)
+            whole = read_run(train(parent, folder / f"parent_{engine}.h5", progress=False))
+            child = read_run(branch(folder / f"parent_{engine}.h5", folder / f"child_{engine}.h5", epoch=1,
+                                    data_seed=parent.seed, lr=parent.lrs[1], progress=False))
+            same = np.array_equal(child.train_loss[0], whole.train_loss[1])
+            if not same and not np.allclose(child.train_loss[0], whole.train_loss[1], rtol=1e-4, atol=1e-6):
+                raise AssertionError(f"{engine}: the branch with the parent's order left it")
+            said.append(f"{engine} {'bit-identical' if same else 'within 1e-4'}")
+        return "child with the parent's order: " + ", ".join(said)
+
+    checks.run("branch a run (loop, fused)", branching)
 
     def sharpness() -> str:
         tracked = trained("sharpness", replace(base, sharpness_every=5,
