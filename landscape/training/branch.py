@@ -32,7 +32,7 @@ from landscape.training.runner import (TrainingState, drive, forget_replaced_run
                                        snapshot_writer)
 
 # options a child may set differently from its parent: where and how fast it runs, what it keeps
-MAY_DIFFER = ("threads", "device", "log_every", "snapshots", "snapshot_every", "branch_points", "data_seed")
+MAY_DIFFER = ("threads", "device", "log_every", "snapshots", "snapshot_every", "branch_points")
 
 
 def branch(parent: str | Path, out: str | Path, *, epoch: int, data_seed: int, lr: float | None = None,
@@ -75,12 +75,13 @@ def branch(parent: str | Path, out: str | Path, *, epoch: int, data_seed: int, l
 def child_config(config: RunConfig, index: int, data_seed: int, options: dict, parent: Path) -> RunConfig:
     """The parent's config for its run `index` alone, with the child's data seed and machine options; UsageError
     naming every option given with another value than the parent's."""
+    options.pop("data_seed", None)  # the child's own, given as `data_seed`
     differing = [f"--{k.replace('_', '-')} {v} (the parent has {getattr(config, k)})" for k, v in options.items()
                  if k not in MAY_DIFFER and getattr(config, k) != v]
     if differing:
         raise UsageError(f"a branch continues {parent} with its own options; these differ: {'; '.join(differing)}: "
                          f"drop them (only {', '.join('--' + k.replace('_', '-') for k in MAY_DIFFER)} may differ)")
-    changes = {k: v for k, v in options.items() if k in MAY_DIFFER and k != "data_seed"}
+    changes = {k: v for k, v in options.items() if k in MAY_DIFFER}
     return dataclasses.replace(config, lrs=(float(config.lrs[index]),), data_seed=data_seed, **changes).validate()
 
 
@@ -96,21 +97,21 @@ def check_branch_epoch(run, index: int, epoch: int, parent: Path) -> None:
     if epoch not in kept:
         raise UsageError(f"--epoch {epoch}: {parent} kept its state at epochs {', '.join(map(str, kept))}; pick one "
                          f"of those, or rerun it with a --snapshot-every that includes {epoch}")
-    lr = f"lr={run.lrs[index]:g}"
-    stops = {"diverged at step": run.diverged_step[index],
-             "stopped early after epoch": run.stopped_epoch[index],
-             "met its criterion after epoch": run.criterion["met_epoch"][index] if run.criterion else -1}
-    for what, when in stops.items():
-        step_based = what.startswith("diverged")
-        if when >= 0 and (when < epoch * run.attrs["steps_per_epoch"] if step_based else when < epoch):
-            raise UsageError(f"{parent}: run {lr} {what} {when}, before epoch {epoch}: branch at an earlier epoch")
+    diverged = run.diverged_step[index]
+    stops = {f"diverged at step {diverged}": diverged // run.attrs["steps_per_epoch"] if diverged >= 0 else -1,
+             f"stopped early after epoch {run.stopped_epoch[index]}": run.stopped_epoch[index],
+             f"met its criterion after epoch {run.criterion['met_epoch'][index] if run.criterion else -1}":
+                 run.criterion["met_epoch"][index] if run.criterion else -1}
+    for what, when in stops.items():  # `when`: the epoch in which (or after which) the run stopped training
+        if 0 <= when < epoch:
+            raise UsageError(f"{parent}: run lr={run.lrs[index]:g} {what}, before epoch {epoch}: branch at an "
+                             f"earlier epoch")
 
 
 def one_run_state(state: TrainingState, index: int) -> TrainingState:
     """The loop's counters of run `index` alone."""
-    pick = slice(index, index + 1)
-    values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    return TrainingState(**{k: v[pick] if isinstance(v, np.ndarray) else v for k, v in values.items()})
+    return dataclasses.replace(state, **{name: value[index:index + 1] for name, value in vars(state).items()
+                                         if isinstance(value, np.ndarray)})
 
 
 def child_writer(run, index: int, epoch: int, child: RunConfig, out: Path, *, step: int, parent: Path) -> RunWriter:

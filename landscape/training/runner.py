@@ -350,7 +350,7 @@ def resume(path: str | Path, overrides: dict | None = None, *, download: bool = 
         snapshots = snapshot_writer(config, path)
         return drive(config, dataset, runs, writer, state, device, snapshots, tracker, progress=progress,
                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
-                     on_checkpoint=on_checkpoint), True
+                     on_checkpoint=on_checkpoint, starting=saved is None), True  # no checkpoint: from the start
 
 
 def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
