@@ -162,6 +162,34 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
 
     checks.run("branch a run (loop, fused)", branching)
 
+    def branching_study() -> str:
+        from landscape.ablations.measure import measure_spec
+        from landscape.ablations.runner import plan, run_in_waves, run_jobs
+        from landscape.ablations.spec import load_spec
+        from landscape.engine.measures import MeasureOptions
+        from landscape.files.measures_file import read_measures
+
+        spec_file = folder / "instability.toml"
+        spec_file.write_text(
+            f'title = "device check"\nsource = "device check"\nmetrics = ["final_test_acc"]\n[base]\n'
+            f'model = "vgg_bn"\ndataset = "cifar10"\ndata_root = "{base.data_root}"\nwidth = 0.0625\n'
+            f'lrs = [0.05]\noptimizer = "sgd"\ntrain_subset = 256\nepochs = 2\nsnapshot_every = 1\n'
+            f'branch_points = true\ndevice = "{base.device}"\n[[axes]]\nname = "branch_epoch"\nvalues = [0, 2]\n')
+        spec = load_spec(spec_file)
+        counts = run_in_waves(plan(spec, "full", 1, folder / "studies"),
+                              lambda wave: run_jobs(wave, 1, report=lambda line: None, progress=False))
+        if counts.get("failed"):
+            raise AssertionError(f"branching spec: {counts}")
+        table = read_measures(measure_spec(spec, "full", folder / "studies", MeasureOptions(("barrier_aligned",)),
+                                           images=128, test_images=128, report=lambda line: None))
+        late = table.values["barrier_test_acc"][table.cells.index("2 seed0")]
+        if late != 0:
+            raise AssertionError(f"two children of the last epoch differ: barrier {late}")
+        early = table.values["aligned_barrier_test_loss"][table.cells.index("0 seed0")]
+        return f"parents then children; pairs measured (aligned barrier at k=0: {early:.3g}; at the last epoch: 0)"
+
+    checks.run("branching study: children, pair barriers (ablate)", branching_study)
+
     def sharpness() -> str:
         tracked = trained("sharpness", replace(base, sharpness_every=5,
                                                     sharpness_images=min(256, base.train_subset), sharpness_iters=8))

@@ -16,7 +16,8 @@ def test_device_check_dry_run_passes_and_writes_its_tables(tmp_path):
     report = json.loads((tmp_path / "out" / "device_check.json").read_text())
     names = {row["check"] for row in report["smoke"]}
     for path in ("loop bf16", "loop channels_last", "fused fp32", "fused bf16", "probes looped, batched, fused",
-                 "resume after SIGTERM", "branch a run (loop, fused)", "sharpness tracking", "surface bf16 vs CPU", "hessian both HVP methods vs CPU",
+                 "resume after SIGTERM", "branch a run (loop, fused)",
+                 "branching study: children, pair barriers (ablate)", "sharpness tracking", "surface bf16 vs CPU", "hessian both HVP methods vs CPU",
                  "API surface/hessian/probe and Recorder", "ray surface vs in process",
                  "GGN/Fisher operators, measures (the bounds and norms too), connect, critical sharpness, training to a "
         "criterion (fused)"):

@@ -101,7 +101,7 @@ def test_an_alignment_that_would_change_b_is_refused_not_used():
 
 
 def test_measures_that_would_write_an_empty_file_are_refused(made, tmp_path, capsys):  # noqa: F811
-    for measures, message in (("", "measures is empty"), ("barrier", "between two seeds")):
+    for measures, message in (("", "measures is empty"), ("barrier", "between two models")):
         code, _, err = landscape("measure", made["run"], "--lr", "1e-3", "--measures", measures, "--out",
                                  tmp_path / "m.h5", capsys=capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

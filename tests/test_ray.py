@@ -144,3 +144,33 @@ def test_missing_ray_and_bad_addresses_are_one_line(spec_file, tmp_path, monkeyp
                              "--executor", "ray", capsys=capsys)
     assert code == 2 and "pip install" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_branching_spec_trains_and_measures_its_pairs_on_ray_workers(tmp_path):
+    """Parents then children on Ray tasks without shared storage (a child fetches its parent's kept state from
+    the driver), then the pairs' barriers measured on Ray workers: equal to `connect` on the two children."""
+    from landscape.files.measures_file import read_measures
+    from landscape.files.run_file import read_run
+    from tests.test_connectivity_studies import BRANCHING, by_hand
+
+    spec_file = tmp_path / "toy_instability.toml"
+    spec_file.write_text(BRANCHING.replace("threads = 1\n", ""))
+    results = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "landscape", "ablate", "run", str(spec_file), "--preset", "full",
+                           "--results", str(results), "--quiet", "--executor", "ray"], capture_output=True, text=True,
+                          timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 trained, 4 branched" in done.stdout
+    spec = load_spec(spec_file)
+    child = spec.result_path(results, "full", spec.cells[0], 0)
+    assert read_run(child).attrs["parent_file"] == "parent_seed0.h5"
+    measured = subprocess.run([sys.executable, "-m", "landscape", "ablate", "measure", str(spec_file), "--preset",
+                               "full", "--results", str(results), "--images", "64", "--test-images", "48",
+                               "--executor", "ray", "--workers", "2"], capture_output=True, text=True,
+                              timeout=HANG_GUARD)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    table = read_measures(results / spec.name / "full" / "measures.h5")
+    found = by_hand(child, spec.twin_path(results, "full", spec.cells[0], 0), 64, 48)
+    assert table.values["barrier_test_loss"][table.cells.index("0 seed0")] == pytest.approx(
+        found.barriers["line"]["test"]["loss"], rel=1e-5, abs=1e-8)
+    assert table.values["barrier_test_acc"][table.cells.index("2 seed0")] == 0.0

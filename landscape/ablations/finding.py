@@ -63,7 +63,11 @@ def design_lines(spec: Spec, preset: str, table: MeasuresTable) -> list[str]:
                      for axis in spec.axes)
     fixed = ", ".join(f"{k}={format_value(v) if not isinstance(v, (list, tuple)) else ','.join(map(format_value, v))}"
                       for k, v in settings.items() if k not in ("until_train_loss", "until_train_acc"))
+    branching = ["- branching: one parent per seed trains the whole schedule; at each branch epoch two children "
+                 "start from its state and finish under their own data orders; a row is the first child, the pair "
+                 "is the two children"] if spec.branching else []
     return [f"- cells: {len(spec.cells)} ({axes}), seeds {', '.join(map(str, seeds)) or '-'}: {done} models measured",
+            *branching,
             f"- fixed ({preset} preset): {fixed}",
             f"- training criterion: {criterion} on the whole training subset; met by {int(met.sum())} of "
             f"{done} models{trained}",
@@ -90,15 +94,18 @@ def finding_text(spec: Spec, preset: str, table: MeasuresTable) -> str:
     judged = verdicts(spec, table, preset)
     for verdict in judged:
         claim = verdict.claim
-        what = (f"mean {claim.measure}: {claim.axis}={claim.high} minus {claim.axis}={claim.low}, paper: "
-                f"{claim.expect}" if claim.kind == "difference" else
-                f"Kendall tau of {claim.measure} with {claim.target}, paper: {claim.expect}")
+        what = {"difference": f"mean {claim.measure}: {claim.axis}={claim.high} minus {claim.axis}={claim.low}, "
+                              f"paper: {claim.expect}",
+                "level": f"mean {claim.measure} at {claim.axis}={claim.at} minus {claim.threshold:g}, paper: "
+                         f"{claim.expect}",
+                "correlation": f"Kendall tau of {claim.measure} with {claim.target}, paper: {claim.expect}"}[claim.kind]
         low, high = verdict.interval
         lines.append(f"| {claim.claim} ({claim.source}) <br> {what} | {number(verdict.statistic)} | "
                      f"[{number(low)}, {number(high)}] | {verdict.models} | {VERDICT_MARK[verdict.verdict]} |")
     details = [f"- {v.claim.measure}: {v.detail}" for v in judged if v.detail]
     if details:
         lines += ["", *details]
+    lines += curves_section(spec, table, met=criterion_met(table))
     lines += line_section(spec, table.path.parent)
     counts = {name: sum(v.verdict == name for v in judged) for name in VERDICT_MARK}
     lines += ["", f"**Summary.** {counts['agrees']} agree, {counts['disagrees']} disagree, {counts['inconclusive']} "
@@ -106,6 +113,28 @@ def finding_text(spec: Spec, preset: str, table: MeasuresTable) -> str:
                   f"networks, few seeds) is a result about this setting, not a refutation of the paper; the `full` "
                   f"preset repeats the design at the paper's scale.", ""]
     return "\n".join(lines)
+
+
+def curves_section(spec: Spec, table: MeasuresTable, met: np.ndarray) -> list[str]:
+    """The study's curves (ablations/curves.py): a table per measure, then the figure if it was drawn."""
+    from landscape.ablations.curves import axis_curves
+
+    curves = axis_curves(spec, table, met)
+    if not curves:
+        return []
+    axis = spec.axes[0]
+    lines = ["", f"## Against {axis} (mean and 95% interval over the models)", ""]
+    for measure, points in curves.items():
+        lines += [f"| {axis} | {measure} | 95% interval | models |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p.value} | {number(p.mean)} | [{number(p.low)}, {number(p.high)}] | {p.models} |"
+                  for p in points]
+        lines.append("")
+    if (table.path.parent / CURVES_FIGURE).is_file():
+        lines.append(f"![{spec.study.curves[0]} against {axis}, and the loss along the paths]({CURVES_FIGURE})")
+    return lines
+
+
+CURVES_FIGURE = "curves.png"
 
 
 def line_section(spec: Spec, folder: Path) -> list[str]:
@@ -145,7 +174,12 @@ def write_finding(spec: Spec, preset: str, measures: Path) -> Path | None:
     """finding.md beside `measures` for a spec with a study (None for a spec without one)."""
     if spec.study is None or not measures.is_file():
         return None
+    from landscape.ablations.curves import axis_curves, curves_figure, path_series
+
     table = read_measures(measures)
+    curves = axis_curves(spec, table, criterion_met(table))
+    if curves:
+        curves_figure(spec, curves, path_series(spec, table, measures.parent), measures.parent / CURVES_FIGURE)
     path = measures.parent / "finding.md"
     text = finding_text(spec, preset, table)
     write_atomically(path, lambda buffer: buffer.write(text.encode("utf-8")))

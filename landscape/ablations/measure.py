@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.ablations.final_model import model_of_run
+from landscape.ablations.curves import pair_path
+from landscape.ablations.pairs import PAIR_GROUPS, pair_tasks, pair_values
 from landscape.ablations.results import collect, metric_value
 from landscape.ablations.spec import Spec
 from landscape.engine.batches import BatchSet, Objective
-from landscape.engine.functional import skeleton
 from landscape.engine.measures import MeasureOptions, Measures, compute_measures
 from landscape.errors import UsageError
 from landscape.files.atomic import check_writable_folder
@@ -56,27 +58,16 @@ def measures_path(spec: Spec, preset: str, root: Path) -> Path:
 def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, images: int, test_images: int,
                device: torch.device, on_ray: bool, data_root: str | None = None) -> list[tuple[str, dict, MeasureTask]]:
     """(cell name, what describes it, its task) for every complete run file of the spec's cells."""
-    from landscape.commands.sources import ImageSet, run_architecture, snapshot_state
-    from landscape.files.weights_file import weights_of_run
-
     out = []
     for row in collect(spec, preset, root):
         for run in row.runs:
             seed = int(run.config.get("seed", 0))
             name = f"{row.cell.label} seed{seed}"
             try:
-                weights = weights_of_run(run)
+                found = model_of_run(run, images, test_images, device, data_root)
             except UsageError as exc:
                 raise UsageError(f"cell {row.cell.label} (seed {seed}): {exc}") from None
-            rate = int(np.argmax(np.nan_to_num(run.epoch["test_acc"], nan=-np.inf).max(axis=1)))
-            model = run_architecture(run, None)
-            params, buffers = snapshot_state(model, weights, rate, weights.epochs[-1], torch.device("cpu"))
-            init = snapshot_state(model, weights, rate, 0, torch.device("cpu"))[0] if 0 in weights.epochs else None
-            image_set = ImageSet.of_run(run, device, data_root)
-            batches = image_set.batches(image_set.split("train", min(images, len(image_set.dataset.train))),
-                                        image_set.batch_size)
-            tests = image_set.batches(image_set.split("test", min(test_images, len(image_set.dataset.test)),
-                                                      "--test-images"), image_set.batch_size)
+            rate = found.rate
             info = {**{axis: str(value) for axis, value in row.cell.axis.items()}, "label": row.cell.label,
                     "seed": seed, "lr": float(run.lrs[rate]),
                     **{metric: metric_value(run, metric, row.cell.horizons.get(preset))
@@ -85,8 +76,8 @@ def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, ima
                 met_epoch = int(run.criterion["met_epoch"][rate])
                 info.update(criterion_met=float(met_epoch > 0),
                             epochs_trained=float(met_epoch if met_epoch > 0 else run.epochs_done))
-            out.append((name, info, MeasureTask(skeleton(model), params, buffers, init, batches, tests, options,
-                                                "auto" if on_ray else str(device))))
+            out.append((name, info, MeasureTask(found.module, found.params, found.buffers, found.init, found.batches,
+                                                found.test_batches, options, "auto" if on_ray else str(device))))
     return out
 
 
@@ -98,17 +89,19 @@ def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *
     device = device or torch.device("cpu")
     on_ray = executor is not None and type(executor).__name__ != "InProcess"
     tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root)
+    pairs = pair_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root) \
+        if set(options.measures) & set(PAIR_GROUPS) else []
     if not tasks:
         raise UsageError(f"{spec.name}: no finished cell under {Path(root) / spec.name / preset}; run `landscape "
                          f"ablate run {spec.name} --preset {preset}` first")
     path = measures_path(spec, preset, root)
     check_writable_folder(path.parent, "--results")
     with WriterLock(path):  # one writer per measures file: a second `ablate measure` on the same results refuses
-        return measure_cells(spec, preset, path, tasks, options, images, test_images, executor, report)
+        return measure_cells(spec, preset, path, tasks, options, images, test_images, executor, report, pairs)
 
 
 def measure_cells(spec: Spec, preset: str, path: Path, tasks: list, options: MeasureOptions, images: int,
-                  test_images: int, executor, report) -> Path:
+                  test_images: int, executor, report, pairs: list | None = None) -> Path:
     """Measure the tasks not yet in `path` (the lock held), writing the table after every cell."""
     from landscape.engine.executors import InProcess
 
@@ -133,38 +126,24 @@ def measure_cells(spec: Spec, preset: str, path: Path, tasks: list, options: Mea
         write_measures(table)
         report(f"measured {spec.name} / {name} ({result.attrs.get('seconds', 0):.1f}s)")
 
-    if todo:
-        with executor or InProcess() as runner:
-            runner.run_tasks([task for _, _, task in todo], landed, lambda: False)
-    if "barrier" in options.measures:
-        seed_barriers(table, tasks, report)
-    return path
+    pairs = [pair for pair in pairs or [] if pair.row in names and not np.isfinite(
+        table.column(table.values, pair.column)[names.index(pair.row)])]
 
-
-def seed_barriers(table: MeasuresTable, tasks: list, report=print, points: int = 11) -> None:
-    """The loss barrier and accuracy drop between the first two seeds of every cell that has two (on the cell's
-    training images, BatchNorm recomputed), stored for each of its seeds; cells already holding one are kept."""
-    import copy
-
-    from landscape.connectivity.connect import connect
-
-    by_cell: dict[str, list] = {}
-    for name, info, task in tasks:
-        by_cell.setdefault(info["label"], []).append((name, info, task))
-    changed = False
-    for label, members in by_cell.items():
-        rows = [table.cells.index(name) for name, _, _ in members]
-        if len(members) < 2 or np.isfinite(table.column(table.values, "barrier_loss")[rows[0]]):
-            continue
-        (_, _, first), (_, _, second) = sorted(members, key=lambda m: m[1]["seed"])[:2]
-        model = copy.deepcopy(first.module)
-        model.load_state_dict({**first.params, **first.buffers}, assign=True)
-        found = connect(model, {**second.params, **second.buffers}, first.batches, points=points)
-        for row in rows:
-            table.column(table.values, "barrier_loss")[row] = found.barriers["line"]["train"]["loss"]
-            if "acc" in found.barriers["line"]["train"]:
-                table.column(table.values, "barrier_acc")[row] = found.barriers["line"]["train"]["acc"]
-        changed = True
-        report(f"measured the seed-to-seed barrier of {label}: {found.barriers['line']['train']['loss']:.4g}")
-    if changed:
+    def paired(index: int, connection) -> None:
+        pair = pairs[index]
+        row = names.index(pair.row)
+        for name, value in pair_values(connection).items():
+            table.column(table.values, name)[row] = value
         write_measures(table)
+        pair_path(path.parent, pair.row).parent.mkdir(exist_ok=True)
+        connection.save(pair_path(path.parent, pair.row))
+        report(f"measured the barrier between {pair.row} and {pair.other}: "
+               f"{pair_values(connection)[pair.column]:.4g} ({pair.column})")
+
+    if todo or pairs:
+        with executor or InProcess() as runner:
+            if todo:
+                runner.run_tasks([task for _, _, task in todo], landed, lambda: False)
+            if pairs:
+                runner.run_tasks([pair.task for pair in pairs], paired, lambda: False)
+    return path

@@ -23,12 +23,15 @@ from landscape.errors import LandscapeError
 RESULT_SUFFIXES = ("", ".ckpt")  # the run file and its checkpoint, beside the snapshots
 
 
-def files_of(run_path: Path) -> dict[str, bytes]:
-    """The run file, its checkpoint and its snapshots, by name, as they are now."""
+def files_of(run_path: Path, skip: set[str] | None = None) -> dict[str, bytes]:
+    """The run file, its checkpoint, its snapshots and its branch points, by name, as they are now (leaving out
+    the names in `skip`: branch points already shipped, which never change)."""
     from landscape.files.weights_file import weights_path
+    from landscape.training.checkpoint import branch_point_epochs, branch_point_path
 
     names = [run_path.with_name(run_path.name + suffix) for suffix in RESULT_SUFFIXES] + [weights_path(run_path)]
-    return {p.name: p.read_bytes() for p in names if p.exists()}
+    names += [branch_point_path(run_path, epoch) for epoch in branch_point_epochs(run_path)]
+    return {p.name: p.read_bytes() for p in names if p.exists() and p.name not in (skip or set())}
 
 
 def make_store(ray):
@@ -82,16 +85,23 @@ def cell_task(job: Job, store, shared: bool, threads: int) -> tuple[str, str | N
     if not shared:
         for name, data in ray.get(store.latest.remote(key)).items():  # a retry resumes from the last checkpoint
             (folder / name).write_bytes(data)
+        if job.origin is not None:  # a child: its parent's run file and the state it branches from
+            for name, data in ray.get(store.latest.remote(str(job.origin.parent))).items():
+                (folder / name).write_bytes(data)
+            local = replace(local, origin=replace(job.origin, parent=folder / job.origin.parent.name))
+    sent: set[str] = set()  # branch points shipped already
 
     def shipped(run_path: Path, epochs: int) -> None:
         if not shared:
-            ray.get(store.save.remote(str(job.path.parent), files_of(run_path), []))
+            files = files_of(run_path, sent)
+            ray.get(store.save.remote(str(job.path.parent), files, []))
+            sent.update(name for name in files if name.endswith(".ckpt") and ".epoch_" in name)
         ray.get(store.epoch.remote(key, epochs, job.config.epochs))
 
     try:
         outcome = run_job(local, threads, on_checkpoint=shipped)
         if not shared:
-            final = files_of(local.path)
+            final = files_of(local.path, sent)
             ray.get(store.save.remote(str(job.path.parent), final,
                                       [job.path.name + ".ckpt"] if job.path.name + ".ckpt" not in final else []))
         return outcome, None, resources
@@ -108,7 +118,7 @@ def run_jobs_on_ray(jobs: list[Job], *, address: str | None = None, cpus_per_cel
                     gpus_per_cell: float = 0.0, max_retries: int = 3, shared_results: bool = False, report=print,
                     progress: bool = True, init_options: dict | None = None) -> dict[str, int]:
     """Run the jobs as Ray tasks; report one line per finished cell and a live status line; return counts."""
-    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    counts = {"trained": 0, "branched": 0, "resumed": 0, "skipped": 0, "failed": 0}
     todo = [job for job in jobs if cell_status(job.path) != "complete"]
     counts["skipped"] = len(jobs) - len(todo)
     if not todo:

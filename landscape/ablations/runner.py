@@ -5,6 +5,10 @@ complete file is left alone; an incomplete one (interrupted, failed, killed) is 
 checkpoint; a missing one is trained. A failing cell is reported and the others go on. With
 `jobs` > 1 cells run in parallel processes (CPU), each with its share of the cores; on a GPU they
 run one after another.
+
+A branching spec (a `branch_epoch` axis) runs in two waves: first one parent per seed
+(`parent_seed<k>.h5`, keeping its state at every kept epoch), then two children per cell and seed,
+each branched from its parent at the cell's epoch under its own data order (`training/branch.py`).
 """
 from __future__ import annotations
 
@@ -27,14 +31,24 @@ DEFAULT_ROOT = Path("artifacts/ablations")
 
 
 @dataclass
+class Origin:
+    """Where a child run starts: its parent's run file, the epoch, and the child's data order."""
+
+    parent: Path
+    epoch: int
+    data_seed: int
+
+
+@dataclass
 class Job:
-    """One run file to produce."""
+    """One run file to produce (a child of a parent run when `origin` is set)."""
 
     spec: str
     cell: str
     seed: int
     path: Path
     config: RunConfig
+    origin: Origin | None = None
 
 
 def cell_status(path: Path) -> str:
@@ -50,6 +64,8 @@ def cell_status(path: Path) -> str:
 
 def plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: str | None = None) -> list[Job]:
     """Every run file the spec needs under `preset` (cells sharing a file, as horizons do, listed once)."""
+    if spec.branching:
+        return branching_plan(spec, preset, seeds, root, data_root)
     jobs, seen = [], set()
     for cell in spec.cells:
         for seed in range(seeds):
@@ -62,6 +78,46 @@ def plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: str | None 
                 config = replace(config, data_root=str(data_root))
             jobs.append(Job(spec.name, cell.label, seed, path, config))
     return jobs
+
+
+def branching_plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: str | None) -> list[Job]:
+    """The parents (one per seed), then two children per cell and seed."""
+    from landscape.ablations.spec import child_data_seed
+
+    extra = {} if data_root is None else {"data_root": str(data_root)}
+    jobs = [Job(spec.name, "parent", seed, spec.parent_path(root, preset, seed),
+                replace(spec.config(spec.cells[0], preset, seed), **extra)) for seed in range(seeds)]
+    for cell in spec.cells:
+        for seed in range(seeds):
+            parent = jobs[seed]
+            for child, path in enumerate((spec.result_path(root, preset, cell, seed),
+                                          spec.twin_path(root, preset, cell, seed))):
+                data_seed = child_data_seed(seed, child)
+                jobs.append(Job(spec.name, f"{spec.axes[0]}={cell.label}, child {child}", seed, path,
+                                replace(parent.config, data_seed=data_seed, branch_points=False, snapshot_every=0),
+                                Origin(parent.path, cell.branch_epochs[preset], data_seed)))
+    return jobs
+
+
+def job_waves(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs in the order they can run: runs from scratch first, then the children of those runs."""
+    return [wave for wave in ([j for j in jobs if j.origin is None], [j for j in jobs if j.origin is not None])
+            if wave]
+
+
+def run_in_waves(jobs: list[Job], run_wave) -> dict[str, int]:
+    """`run_wave(jobs) -> counts` for each wave (job_waves) in turn, counts summed; a wave with a failed, interrupted
+    or unstarted job ends the command before the next (its children would fail)."""
+    counts: dict[str, int] = {}
+    waves = job_waves(jobs) or [[]]
+    for index, wave in enumerate(waves):
+        for key, count in run_wave(wave).items():
+            counts[key] = counts.get(key, 0) + count
+        later = sum(len(w) for w in waves[index + 1:])
+        if later and (counts.get("failed") or counts.get("interrupted") or "not started" in counts):
+            counts["not started"] = counts.get("not started", 0) + later  # their parents did not all finish
+            break
+    return counts
 
 
 def run_job(job: Job, threads: int | None = None, on_checkpoint=None, download: bool = False) -> str:
@@ -79,6 +135,16 @@ def run_job(job: Job, threads: int | None = None, on_checkpoint=None, download: 
     if status == "incomplete":
         resume(job.path, progress=False, on_checkpoint=on_checkpoint, download=download)  # with the run's threads
         return "resumed"
+    if job.origin is not None:
+        from landscape.training.branch import branch
+
+        if cell_status(job.origin.parent) != "complete":
+            raise LandscapeError(f"its parent {job.origin.parent} has not finished; rerun the command to train it")
+        branch(job.origin.parent, job.path, epoch=job.origin.epoch, data_seed=job.origin.data_seed,
+               options={name: getattr(config, name) for name in ("threads", "device", "branch_points", "snapshot_every")},
+               progress=False, download=download,
+               on_checkpoint=on_checkpoint)
+        return "branched"
     train(config, job.path, progress=False, on_checkpoint=on_checkpoint, download=download)
     return "trained"
 
@@ -113,7 +179,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = T
     cell starts (counted as 'interrupted')."""
     from landscape.stopping import StopSignals
 
-    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0, "interrupted": 0}
+    counts = {"trained": 0, "branched": 0, "resumed": 0, "skipped": 0, "failed": 0, "interrupted": 0}
     todo = [job for job in jobs if cell_status(job.path) != "complete"]
     counts["skipped"] = len(jobs) - len(todo)
     if any(job.config.device == "cuda" for job in todo):
@@ -149,7 +215,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, report=print, progress: bool = T
                     record(futures[future], *future.result(), signals.received is not None)
     cells.close()
     if signals.received is not None:
-        left = len(todo) - sum(counts[k] for k in ("trained", "resumed", "failed", "interrupted"))
+        left = len(todo) - sum(counts[k] for k in ("trained", "branched", "resumed", "failed", "interrupted"))
         counts["not started"] = left
         report(f"stopped by {signals.name}: {left} cell(s) not started; the finished cells and the running cells' "
                f"checkpoints are kept: rerun the same command to go on")

@@ -58,6 +58,7 @@ class Cell:
     axis: dict = field(default_factory=dict)  # grid cells: axis name -> value, as the spec writes them
     quick_settings: dict = field(default_factory=dict)  # the axes' quick_values, for the quick preset
     horizons: dict = field(default_factory=dict)  # preset -> epochs counted (the "horizon" axis)
+    branch_epochs: dict = field(default_factory=dict)  # preset -> epoch K its runs branch from (the "branch_epoch" axis)
     file_label: str = ""  # cells differing only by horizon share one run file
 
     @property
@@ -93,8 +94,26 @@ class Spec:
         return RunConfig(**values)
 
     def result_path(self, root: str | Path, preset: str, cell: Cell, seed: int) -> Path:
-        """Where the run file of one cell and seed lives."""
+        """Where the run file of one cell and seed lives (of a branching cell: its first child)."""
         return Path(root) / self.name / preset / f"{cell.file_slug}_seed{seed}.h5"
+
+    @property
+    def branching(self) -> bool:
+        """Cells are branch epochs of parent runs (a "branch_epoch" axis; Frankle et al. 2020's design)."""
+        return any(cell.branch_epochs for cell in self.cells)
+
+    def parent_path(self, root: str | Path, preset: str, seed: int) -> Path:
+        """A branching spec's parent run of one seed, shared by every cell."""
+        return Path(root) / self.name / preset / f"parent_seed{seed}.h5"
+
+    def twin_path(self, root: str | Path, preset: str, cell: Cell, seed: int) -> Path:
+        """A branching cell's second child: the same parent and epoch, another data order."""
+        return Path(root) / self.name / preset / f"{cell.file_slug}_seed{seed}_twin.h5"
+
+
+def child_data_seed(seed: int, child: int) -> int:
+    """The data order of child 0 or 1 of the parent with `seed`: distinct from each other and from the parent's."""
+    return 1000 * (child + 1) + seed
 
 
 def spec_paths(names: list[str] | None = None) -> list[Path]:
@@ -174,6 +193,8 @@ def load_spec(path: str | Path) -> Spec:
                 spec.config(cell, preset).validate()
             except UsageError as exc:
                 raise UsageError(f"{path}: cell {cell.label!r} under preset {preset}: {exc}") from None
+    if spec.branching:
+        check_branching(spec, fail)
     labels = [c.label for c in cells]
     if len(set(labels)) != len(labels):
         raise UsageError(f"{path}: two cells have the same label")
@@ -184,6 +205,26 @@ def load_spec(path: str | Path) -> Spec:
         if len(names) > 1:
             raise UsageError(f"{path}: cells {sorted(names)} would share the file name {slug!r}; rename one")
     return spec
+
+
+def check_branching(spec: Spec, fail) -> None:
+    """A branch_epoch axis: the parents keep their state at every branch epoch, within their training."""
+    if len(spec.axes) != 1:
+        raise fail("branch_epoch", "a branch_epoch axis is the spec's only axis (its cells are the branch epochs)")
+    for preset in PRESETS:
+        parent = spec.config(spec.cells[0], preset)
+        if not parent.branch_points or not parent.snapshots:
+            raise fail("branch_epoch", "the parents must keep their state: set branch_points = true (with snapshots)")
+        if parent.until_train_loss or parent.until_train_acc or parent.patience or len(parent.lrs) != 1:
+            raise fail("branch_epoch", "a branching spec trains one rate for a fixed number of epochs: one lr, no "
+                                       "criterion, no patience")
+        every = parent.snapshot_every
+        for cell in spec.cells:
+            epoch = cell.branch_epochs[preset]
+            if epoch > parent.epochs or not (epoch in (0, parent.epochs) or (every and epoch % every == 0)):
+                raise fail("branch_epoch", f"branch epoch {epoch} under preset {preset}: the parents train "
+                                           f"{parent.epochs} epochs and keep every {every or 'no'} epoch(s) "
+                                           f"(snapshot_every); pick kept epochs")
 
 
 def checked_options(values: dict, fail, where: str) -> dict:
@@ -224,7 +265,13 @@ def grid_cells(axes: list[dict], fail) -> tuple[list[str], list[Cell]]:
     cells = []
     for combination in itertools.product(*value_lists):
         settings, quick_settings, horizons = {}, {}, {}
+        branch_epochs = {}
         for name, (value, quick) in zip(names, combination):
+            if name == "branch_epoch":
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (value, quick)):
+                    raise fail("branch_epoch", "branch epochs are whole numbers of epochs, 0 (initialisation) or more")
+                branch_epochs = {"full": value, "quick": quick, "cpu": value}
+                continue
             if name == "horizon":
                 if not (isinstance(value, int) and isinstance(quick, int) and value > 0 and quick > 0):
                     raise fail("horizon", "horizons are positive epoch counts")
@@ -238,7 +285,7 @@ def grid_cells(axes: list[dict], fail) -> tuple[list[str], list[Cell]]:
             else format_value(values[0])
         file_label = ", ".join(f"{n}={format_value(v)}" for n, v in zip(names, values) if n != "horizon")
         cells.append(Cell(label=label, settings=settings, axis=dict(zip(names, values)), quick_settings=quick_settings,
-                          horizons=horizons, file_label=file_label or "run"))
+                          horizons=horizons, branch_epochs=branch_epochs, file_label=file_label or "run"))
     return names, cells
 
 

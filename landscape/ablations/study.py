@@ -8,6 +8,7 @@
                                                 # tolerance (the command line overrides them)
     line = { axis = "batch_size", a = 64, b = 1024 }  # the 1D line between two cells' first seeds (optional)
     measures = ["jiang_mag", "hessian", "gap"]  # `ablate measure`'s default --measures
+    curves = ["barrier_test_acc"]               # measures drawn against the (first) axis, mean and interval (optional)
     images = 512                                # `ablate measure`'s default --images (and test_images)
     [[study.claims]]
     claim = "Large-batch training converges to sharper minimizers."
@@ -23,12 +24,20 @@
     measure = "pacbayes_mag_flatness"
     target = "gap_acc"
     expect = "positive"                         # positive or negative
+    [[study.claims]]
+    kind = "level"                              # the mean of `measure` at one value of `axis` against `threshold`
+    axis = "branch_epoch"
+    at = 4
+    measure = "barrier_test_acc"
+    threshold = 0.02
+    expect = "below"                            # below or above
 
 The verdict rule, stated on every finding before its numbers: only models that met their training criterion
 enter (those that missed it are left out and counted; with more than a quarter missing, every verdict is
 inconclusive); the 95% interval of the statistic (Welch's t
-interval of the difference of group means; a percentile bootstrap of Kendall's tau) **agrees** when it excludes 0 on
-the paper's side, **disagrees** when it excludes 0 on the other side, and is **inconclusive** when it includes 0.
+interval of the difference of group means; a percentile bootstrap of Kendall's tau; a t interval of one group's
+mean minus the threshold) **agrees** when it excludes 0 on the paper's side, **disagrees** when it excludes 0 on the
+other side, and is **inconclusive** when it includes 0.
 """
 from __future__ import annotations
 
@@ -38,14 +47,16 @@ import numpy as np
 
 
 STUDY_KEYS = {"question", "paper", "design", "seeds", "measures", "images", "test_images", "measure_options",
-              "line", "claims"}
+              "line", "curves", "claims"}
 MEASURE_OPTION_KEYS = {"steps", "samples", "draws", "bound", "tolerance"}  # what a study may set for ablate measure
-CLAIM_KEYS = {"claim", "source", "kind", "axis", "low", "high", "measure", "target", "expect"}
-KINDS = {"difference": ("higher", "lower"), "correlation": ("positive", "negative")}
+CLAIM_KEYS = {"claim", "source", "kind", "axis", "low", "high", "at", "threshold", "measure", "target", "expect"}
+KINDS = {"difference": ("higher", "lower"), "correlation": ("positive", "negative"), "level": ("above", "below")}
 VERDICT_RULE = (
     "Only models that met their training criterion enter (those that missed it are excluded and counted); if more "
-    "than a quarter of the models missed it, the design was not met and every verdict is **inconclusive**. For each claim, the 95% interval of its statistic (Welch's t interval for a difference of "
-    "group means over seeds; a percentile bootstrap over models, 2,000 resamples, for Kendall's tau) gives "
+    "than a quarter of the models missed it, the design was not met and every verdict is **inconclusive**. For "
+    "each claim, the 95% interval of its statistic (Welch's t interval for a difference of group means over seeds; "
+    "a percentile bootstrap over models, 2,000 resamples, for Kendall's tau; Student's t interval of one group's "
+    "mean minus a stated threshold for a level) gives "
     "**agrees** when it excludes 0 on the paper's side, **disagrees** when it excludes 0 on the other side, and "
     "**inconclusive** when it includes 0.")
 
@@ -62,6 +73,8 @@ class Claim:
     axis: str = ""
     low: object = None
     high: object = None
+    at: object = None  # a level: the axis value whose models' mean is compared with `threshold`
+    threshold: float = 0.0
     target: str = "gap_acc"
 
 
@@ -78,6 +91,7 @@ class Study:
     test_images: int = 0
     measure_options: dict = field(default_factory=dict)  # steps, samples, draws, bound, tolerance
     line: dict = field(default_factory=dict)  # axis, a, b: the 1D line between two cells' first seeds (ablations/line)
+    curves: tuple[str, ...] = ()  # measures drawn against the first axis (mean and interval over seeds)
     claims: list[Claim] = field(default_factory=list)
 
 
@@ -98,6 +112,9 @@ def parse_study(raw, axes: list[str], fail) -> Study:
     measures = raw.get("measures", [])
     if not isinstance(measures, list) or not all(isinstance(m, str) for m in measures):
         raise fail("measures", "must be a list of measure groups, e.g. [\"pacbayes\", \"gap\"]")
+    curves = raw.get("curves", [])
+    if not isinstance(curves, list) or not all(isinstance(m, str) for m in curves) or (curves and not axes):
+        raise fail("curves", "must be a list of measure names (columns of the measures table), in a spec with axes")
     options = raw.get("measure_options", {})
     if not isinstance(options, dict) or any(key not in MEASURE_OPTION_KEYS for key in options) or \
             any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in options.values()):
@@ -110,7 +127,8 @@ def parse_study(raw, axes: list[str], fail) -> Study:
         raise fail("study", "a study needs at least one [[study.claims]] entry: what the paper claims")
     return Study(question=raw["question"], paper=raw["paper"], design=str(raw.get("design", "")),
                  seeds=int(raw.get("seeds", 1)), measures=tuple(measures), images=int(raw.get("images", 0)),
-                 test_images=int(raw.get("test_images", 0)), measure_options=dict(options), line=dict(line), claims=claims)
+                 test_images=int(raw.get("test_images", 0)), measure_options=dict(options), line=dict(line),
+                 curves=tuple(curves), claims=claims)
 
 
 def parse_claim(entry, axes: list[str], fail, index: int) -> Claim:
@@ -133,6 +151,13 @@ def parse_claim(entry, axes: list[str], fail, index: int) -> Claim:
         if "low" not in entry or "high" not in entry:
             raise fail("claims", f"claim {index + 1}: a difference needs low = and high = (two values of the axis)",
                        index)
+    if kind == "level":
+        if entry.get("axis") not in axes or "at" not in entry:
+            raise fail("axis", f"claim {index + 1}: a level needs axis = (one of {', '.join(axes)}) and at = (its "
+                               f"value)", index)
+        threshold = entry.get("threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise fail("threshold", f"claim {index + 1}: a level needs threshold = a number", index)
     return Claim(**{k: v for k, v in entry.items()})
 
 
@@ -176,6 +201,16 @@ def welch_interval(high: np.ndarray, low: np.ndarray, level: float = 0.95) -> tu
     return float(difference - half), float(difference + half)
 
 
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean (NaN with fewer than 2 points)."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    half = t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
 def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarray], met: np.ndarray,
           not_the_design: str = "") -> Verdict:
     """One claim over the models of a measures table: `values` measure -> [C], `info` axis -> [C] text, `met` [C]
@@ -195,6 +230,13 @@ def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarra
         detail = (f"{claim.axis}={format_axis(claim.high)}: {summary(groups[0])}; "
                   f"{claim.axis}={format_axis(claim.low)}: {summary(groups[1])}")
         models = sum(len(g) for g in groups)
+    elif claim.kind == "level":
+        axis = info.get(claim.axis, np.array([""] * len(x)))
+        group = x[(axis == format_axis(claim.at)) & met & np.isfinite(x)]
+        statistic = float(group.mean() - claim.threshold) if len(group) else np.nan
+        interval = tuple(v - claim.threshold for v in t_interval(group))
+        detail = f"{claim.axis}={format_axis(claim.at)}: {summary(group)}, threshold {claim.threshold:g}"
+        models = len(group)
     else:
         y = values.get(claim.target)
         if y is None:
@@ -203,7 +245,7 @@ def judge(claim: Claim, values: dict[str, np.ndarray], info: dict[str, np.ndarra
         statistic = kendall(x[keep], y[keep])
         interval = bootstrap_interval(x[keep], y[keep], draws=2000)
         models, detail = int(keep.sum()), ""
-    expect_positive = claim.expect in ("higher", "positive")
+    expect_positive = claim.expect in ("higher", "positive", "above")
     verdict = decide(interval, expect_positive, missed > MISSED_SHARE * len(met))
     capped = values.get(claim.measure.rsplit("_", 1)[0] + "_capped")
     if capped is not None and np.nansum(capped[met]) > 0:  # a bound search hit the end of its range

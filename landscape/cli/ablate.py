@@ -75,7 +75,7 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
     """Run the cells (and seeds) whose results are missing or incomplete; safe to interrupt and rerun."""
     from dataclasses import replace
 
-    from landscape.ablations.runner import plan, print_err, run_jobs
+    from landscape.ablations.runner import plan, print_err, run_in_waves, run_jobs
 
     todo = []
     for spec in load_specs(specs, all_specs):
@@ -101,15 +101,20 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
                              "cell's threads; place the data on every node)")
         import_ray()
         check_address(address)
-        counts = run_jobs_on_ray(todo, address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
-                                 max_retries=max_retries, shared_results=shared_results, report=print_err,
-                                 progress=not quiet, init_options=ray_test_options())
+
+        def run_wave(wave):
+            return run_jobs_on_ray(wave, address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
+                                   max_retries=max_retries, shared_results=shared_results, report=print_err,
+                                   progress=not quiet, init_options=ray_test_options())
     else:
         if address or shared_results:
             raise UsageError("--address and --shared-results apply to --executor ray")
-        counts = run_jobs(todo, jobs, report=print_err, progress=not quiet, threads=threads, download=download)
+
+        def run_wave(wave):
+            return run_jobs(wave, jobs, report=print_err, progress=not quiet, threads=threads, download=download)
+    counts = run_in_waves(todo, run_wave)
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "interrupted"))
-    if counts["failed"] or counts.get("interrupted") or "not started" in counts:
+    if counts.get("failed") or counts.get("interrupted") or "not started" in counts:
         sys.exit(1)  # a failed cell, or stopped by a signal
 
 

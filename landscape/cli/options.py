@@ -27,7 +27,7 @@ def measure_options(command):
         click.option("--measures", default=None,
                      help="Which, comma-separated: hessian, ggn, worst, worst_adaptive, average, average_adaptive, "
                           "li, gap, norms, pacbayes, pacbayes_mag, jiang, jiang_mag, spectral, path_norm, "
-                          "noise_scale, barrier (ablate measure, two seeds) [default: hessian,worst,worst_adaptive,"
+                          "noise_scale, barrier and barrier_aligned (ablate measure: between pairs of a cell's models) [default: hessian,worst,worst_adaptive,"
                           "average,average_adaptive,li,gap,norms; ablate measure: the spec's own list if it has one]."),
         click.option("--rho", default="0.05", show_default=True, help="Radii of the sharpness measures (comma list)."),
         click.option("--radius", default="0.1", show_default=True, help="Radii of Li et al.'s flatness (comma list)."),

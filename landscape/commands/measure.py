@@ -38,9 +38,9 @@ def measure_snapshot(source: str | Path | None, options: MeasureCommandOptions, 
     """Measure one snapshot and write its measures file; return (path, the `Measures`)."""
     options.validate_source()
     measure.validate()
-    if set(measure.measures) <= {"barrier"}:
-        raise UsageError("--measures barrier is the barrier between two seeds of a cell (`ablate measure`); one "
-                         "snapshot has none: name another measure, or use `landscape connect A B`")
+    if set(measure.measures) <= {"barrier", "barrier_aligned"}:
+        raise UsageError(f"--measures {','.join(measure.measures)} is the barrier between two models of a cell (`ablate "
+                         f"measure`); one snapshot has none: name another measure, or use `landscape connect A B`")
     positive("--images", options.images)
     positive("--test-images", options.test_images)
     set_threads(options.threads)

@@ -63,7 +63,7 @@ class Connection:
 def barrier(values: np.ndarray, t: np.ndarray, higher_is_worse: bool = True) -> float:
     """Frankle et al.'s barrier: the largest excess over the straight interpolation of the end values (a loss
     above it; for a metric such as accuracy, the largest drop below it)."""
-    straight = (1 - t) * values[0] + t * values[-1]
+    straight = values[0] + t * (values[-1] - values[0])  # exactly values[0] everywhere when the ends are equal
     excess = values - straight if higher_is_worse else straight - values
     return float(np.max(excess))
 

@@ -24,8 +24,8 @@ measurement (BatchNorm on batch statistics by default, dropout off, the model ne
 - `log_spectral_product`, `spectral_sum` and `path_norm` (`engine.norms`);
 - `grad_noise_scale` (B_simple of McCandlish et al. 2018, with `grad_noise_trace` and `grad_norm_sq`;
   `engine.noise_scale`);
-- `barrier` (`ablate measure` only): the loss barrier and accuracy drop on the line between a cell's first two
-  seeds (`connectivity.connect`, BatchNorm recomputed), the same for each seed of the cell.
+- `barrier`, `barrier_aligned` (`ablate measure` only): the loss barrier and accuracy drop on the line between
+  pairs of a cell's models, and after weight matching (`ablations.pairs`).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from landscape.options import check_seed, choose, in_range, positive
 
 MEASURE_GROUPS = ("hessian", "ggn", "hessian_top", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms",
                   "pacbayes", "pacbayes_mag", "jiang", "jiang_mag", "spectral", "path_norm", "noise_scale",
-                  "barrier")  # barrier: seed to seed, measured by `ablate measure` for cells with two seeds
+                  "barrier", "barrier_aligned")  # between two models: `ablate measure` only (ablations.pairs)
 DEFAULT_MEASURES = ("hessian", "worst", "worst_adaptive", "average", "average_adaptive", "li", "gap", "norms")
 
 
@@ -346,8 +346,8 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
             evaluation = prepared_module(model, "eval")
             values.update(gradient_noise_scale(evaluation, params, module_buffers(evaluation, buffers), batches,
                                                Objective(objective.loss, objective.closure, {})))
-        elif group == "barrier":
-            pass  # between two seeds of a cell: `ablations.measure.seed_barriers`
+        elif group in ("barrier", "barrier_aligned"):
+            pass  # between two models: `ablations.pairs`
         elif group == "norms":
             values["param_norm"] = float(norm_of(params))
             if init is not None:
@@ -405,7 +405,7 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
     from landscape.engine.devices import resolve_device
 
     check_module(model)
-    if "barrier" in (measures.split(",") if isinstance(measures, str) else measures):
+    if {"barrier", "barrier_aligned"} & set(measures.split(",") if isinstance(measures, str) else measures):
         raise UsageError("the barrier measure is between two models: use `landscape ablate measure` (cells with two "
                          "seeds or more) or landscape.connect(model_a, model_b, data)")
     options = MeasureOptions(measures, rho, radius, steps, restarts, samples, directions, m, trace_samples,

@@ -37,9 +37,10 @@ MAY_DIFFER = ("threads", "device", "log_every", "snapshots", "snapshot_every", "
 
 def branch(parent: str | Path, out: str | Path, *, epoch: int, data_seed: int, lr: float | None = None,
            options: dict | None = None, overwrite: bool = False, download: bool = False, progress: bool = True,
-           checkpoint_every: int = 1, keep_checkpoint: bool = False) -> Path:
+           checkpoint_every: int = 1, keep_checkpoint: bool = False, on_checkpoint=None) -> Path:
     """Train the child of run `lr` of `parent` branched after `epoch` epochs, under the data order `data_seed`,
-    into `out`. `options` are run options given again: they must equal the parent's, except those in MAY_DIFFER."""
+    into `out`. `options` are run options given again: they must equal the parent's, except those in MAY_DIFFER.
+    `on_checkpoint(out, epochs_done)`: as for `training.runner.train`."""
     parent, out = Path(parent), Path(out)
     run = read_run(parent)
     config = RunConfig.from_json(run.attrs["config"])
@@ -69,7 +70,7 @@ def branch(parent: str | Path, out: str | Path, *, epoch: int, data_seed: int, l
         forget_replaced_run(out)
         return drive(child, dataset, runs, writer, state, device, snapshot_writer(child, out), tracker,
                      progress=progress, checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint,
-                     starting=True)
+                     on_checkpoint=on_checkpoint, starting=True)
 
 
 def child_config(config: RunConfig, index: int, data_seed: int, options: dict, parent: Path) -> RunConfig:

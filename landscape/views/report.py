@@ -432,13 +432,21 @@ def findings_section(page: Page, root: Path, preset: str) -> None:
                      v.models, v.verdict] for v in judged],
                    classes=[["", "", "", "", "", {"agrees": "better", "disagrees": "worse"}.get(v.verdict, "")]
                             for v in judged])
+        study_curves(page, spec, table, root / spec.name / preset)
         columns = info_columns(table)
         for verdict in judged:
             claim = verdict.claim
             x = table.values.get(claim.measure)
             if x is None:
                 continue
-            if claim.kind == "difference":
+            if claim.kind == "level":
+                axis = np.asarray(columns.get(claim.axis, [""] * len(x)), dtype=object).astype(str)
+                fig = go.Figure([go.Box(y=x[axis == str(claim.at)], name=f"{claim.axis}={claim.at}",
+                                        boxpoints="all")])
+                fig.add_hline(y=claim.threshold, line_dash="dash", annotation_text=f"threshold {claim.threshold:g}")
+                fig.update_layout(title=f"{claim.measure} at {claim.axis}={claim.at}: {verdict.verdict}",
+                                  yaxis_title=claim.measure)
+            elif claim.kind == "difference":
                 axis = np.asarray(columns.get(claim.axis, [""] * len(x)), dtype=object).astype(str)
                 fig = go.Figure([go.Box(y=x[axis == str(side)], name=f"{claim.axis}={side}", boxpoints="all")
                                  for side in (claim.low, claim.high)])
@@ -453,6 +461,34 @@ def findings_section(page: Page, root: Path, preset: str) -> None:
                                         f"{verdict.verdict}", xaxis_title=claim.measure, yaxis_title=claim.target,
                                   xaxis_type="log" if spans_decades(x) else "linear")
             page.figure(fig)
+
+
+def study_curves(page: Page, spec, table, folder: Path) -> None:
+    """A study's curves against its axis (mean, 95% interval over seeds) and the mean test loss along its pairs'
+    paths, one line per axis value: the figures a reader looks at before the claims."""
+    import plotly.graph_objects as go
+
+    from landscape.ablations.curves import axis_curves, path_series
+    from landscape.ablations.finding import criterion_met
+
+    curves = axis_curves(spec, table, criterion_met(table))
+    axis = spec.axes[0] if spec.axes else ""
+    for measure, points in curves.items():
+        fig = go.Figure([go.Scatter(x=[p.value for p in points], y=[p.mean for p in points], mode="lines+markers",
+                                    error_y=dict(type="data", symmetric=False,
+                                                 array=[p.high - p.mean for p in points],
+                                                 arrayminus=[p.mean - p.low for p in points]),
+                                    text=[f"{p.models} models" for p in points])])
+        fig.update_layout(title=f"{measure} against {axis} (mean, 95% interval over seeds)", xaxis_title=axis,
+                          yaxis_title=measure, xaxis_type="category")
+        page.figure(fig)
+    for name, by_value in path_series(spec, table, folder).items():
+        fig = go.Figure([go.Scatter(x=pairs[0][0], y=np.mean([loss for _, loss in pairs], axis=0), mode="lines",
+                                    name=f"{axis}={value} (n={len(pairs)})") for value, pairs in by_value.items()])
+        fig.update_layout(title=f"test loss along the {'line after weight matching' if name == 'aligned_line' else name}"
+                                f", mean over pairs", xaxis_title="t (0: first model, 1: second)",
+                          yaxis_title="test loss")
+        page.figure(fig)
 
 
 def ablation_sections(page: Page, root: Path, preset: str) -> None:
