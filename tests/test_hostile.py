@@ -377,3 +377,59 @@ def test_a_single_point_plane_is_drawn_as_a_heatmap(files, capsys):
     assert not list(files["folder"].glob("one_contour*"))
     code, out_text, err = landscape("info", out, capsys=capsys)
     assert code in (0, None) and "np." not in out_text
+
+
+def text_dataset(path, name):
+    with h5py.File(path, "a") as f:
+        shape = f[name].shape
+        del f[name]
+        f[name] = np.full(shape, "text", dtype=object)
+
+
+def text_attribute(path, group, name):
+    with h5py.File(path, "a") as f:
+        f[group].attrs[name] = "lots"
+
+
+@pytest.fixture(scope="module")
+def connected(made, tiny_config, tmp_path_factory):
+    """A path file (the line and the aligned line of the good run to its copy) and a run with sharpness."""
+    from landscape.commands.connect import ConnectOptions, compute_connection
+    from landscape.training.runner import train
+
+    folder = tmp_path_factory.mktemp("connected")
+    other = shutil.copy(made["run"], folder / "other.h5")
+    shutil.copy(made["weights"], folder / made["weights"].name)  # the name the run file gives
+    path = compute_connection(made["run"], other, ConnectOptions(lr=1e-3, lr_b=1e-3, points=3, images=32,
+                                                                 test_images=32, bn_images=32, align="weights",
+                                                                 device="cpu", threads=1), folder / "path.h5",
+                              progress=False)
+    sharp = train(tiny_config(sharpness_every=4, sharpness_images=32), folder / "sharp.h5", progress=False)
+    return {"path": path, "sharp": sharp}
+
+
+HAND_EDITED = [  # (file, its edit, commands that read it): every one a line naming the file, exit 2
+    ("surface", lambda p: text_dataset(p, "x"), [("export", "{f}", "--out", "{folder}/e.csv")]),
+    ("surface", lambda p: text_dataset(p, "metrics/acc"), [("export", "{f}", "--out", "{folder}/e.csv"),
+                                                           ("plot", "{f}", "--out", "{folder}/fig")]),
+    ("path", lambda p: text_attribute(p, "alignment", "similarity_before"), [("info", "{f}")]),
+    ("path", lambda p: text_attribute(p, "alignment", "moved_units"), [("info", "{f}")]),
+    ("path", lambda p: text_dataset(p, "paths/line/train/loss"), [("plot", "{f}", "--out", "{folder}/fig"),
+                                                                  ("info", "{f}")]),
+    ("sharp", lambda p: text_attribute(p, "sharpness", "warm_start"), [("info", "{f}"),
+                                                                      ("plot", "{f}", "--out", "{folder}/fig")]),
+]
+
+
+@pytest.mark.parametrize("target,edit,commands", HAND_EDITED, ids=[
+    "surface x text", "surface metric text", "path similarity text", "path moved_units text", "path loss text",
+    "run warm_start text"])
+def test_hand_edited_datasets_and_attributes_are_one_line(made, connected, tmp_path, target, edit, commands, capsys):
+    source = {**made, **connected}[target]
+    path = shutil.copy(source, tmp_path / source.name)
+    edit(path)
+    before = checksums(tmp_path)
+    for command in commands:
+        code, _, err = landscape(*(a.format(f=path, folder=tmp_path) for a in command), capsys=capsys)
+        assert "damaged or edited" in one_line_error(code, err), (command, err)
+    assert checksums(tmp_path) == before

@@ -49,6 +49,12 @@ CHECKS = {
 }
 
 
+def is_numeric(array) -> bool:
+    """An array of numbers (or flags), never text or objects: what a dataset of values must hold."""
+    dtype = np.asarray(array).dtype
+    return np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
+
+
 def wrong_kind(values: Mapping, kinds: Mapping[str, str]) -> str | None:
     """The first attribute of `values` that is not of its kind in `kinds`, said in words; None when all are."""
     for name, kind in kinds.items():

@@ -21,13 +21,15 @@ import numpy as np
 
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
-from landscape.files.attributes import FILE_NAME, NUMBER, STRING, WHOLE
+from landscape.files.attributes import FILE_NAME, NUMBER, STRING, WHOLE, check_kinds, is_numeric
 from landscape.files.hdf5 import read_versioned, root_attrs
 
 PATH_FORMAT = "landscape-path"
 PATH_SCHEMA_VERSION = 1
 PATH_NAMES = {"line": "the line from A to B", "aligned_line": "the line from A to B with B's units aligned to A",
               "curve": "the trained curve from A to (aligned) B"}
+ALIGNMENT_KINDS = {"similarity_before": NUMBER, "similarity_after": NUMBER, "moved_units": WHOLE, "groups": WHOLE,
+                   "sweeps": WHOLE}
 ATTRIBUTE_KINDS = {"model": STRING, "source": STRING, "bn": STRING, "end_statistics": STRING, "align": STRING, "curve": STRING,
                    "points": WHOLE, "images": WHOLE, "test_images": WHOLE, "bn_images": WHOLE, "seed": WHOLE,
                    "curve_epochs": WHOLE, "curve_lr": NUMBER, "options": STRING, "seconds": NUMBER,
@@ -107,11 +109,17 @@ def read_path(path: str | Path) -> PathFile:
             raise UsageError(f"{path}: inconsistent path file: it has no /t or /paths; make it again with "
                              f"`landscape connect`")
         t = f["t"][...]
+        damaged = UsageError(f"{path}: inconsistent path file: a dataset holds text, not numbers; the file was "
+                             f"damaged or edited, make it again with `landscape connect`")
+        if not is_numeric(t):
+            raise damaged
         values, barriers = {}, {}
         for name in sorted(f["paths"], key=lambda n: list(PATH_NAMES).index(n) if n in PATH_NAMES else 99):
             splits = f["paths"][name]
             values[name], barriers[name] = {}, {}
             for split, group in splits.items():
+                if not all(isinstance(v, h5py.Dataset) and is_numeric(v[()]) for v in group.values()):
+                    raise damaged
                 values[name][split] = {k: v[...] for k, v in group.items() if not k.startswith("barrier_")}
                 barriers[name][split] = {k.removeprefix("barrier_"): float(v[()]) for k, v in group.items()
                                          if k.startswith("barrier_")}
@@ -119,6 +127,7 @@ def read_path(path: str | Path) -> PathFile:
                     raise UsageError(f"{path}: inconsistent path file: /paths/{name}/{split} does not follow /t; "
                                      f"make it again with `landscape connect`")
         alignment = dict(f["alignment"].attrs) if "alignment" in f else {}
+        check_kinds(alignment, ALIGNMENT_KINDS, path, "make it again with `landscape connect`")
         orders = [f["alignment/orders"][k][...] for k in sorted(f["alignment/orders"], key=int)] \
             if "alignment/orders" in f else []
         bend = {}

@@ -21,7 +21,7 @@ import numpy as np
 from landscape import __version__
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
-from landscape.files.attributes import FILE_NAME, FLAG, NUMBER, NUMBERS, STRING, WHOLE, wrong_kind
+from landscape.files.attributes import FILE_NAME, FLAG, NUMBER, NUMBERS, STRING, WHOLE, check_kinds, wrong_kind
 from landscape.files.hdf5 import open_ours
 from landscape.files.lock import writer_alive
 
@@ -29,6 +29,10 @@ SCHEMA_VERSION = 1
 FORMAT_NAME = "landscape-run"
 STATUSES = ("running", "complete", "failed", "interrupted")
 REDO = "rerun `landscape run` to recreate it"
+# the /sharpness group's attributes that views convert (engine/sharpness.py writes them)
+SHARPNESS_KINDS = {"top_k": WHOLE, "images": WHOLE, "iterations": WHOLE, "cold_iterations": WHOLE, "warm_start": FLAG,
+                   "check_every": WHOLE, "bn": STRING, "seed": WHOLE, "sharpness_method": STRING, "method": STRING,
+                   "forward_passes": WHOLE}
 # the kinds of the root attributes and of the stored config's entries that readers and views convert
 ATTRIBUTE_KINDS = {"status": STRING, "message": STRING, "config": STRING, "model": STRING, "dataset": STRING,
                    "device": STRING, "source": STRING, "model_def": STRING, "engine": STRING,
@@ -407,6 +411,7 @@ def read_run(path: str | Path) -> Run:
             group = f["sharpness"]
             sharpness = {name: group[name][...] for name in SHARPNESS_DATASETS if name in group}
             sharpness["attrs"] = {k: v for k, v in group.attrs.items() if k != "description"}
+            check_kinds(sharpness["attrs"], SHARPNESS_KINDS, path, REDO)
             sharpness["images"] = sharpness["attrs"].get("images", 0)
         criterion = None
         if "criterion" in f:

@@ -19,7 +19,7 @@ import numpy as np
 
 from landscape.errors import UsageError
 from landscape.files.atomic import write_atomically
-from landscape.files.attributes import FILE_NAME, NUMBER, STRING, WHOLE
+from landscape.files.attributes import FILE_NAME, NUMBER, STRING, WHOLE, is_numeric
 from landscape.files.hdf5 import read_versioned, root_attrs
 from landscape.files.lock import current_status
 
@@ -158,7 +158,11 @@ def check_consistent(surface: Surface) -> None:
     """Raise UsageError if a surface file's parts disagree (hand-edited or written by something else)."""
     shape = (len(surface.x),) if surface.y is None else (len(surface.y), len(surface.x))
     problem = None
-    if surface.x.ndim != 1 or len(surface.x) == 0 or (surface.y is not None and (surface.y.ndim != 1 or not len(surface.y))):
+    arrays = [surface.x, surface.loss, *surface.metrics.values(), *(surface.trajectory or {}).values()] + \
+        [a for a in (surface.y, surface.explained_variance) if a is not None]
+    if not all(is_numeric(a) for a in arrays):
+        problem = "a dataset of coordinates or values holds text, not numbers"
+    elif surface.x.ndim != 1 or len(surface.x) == 0 or (surface.y is not None and (surface.y.ndim != 1 or not len(surface.y))):
         problem = "/x or /y is not a non-empty list of coordinates"
     elif not (np.isfinite(surface.x).all() and (surface.y is None or np.isfinite(surface.y).all())):
         problem = "its coordinates are not finite"
