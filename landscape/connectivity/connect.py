@@ -35,6 +35,7 @@ from landscape.errors import UsageError
 from landscape.options import choose, positive
 
 ALIGNMENTS = ("none", "weights")
+MAX_POINTS = 10_001
 BN_CHOICES = ("auto", "recompute", "eval", "train")
 
 
@@ -134,7 +135,7 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
     trained on, unless `bn_data`); `test_data`: a second split. `bend`: a trained bend to evaluate instead of
     training one. Returns a `Connection`; `.save(path)` writes a path file."""
     from landscape.engine.devices import resolve_device
-    from landscape.progress import bar
+    from landscape.progress import Progress
 
     check_module(model_a, "model_a")
     choose("align", align, ALIGNMENTS)
@@ -143,6 +144,9 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
     positive("points", points)
     if points < 2:
         raise UsageError(f"points {points}: a path needs at least 2 points (its two ends)")
+    if points > MAX_POINTS:
+        raise UsageError(f"points {points:,}: a path of more than {MAX_POINTS:,} points (t finer than 1e-4) measures "
+                         f"nothing more and could take days; give at most {MAX_POINTS:,}")
     positive("bn_images", bn_images)
     positive("curve_epochs", curve_epochs)
     if not curve_lr > 0 or not np.isfinite(curve_lr):
@@ -180,13 +184,17 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
         aligned_buffers = {n: aligned[n] for n in buffers_b}
         check_same_function(evaluator.module, {**params_b, **buffers_b}, aligned, example[:64])
     paths = ["line"] + (["aligned_line"] if align == "weights" else []) + (["curve"] if curve != "line" else [])
-    shown = bar(points * len(paths), "connect", "point", progress)
+    shown = Progress(points * len(paths), "connect", "point", progress)  # the first point says the time for all
+
+    def step() -> None:
+        shown.update(shown.done + 1)
+
     end_b = (aligned_params, aligned_buffers) if align == "weights" else (params_b, buffers_b)
     values = {"line": evaluate_path(evaluator, t, lambda x: (on_line(params_a, params_b, x),
-                                                             on_line(buffers_a, buffers_b, x)), shown.update)}
+                                                             on_line(buffers_a, buffers_b, x)), step)}
     if align == "weights":
         values["aligned_line"] = evaluate_path(evaluator, t, lambda x: (on_line(params_a, end_b[0], x),
-                                                                        on_line(buffers_a, end_b[1], x)), shown.update)
+                                                                        on_line(buffers_a, end_b[1], x)), step)
     curve_losses: list[float] = []
     if curve != "line":
         if bend is None:
@@ -197,7 +205,7 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
         else:
             bend = {n: torch.as_tensor(np.asarray(bend[n])).to(device, params_a[n].dtype) for n in params_a}
         values["curve"] = evaluate_path(evaluator, t, lambda x: (on_curve(curve, params_a, end_b[0], bend, x),
-                                                                 on_line(buffers_a, end_b[1], x)), shown.update)
+                                                                 on_line(buffers_a, end_b[1], x)), step)
     shown.close()
     attrs = {"source": "python", "model": type(model_a).__name__, "bn": bn, "end_statistics": END_STATISTICS[bn]
              if has_bn else "none", "align": align, "curve": curve,

@@ -503,6 +503,10 @@ class HessianTask:
         size = sum(p.numel() for n, p in self.params.items() if self.wrt is None or n in self.wrt)
         device = next(iter(self.params.values())).device
         basis_capacity(self.options.top_k, self.options.max_steps, size, device, self.options.basis_vectors or None)
+        if self.options.density and self.options.density_steps > size:
+            raise UsageError(f"density_steps {self.options.density_steps:,}: Lanczos takes at most as many steps as "
+                             f"the {size:,} parameters measured; give at most {size:,} (the default 80 is plenty for "
+                             f"a density)")
         if self.options.trace and self.options.trace_method == "hutch++":
             check_basis_fits(2 * (self.options.trace_samples // 3), size, device, "trace_samples")
         first = next(iter(self.batches))
