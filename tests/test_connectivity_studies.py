@@ -154,6 +154,8 @@ def test_the_aligned_barrier_of_each_pair_of_seeds_is_connect_with_weight_matchi
         for middle, split in (("", "train"), ("_test", "test")):
             assert table.values[f"{prefix}{middle}_loss"][rows[0]] == pytest.approx(
                 found.barriers[name][split]["loss"], rel=1e-6, abs=1e-9)
+    assert table.values["barrier_reduction_loss"][rows[0]] == pytest.approx(
+        found.barriers["line"]["train"]["loss"] - found.barriers["aligned_line"]["train"]["loss"], rel=1e-6, abs=1e-9)
     assert table.values["barrier_reduction_test_loss"][rows[0]] == pytest.approx(
         found.barriers["line"]["test"]["loss"] - found.barriers["aligned_line"]["test"]["loss"], rel=1e-6, abs=1e-9)
     assert np.isnan(table.values["aligned_barrier_test_loss"][rows[1]])  # a pair counts once, in its first row

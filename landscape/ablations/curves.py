@@ -52,8 +52,11 @@ def pair_path(folder: Path, row: str) -> Path:
     return Path(folder) / "pairs" / (re.sub(r"[^A-Za-z0-9.]+", "-", row).strip("-").lower() + ".h5")
 
 
-def path_series(spec: Spec, table: MeasuresTable, folder: Path, split: str = "test") -> dict[str, dict[str, list]]:
-    """path name (line, aligned_line) -> axis value -> the loss along t of each pair measured there."""
+def path_series(spec: Spec, table: MeasuresTable, folder: Path, split: str | None = None) -> dict[str, dict[str, list]]:
+    """path name (line, aligned_line) -> axis value -> the loss along t of each pair measured there, on `split`
+    (by default the split of the study's first curve: test for a `..._test_...` column, else train)."""
+    if split is None:
+        split = path_split(spec)
     from landscape.errors import UsageError
     from landscape.files.path_file import read_path
 
@@ -73,6 +76,12 @@ def path_series(spec: Spec, table: MeasuresTable, folder: Path, split: str = "te
             if loss is not None:
                 series.setdefault(name, {}).setdefault(value, []).append((held.t, np.asarray(loss)))
     return series
+
+
+def path_split(spec: Spec) -> str:
+    """The split whose loss the paths are drawn on: the one of the study's first curve."""
+    curves = spec.study.curves if spec.study is not None else ()
+    return "test" if curves and "_test_" in curves[0] else "train"
 
 
 def curves_figure(spec: Spec, curves: dict[str, list[Point]], series: dict, out: Path) -> Path | None:
@@ -112,7 +121,7 @@ def curves_figure(spec: Spec, curves: dict[str, list[Point]], series: dict, out:
             ax.plot(t, np.mean([loss for _, loss in pairs], axis=0), color=f"C{index % 10}",
                     label=f"{axis}={value} (n={len(pairs)})")
         ax.set_xlabel("t (0: first model, 1: second)")
-        ax.set_ylabel("test loss, mean over pairs")
+        ax.set_ylabel(f"{path_split(spec)} loss, mean over pairs")
         ax.set_title({"line": "straight line", "aligned_line": "after weight matching"}.get(name, name), fontsize=9)
         ax.legend(fontsize=7)
     for ax in flat[panels:]:

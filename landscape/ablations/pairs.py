@@ -9,8 +9,8 @@ the measures table (the second model's row stays empty, so a pair counts once); 
 `pairs/<row>.h5` beside the table, a path file `landscape plot` and `info` read.
 
 Columns: `barrier_<metric>` (training images) and `barrier_test_<metric>` (test images) for the loss and the
-accuracy drop on the line; `aligned_barrier_...` after matching; `barrier_reduction_test_loss` = the line's
-test-loss barrier minus the aligned one.
+accuracy drop on the line; `aligned_barrier_...` after matching; `barrier_reduction_loss` and
+`barrier_reduction_test_loss` = the line's loss barrier minus the aligned one.
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def pair_values(connection) -> dict[str, float]:
         for split, middle in (("train", ""), ("test", "_test")):
             for metric, value in connection.barriers.get(path, {}).get(split, {}).items():
                 out[f"{prefix}{middle}_{metric}"] = float(value)
-    if "aligned_barrier_test_loss" in out and "barrier_test_loss" in out:
-        out["barrier_reduction_test_loss"] = out["barrier_test_loss"] - out["aligned_barrier_test_loss"]
+    for middle in ("", "_test"):
+        if f"aligned_barrier{middle}_loss" in out:
+            out[f"barrier_reduction{middle}_loss"] = out[f"barrier{middle}_loss"] - out[f"aligned_barrier{middle}_loss"]
     return out
 
 

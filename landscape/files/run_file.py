@@ -30,7 +30,7 @@ FORMAT_NAME = "landscape-run"
 STATUSES = ("running", "complete", "failed", "interrupted")
 REDO = "rerun `landscape run` to recreate it"
 # the /sharpness group's attributes that views convert (engine/sharpness.py writes them)
-SHARPNESS_KINDS = {"top_k": WHOLE, "images": WHOLE, "iterations": WHOLE, "cold_iterations": WHOLE, "warm_start": FLAG,
+SHARPNESS_KINDS = {"top_k": WHOLE, "iterations": WHOLE, "cold_iterations": WHOLE, "warm_start": FLAG,
                    "check_every": WHOLE, "bn": STRING, "seed": WHOLE, "sharpness_method": STRING, "method": STRING,
                    "forward_passes": WHOLE}
 # the kinds of the root attributes and of the stored config's entries that readers and views convert

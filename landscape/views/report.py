@@ -468,7 +468,7 @@ def study_curves(page: Page, spec, table, folder: Path) -> None:
     paths, one line per axis value: the figures a reader looks at before the claims."""
     import plotly.graph_objects as go
 
-    from landscape.ablations.curves import axis_curves, path_series
+    from landscape.ablations.curves import axis_curves, path_series, path_split
     from landscape.ablations.finding import criterion_met
 
     curves = axis_curves(spec, table, criterion_met(table))
@@ -485,9 +485,10 @@ def study_curves(page: Page, spec, table, folder: Path) -> None:
     for name, by_value in path_series(spec, table, folder).items():
         fig = go.Figure([go.Scatter(x=pairs[0][0], y=np.mean([loss for _, loss in pairs], axis=0), mode="lines",
                                     name=f"{axis}={value} (n={len(pairs)})") for value, pairs in by_value.items()])
-        fig.update_layout(title=f"test loss along the {'line after weight matching' if name == 'aligned_line' else name}"
-                                f", mean over pairs", xaxis_title="t (0: first model, 1: second)",
-                          yaxis_title="test loss")
+        split = path_split(spec)
+        fig.update_layout(title=f"{split} loss along the "
+                                f"{'line after weight matching' if name == 'aligned_line' else name}, mean over pairs",
+                          xaxis_title="t (0: first model, 1: second)", yaxis_title=f"{split} loss")
         page.figure(fig)
 
 
