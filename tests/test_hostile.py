@@ -205,6 +205,10 @@ def test_a_file_size_limit_while_writing_is_one_line_and_keeps_what_was_there(fi
       "cpu"), "the centre itself"),
     (("run", "--width", "1e6", "--dataset", "synthetic", "--device", "cpu", "--out", "{folder}/w.h5"),
      "too large"),
+    (("connect", "{run}", "{run}", "--lr", "1e-3", "--points", "1000000", "--images", "32", "--device", "cpu",
+      "--out", "{folder}/p.h5"), "give at most 10,001"),
+    (("hessian", "{run}", "--lr", "1e-3", "--density", "--density-steps", "100000000", "--images", "32", "--device",
+      "cpu", "--out", "{folder}/new.h5"), "Lanczos takes at most as many steps as the"),
 ])
 def test_impossible_or_meaningless_requests_are_refused_before_any_work(files, args, expected, capsys):
     before = checksums(files["folder"])
