@@ -41,3 +41,13 @@ def model_of_run(run, images: int, test_images: int, device: torch.device, data_
     tests = image_set.batches(image_set.split("test", min(test_images, len(image_set.dataset.test)),
                                               "--test-images"), image_set.batch_size)
     return ModelOfRun(skeleton(model), params, buffers, init, rate, batches, tests)
+
+
+def cached_model(run, images: int, test_images: int, device: torch.device, data_root: str | None,
+                 cache: dict | None) -> ModelOfRun:
+    """`model_of_run`, read once per run file within one `cache` (the models and their pairs share them)."""
+    if cache is None:
+        return model_of_run(run, images, test_images, device, data_root)
+    if run.path not in cache:
+        cache[run.path] = model_of_run(run, images, test_images, device, data_root)
+    return cache[run.path]

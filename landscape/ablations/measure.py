@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.ablations.final_model import model_of_run
+from landscape.ablations.final_model import cached_model
 from landscape.ablations.curves import pair_path
 from landscape.ablations.pairs import PAIR_GROUPS, pair_tasks, pair_values
 from landscape.ablations.results import collect, metric_value
@@ -56,15 +56,17 @@ def measures_path(spec: Spec, preset: str, root: Path) -> Path:
 
 
 def cell_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, images: int, test_images: int,
-               device: torch.device, on_ray: bool, data_root: str | None = None) -> list[tuple[str, dict, MeasureTask]]:
-    """(cell name, what describes it, its task) for every complete run file of the spec's cells."""
+               device: torch.device, on_ray: bool, data_root: str | None = None,
+               cache: dict | None = None) -> list[tuple[str, dict, MeasureTask]]:
+    """(cell name, what describes it, its task) for every complete run file of the spec's cells (models read into
+    `cache`, which the pairs reuse)."""
     out = []
     for row in collect(spec, preset, root):
         for run in row.runs:
             seed = int(run.config.get("seed", 0))
             name = f"{row.cell.label} seed{seed}"
             try:
-                found = model_of_run(run, images, test_images, device, data_root)
+                found = cached_model(run, images, test_images, device, data_root, cache)
             except UsageError as exc:
                 raise UsageError(f"cell {row.cell.label} (seed {seed}): {exc}") from None
             rate = found.rate
@@ -88,8 +90,9 @@ def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *
     options.validate()
     device = device or torch.device("cpu")
     on_ray = executor is not None and type(executor).__name__ != "InProcess"
-    tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root)
-    pairs = pair_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root) \
+    models: dict = {}  # every run file read once
+    tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root, models)
+    pairs = pair_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root, models) \
         if set(options.measures) & set(PAIR_GROUPS) else []
     if not tasks:
         raise UsageError(f"{spec.name}: no finished cell under {Path(root) / spec.name / preset}; run `landscape "
@@ -131,14 +134,14 @@ def measure_cells(spec: Spec, preset: str, path: Path, tasks: list, options: Mea
 
     def paired(index: int, connection) -> None:
         pair = pairs[index]
-        row = names.index(pair.row)
-        for name, value in pair_values(connection).items():
+        row, values = names.index(pair.row), pair_values(connection)
+        for name, value in values.items():
             table.column(table.values, name)[row] = value
         write_measures(table)
         pair_path(path.parent, pair.row).parent.mkdir(exist_ok=True)
         connection.save(pair_path(path.parent, pair.row))
         report(f"measured the barrier between {pair.row} and {pair.other}: "
-               f"{pair_values(connection)[pair.column]:.4g} ({pair.column})")
+               f"{values[pair.column]:.4g} ({pair.column})")
 
     if todo or pairs:
         with executor or InProcess() as runner:

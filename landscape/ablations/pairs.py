@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from landscape.ablations.final_model import model_of_run
+from landscape.ablations.final_model import cached_model
 from landscape.ablations.results import collect
 from landscape.ablations.spec import Spec
 from landscape.engine.batches import BatchSet
@@ -80,8 +80,10 @@ def pair_values(connection) -> dict[str, float]:
 
 
 def pair_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, images: int, test_images: int,
-               device: torch.device, on_ray: bool, data_root: str | None = None) -> list[Pair]:
-    """Every pair of the spec's finished models (see the module docstring)."""
+               device: torch.device, on_ray: bool, data_root: str | None = None,
+               cache: dict | None = None) -> list[Pair]:
+    """Every pair of the spec's finished models (see the module docstring); models already in `cache` are not read
+    again."""
     from landscape.files.run_file import read_run
 
     align = "weights" if "barrier_aligned" in options.measures else "none"
@@ -98,8 +100,8 @@ def pair_tasks(spec: Spec, preset: str, root: Path, options: MeasureOptions, ima
         for run_a, run_b in couples:
             seeds = [int(run.config.get("seed", 0)) for run in (run_a, run_b)]
             try:
-                a = model_of_run(run_a, images, test_images, device, data_root)
-                b = model_of_run(run_b, images, test_images, device, data_root)
+                a = cached_model(run_a, images, test_images, device, data_root, cache)
+                b = cached_model(run_b, images, test_images, device, data_root, cache)
             except UsageError as exc:
                 raise UsageError(f"cell {row.cell.label} (seeds {seeds[0]}, {seeds[1]}): {exc}") from None
             other = f"{run_b.path.name}" if spec.branching else f"{row.cell.label} seed{seeds[1]}"
