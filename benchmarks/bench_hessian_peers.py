@@ -6,9 +6,14 @@
 2. peers: top-3 eigenvalues of the last snapshot (eval-mode BatchNorm, the same batches, as PyHessian and
    hessian-eigenthings differentiate a model in eval mode) with each library's defaults, and again with the
    products `landscape` used: products, seconds, worst relative error against eigsh.
-3. trace: an MLP small enough for its explicit Hessian: the relative RMSE over 10 seeds of each library's trace at
-   99 products (Hutch++ here and in hessian-eigenthings, Hutchinson in PyHessian).
-4. memory (--memory): peak resident memory of one whole-model top-3 on the CIFAR ResNet-18 (11M parameters) in a
+3. curvlinops 3.0 (`curvlinops-for-pytorch`; operators exported to scipy): top-1 and top-3 of the Hessian and of the
+   Gauss-Newton matrix of the last snapshot, eigsh at tol 1e-3 on curvlinops' operator against `landscape` at tol
+   1e-3 (its confirmed stopping rule; the GGN in closed form), both held to eigsh at 1e-8 on our operator:
+   products (counted), seconds, worst relative error, and the time ratio.
+4. trace: an MLP small enough for its explicit Hessian: the relative RMSE over 10 seeds of each library's trace at
+   30 and 96 products (Hutch++ and XTrace here and in curvlinops, Hutch++ in hessian-eigenthings, Hutchinson in
+   PyHessian; ours also after a top-1 Lanczos, deflated by its basis, products counted in all).
+5. memory (--memory): peak resident memory of one whole-model top-3 on the CIFAR ResNet-18 (11M parameters) in a
    fresh process per library: `landscape` with its default basis, with --basis-vectors 20 (restarted), PyHessian,
    hessian-eigenthings; and `landscape`'s values against eigsh.
 
@@ -35,7 +40,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.engine.curvature import hutchpp_trace, top_eigenvalues  # noqa: E402
+from landscape.engine.curvature import top_eigenvalues  # noqa: E402
+from landscape.engine.operators import GaussNewtonOperator  # noqa: E402
+from landscape.engine.trace import deflated_trace, hutchpp_trace, xtrace_trace  # noqa: E402
 from landscape.engine.functional import module_buffers, prepared_module, state_of  # noqa: E402
 from landscape.engine.operators import HessianOperator  # noqa: E402
 from landscape.training.config import RunConfig  # noqa: E402
@@ -45,10 +52,53 @@ from landscape.training.models import build_model  # noqa: E402
 TRUTH_TOL = 1e-8
 
 
-def our_operator(model: nn.Module, batches, bn: str = "eval") -> HessianOperator:
+def our_operator(model: nn.Module, batches, bn: str = "eval", kind: str = "hessian") -> HessianOperator:
     module = prepared_module(model, bn)
     params, buffers = state_of(model)
-    return HessianOperator(module, params, module_buffers(module, buffers), batches)
+    operator = GaussNewtonOperator if kind == "ggn" else HessianOperator
+    return operator(module, params, module_buffers(module, buffers), batches)
+
+
+def curvlinops_top(model: nn.Module, batches, k: int, kind: str, tol: float = 1e-3) -> tuple[np.ndarray, int, float]:
+    """eigsh at `tol` on curvlinops' Hessian or GGN operator (model in eval mode); (top k, products, seconds)."""
+    from curvlinops import GGNLinearOperator, HessianLinearOperator
+    from scipy.sparse.linalg import eigsh
+
+    model = model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = GGNLinearOperator if kind == "ggn" else HessianLinearOperator
+    operator = cls(model, nn.CrossEntropyLoss(), params, batches, check_deterministic=False)
+    linear = operator.to_scipy()
+    counted = [0]
+
+    def matvec(v):
+        counted[0] += 1
+        return linear.matvec(v)
+
+    from scipy.sparse.linalg import LinearOperator
+
+    start = time.perf_counter()
+    values = eigsh(LinearOperator(linear.shape, matvec=matvec, dtype=linear.dtype), k=k, which="LA", tol=tol,
+                   return_eigenvectors=False)
+    return np.sort(values)[::-1], counted[0], time.perf_counter() - start
+
+
+def curvlinops_table(model: nn.Module, batches) -> None:
+    print("\n3. curvlinops 3.0 + eigsh (tol 1e-3) against landscape (tol 1e-3), both against eigsh at 1e-8")
+    print("| matrix | curvlinops products | seconds | worst error | landscape products | seconds | worst error "
+          "| time ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for kind in ("hessian", "ggn"):
+        truth, _ = eigsh_top(our_operator(model, batches, kind=kind), 3)
+        for k in (1, 3):
+            try:
+                theirs = curvlinops_top(model, batches, k, kind)
+            except ImportError:
+                print("curvlinops is not installed: pip install -e '.[bench]'")
+                return
+            mine = ours(our_operator(model, batches, kind=kind), k)
+            print(f"| {kind} top-{k} | {theirs[1]} | {theirs[2]:.1f} | {worst_error(theirs[0], truth[:k]):.1e} | "
+                  f"{mine[1]} | {mine[2]:.1f} | {worst_error(mine[0], truth[:k]):.1e} | {mine[2] / theirs[2]:.2f}x |")
 
 
 def eigsh_top(operator: HessianOperator, k: int) -> tuple[np.ndarray, int]:
@@ -129,7 +179,7 @@ def trained_snapshots(args, device) -> tuple[list[nn.Module], list]:
     return models, list(images.batches(images.split("train", args.images), 128))
 
 
-def accuracy_and_peers(args, device, peers: bool = True) -> None:
+def accuracy_and_peers(args, device, peers: bool = True, curvlinops: bool = True) -> None:
     models, batches = trained_snapshots(args, device)
     print(f"1. landscape's default top-5 (tol 1e-3) against eigsh at {TRUTH_TOL:g}; VGG-A BN width {args.width}, "
           f"{args.images} images, eval-mode BatchNorm")
@@ -143,6 +193,8 @@ def accuracy_and_peers(args, device, peers: bool = True) -> None:
         errors = np.abs(values - truth) / np.abs(truth)
         print(f"{epoch:>6}  {products:>8}  {truth_products:>14}  {gap:>16.2e}  "
               + "  ".join(f"{e:>10.1e}" for e in errors))
+    if curvlinops:
+        curvlinops_table(models[-1], batches)
     if not peers:
         return
     model = models[-1]
@@ -166,41 +218,77 @@ def accuracy_and_peers(args, device, peers: bool = True) -> None:
         print(f"{name:>36}  {used:>8}  {seconds:>8.2f}  {worst_error(values, truth):>11.1e}")
 
 
-def trace_table(products: int = 99, seeds: int = 10) -> None:
+def trace_table(seeds: int = 10, data_root: str | None = None) -> None:
+    """Relative RMSE of each library's trace estimate of the explicit Hessian of bench_trace.py's MLP."""
+    from bench_trace import Matrix, explicit_hessian, images
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 24), nn.Tanh(), nn.Linear(24, 4)).double()
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(256, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (256,), generator=g)
-    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
-    operator = our_operator(model, batches)
-    exact = float(sum(operator(e)[i] for i, e in enumerate(torch.eye(operator.size, dtype=torch.float64))))
-    estimates: dict[str, list[float]] = {"landscape (Hutch++)": []}
-    for seed in range(seeds):
-        estimates["landscape (Hutch++)"].append(hutchpp_trace(operator, products, seed)[0])
-    try:
-        import hessian_eigenthings as he
-
-        estimates["hessian-eigenthings (Hutch++)"] = [
-            float(he.trace(eigenthings_operator(model, batches), num_matvecs=products, seed=seed).estimate)
-            for seed in range(seeds)]
-    except ImportError:
-        print("hessian-eigenthings is not installed: its row is missing")
-    try:
-        from pyhessian import hessian as PyHessian
-
-        rows = []
+    x, y = images(data_root)
+    model = nn.Sequential(nn.Linear(48, 40), nn.Tanh(), nn.Linear(40, 10)).double()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    hessian = explicit_hessian(model, x, y)
+    exact, matrix = float(np.trace(hessian)), torch.as_tensor(hessian)
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(y), 128)]
+    print(f"\n4. trace of a trained MLP's explicit Hessian ({hessian.shape[0]:,} parameters, exact {exact:.6g}): "
+          f"relative RMSE over {seeds} seeds")
+    print("| estimator | products | relative RMSE |")
+    print("| --- | --- | --- |")
+    for products in (30, 96):  # curvlinops' XTrace takes an even number, its Hutch++ a multiple of 3
+        rows: dict[str, list[float]] = {"landscape Hutch++": [], "landscape XTrace": []}
         for seed in range(seeds):
-            torch.manual_seed(seed)
-            rows.append(float(np.mean(PyHessian(model, F.cross_entropy, dataloader=batches, cuda=False).trace(
-                maxIter=products, tol=0.0))))
-        estimates["PyHessian (Hutchinson)"] = rows
-    except ImportError:
-        print("PyHessian is not installed: its row is missing")
-    print(f"\n3. trace at {products} products, MLP of {operator.size} parameters (exact trace {exact:.6g}), "
-          f"{seeds} seeds")
-    for name, values in estimates.items():
-        rmse = float(np.sqrt(np.mean((np.asarray(values) - exact) ** 2)) / abs(exact))
-        print(f"{name:>32}  relative RMSE {rmse:.2e}")
+            rows["landscape Hutch++"].append(hutchpp_trace(Matrix(hessian), products, seed)[0])
+            rows["landscape XTrace"].append(xtrace_trace(Matrix(hessian), products, seed)[0])
+        try:
+            import curvlinops
+
+            for name, estimator in (("curvlinops Hutch++", curvlinops.hutchpp_trace),
+                                    ("curvlinops XTrace", curvlinops.xtrace)):
+                rows[name] = []
+                for seed in range(seeds):
+                    torch.manual_seed(seed)
+                    rows[name].append(float(estimator(matrix, products)))
+        except ImportError:
+            print("curvlinops is not installed: its rows are missing")
+        try:
+            import hessian_eigenthings as he
+
+            rows["hessian-eigenthings Hutch++"] = [
+                float(he.trace(eigenthings_operator(model, batches), num_matvecs=products, seed=seed).estimate)
+                for seed in range(seeds)]
+        except ImportError:
+            print("hessian-eigenthings is not installed: its row is missing")
+        try:
+            from pyhessian import hessian as PyHessian
+
+            pyhessian = []
+            for seed in range(seeds):
+                torch.manual_seed(seed)
+                pyhessian.append(float(np.mean(PyHessian(model, F.cross_entropy, dataloader=batches, cuda=False).trace(
+                    maxIter=products, tol=0.0))))
+            rows["PyHessian Hutchinson"] = pyhessian
+        except ImportError:
+            print("PyHessian is not installed: its row is missing")
+        for name, values in rows.items():
+            print(f"| {name} | {products} | {relative_rmse(values, exact):.4f} |")
+        deflated, counts = [], []
+        for seed in range(seeds):
+            operator = Matrix(hessian)
+            eigen = top_eigenvalues(operator, 1, seed=seed, keep_basis=True)
+            lanczos_products = operator.products
+            deflated.append(deflated_trace(operator, eigen.krylov, eigen.krylov_trace,
+                                           products - lanczos_products if products > lanczos_products else 1,
+                                           seed)[0])
+            counts.append(operator.products)
+        print(f"| landscape top-1 Lanczos, then Krylov-deflated (in all) | {np.mean(counts):.0f} | "
+              f"{relative_rmse(deflated, exact):.4f} |")
+
+
+def relative_rmse(values: list[float], exact: float) -> float:
+    return float(np.sqrt(np.mean((np.asarray(values) - exact) ** 2)) / abs(exact))
 
 
 def memory_child(library: str, images: int, data_root: str, basis: int) -> None:
@@ -254,7 +342,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="only the ResNet-18 memory table")
-    parser.add_argument("--skip", default="", help="comma list of parts to leave out: peers,trace")
+    parser.add_argument("--skip", default="", help="comma list of parts to leave out: peers,curvlinops,trace")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--basis", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,9 +354,9 @@ def main() -> None:
         memory_table(args)
         return
     skip = set(filter(None, args.skip.split(",")))
-    accuracy_and_peers(args, torch.device(args.device), "peers" not in skip)
+    accuracy_and_peers(args, torch.device(args.device), "peers" not in skip, "curvlinops" not in skip)
     if "trace" not in skip:
-        trace_table()
+        trace_table(data_root=args.data_root)
 
 
 if __name__ == "__main__":

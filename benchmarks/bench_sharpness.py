@@ -32,7 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape.engine.batches import BatchSet  # noqa: E402
-from landscape.engine.curvature import HessianOperator, top_eigenvalues  # noqa: E402
+from landscape.engine.curvature import top_eigenvalues  # noqa: E402
+from landscape.engine.operators import HessianOperator  # noqa: E402
 from landscape.engine.functional import module_buffers, prepared_module, state_of  # noqa: E402
 from landscape.engine.sharpness import SharpnessTracker  # noqa: E402
 from landscape.training.config import RunConfig  # noqa: E402

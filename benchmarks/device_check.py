@@ -358,13 +358,13 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
     size = (["--width", "1", "--train-subset", "50000", "--repeats", "1"] if full else
             ["--width", "0.0625", "--train-subset", "256", "--repeats", "1", "--lrs", "1e-3,5e-4"])
     plan = [
-        ("speed: course baseline, loop, fused (bf16 autocast on CUDA)", 100,
+        ("speed: course baseline, loop, fused (bf16 autocast on CUDA)", 90,
          [python, "benchmarks/bench_speed.py", "--device", device, "--data-root", str(big_root), *size]),
         ("probes: 8 multipliers every 10 steps, batched", 30 if full else 60,
          [python, "benchmarks/bench_probe.py", "--device", device, "--data-root", str(data_root), "--probe-batch",
           *(["--width", "1", "--train-subset", "5085", "--repeats", "1"] if full else
             ["--width", "0.0625", "--train-subset", "256", "--repeats", "1"])]),
-        ("surface: full width, 10,000 images, 11x11 (51x51 projected)", 50 if full else 60,
+        ("surface: full width, 10,000 images, 11x11 (51x51 projected)", 45 if full else 60,
          [python, "benchmarks/bench_surface.py", "--device", device, "--data-root", str(data_root),
           *(["--width", "1", "--grid=-1:1:11", "--images", "10000", "--precision", "bf16", "--skip-reference"]
             if full else ["--width", "0.0625", "--grid=-1:1:3", "--images", "128"])]),
@@ -378,19 +378,23 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
           *(["--width", "1", "--images", "4096", "--sharpness-subset", "5085"] if full else
             ["--width", "0.0625", "--images", "64", "--sharpness-subset", "128", "--sharpness-every", "4",
              "--sharpness-images", "32"])]),
-        ("api: torchvision resnet18 surface vs loss-landscapes and the reference; Recorder overhead", 45 if full else 90,
+        ("api: torchvision resnet18 surface vs loss-landscapes and the reference; Recorder overhead", 40 if full else 90,
          [python, "benchmarks/bench_api.py", "--device", device, "--data-root", str(data_root),
           *(["--images", "1000", "--steps", "11", "--loop-images", "5085"] if full else
             ["--images", "32", "--steps", "2", "--loop-images", "128", "--repeats", "1", "--model", "tiny"])]),
-        ("ray surface: 1 worker of a GPU against 4 of 0.25 (11x11, full width)", 50 if full else 90,
+        ("ray surface: 1 worker of a GPU against 4 of 0.25 (11x11, full width)", 40 if full else 90,
          [python, "benchmarks/bench_ray_surface.py", "--device", device, "--data-root", str(data_root),
           *(["--width", "1", "--grid=-1:1:11", "--images", "10000", "--workers", "4", "--gpus-per-worker", "0.25",
              "--single-gpu-workers", "1"] if full else ["--width", "0.0625", "--grid=-1:1:3", "--images", "128",
                                                        "--workers", "2"])]),
         ("hessian: default top-5 against eigsh at 1e-8 (stopping rule)", 30 if full else 90,
          [python, "benchmarks/bench_hessian_peers.py", "--device", device, "--data-root", str(data_root),
-          "--skip", "peers,trace", *(["--width", "1", "--images", "2048", "--epochs", "1"] if full else
+          "--skip", "peers,curvlinops,trace", *(["--width", "1", "--images", "2048", "--epochs", "1"] if full else
                                     ["--width", "0.0625", "--images", "64", "--epochs", "1"])]),
+        ("curvature products: GGN closed form, batched Hessian products", 20 if full else 90,
+         [python, "benchmarks/bench_curvature_products.py", "--device", device,
+          *(["--width", "1", "--images", "1024", "--batch-size", "256", "--block", "8"] if full else
+            ["--width", "0.0625", "--images", "32", "--batch-size", "16", "--block", "2", "--repeats", "1"])]),
         ("critical sharpness: cost of tracking every 10 steps", 30 if full else 90,
          [python, "benchmarks/bench_critical.py", "--data-root", str(data_root), "--skip", "agreement",
           "--device", device, *(["--width", "1", "--epochs", "1", "--images", "128,512", "--repeats", "1"] if full

@@ -31,13 +31,13 @@ def operator_matrix(operator) -> np.ndarray:
     return torch.stack([operator(e) for e in eye], dim=1).numpy()
 
 
-def make(name, net, batches, bn="eval", loss=None):
+def make(name, net, batches, bn="eval", loss=None, ggn_method="auto"):
     from landscape.engine.batches import Objective
 
     module = prepared_module(net, bn)
     params = {n: p.detach() for n, p in net.named_parameters()}
     return curvature_operator(name, module, params, module_buffers(module, dict(net.named_buffers())), batches,
-                              Objective(loss=loss))
+                              Objective(loss=loss), ggn_method=ggn_method)
 
 
 def explicit_ggn_and_fisher(net, batches) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +71,9 @@ def explicit_ggn_and_fisher(net, batches) -> tuple[np.ndarray, np.ndarray]:
 def test_ggn_and_fisher_equal_their_explicit_matrices_on_an_mlp():
     net, batches = mlp(), classification_data()
     ggn, fisher = explicit_ggn_and_fisher(net, batches)
-    assert np.allclose(operator_matrix(make("ggn", net, batches)), ggn, atol=1e-10)
+    assert make("ggn", net, batches).closed_form  # the default for cross-entropy: softmax's Hessian written out
+    for method in ("closed-form", "autograd"):
+        assert np.allclose(operator_matrix(make("ggn", net, batches, ggn_method=method)), ggn, atol=1e-10), method
     assert np.allclose(operator_matrix(make("fisher", net, batches)), fisher, atol=1e-10)
     assert np.linalg.eigvalsh(ggn).min() > -1e-10  # positive semi-definite, as it must be
     for name, explicit in (("ggn", ggn), ("fisher", fisher)):
@@ -143,7 +145,7 @@ def test_the_api_takes_an_operator_and_names_it_in_the_file(tmp_path):
     ({"operator": "fisher", "bn": "eval", "loss": lambda o, t: F.cross_entropy(o, t, reduction="sum")},
      "mean of per-sample"),
     ({"operator": "ggn", "closure": lambda m, b: F.cross_entropy(m(b[0]), b[1])}, "closure"),
-    ({"trace": True, "trace_samples": 2}, "at least 3"),
+    ({"trace": True, "trace_samples": 2, "trace_method": "hutch++"}, "at least 3"),
     ({"basis_vectors": 3, "top_k": 2}, "basis_vectors"),
 ])
 def test_bad_operator_options_are_one_line_errors(kwargs, message):
@@ -165,3 +167,18 @@ def test_the_command_line_names_its_own_option_for_the_fisher_with_batchnorm(tmp
                        capsys=capsys)
     assert code == 2 and "--bn eval" in err and "bn='eval'" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_closed_form_ggn_equals_autograds_with_batchnorm_on_batch_statistics():
+    """On a CNN with BatchNorm normalising by each batch's statistics (the samples coupled), forward-mode J v with
+    softmax's closed-form Hessian against the double-vector-Jacobian trick with autograd's output Hessian."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 5)).double()
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (6,), generator=g))]
+    closed, generic = (make("ggn", net, batches, bn="train", ggn_method=m) for m in ("closed-form", "autograd"))
+    vectors = torch.randn(3, closed.size, generator=g, dtype=torch.float64)
+    for v in vectors:
+        assert torch.allclose(closed(v), generic(v), rtol=1e-10, atol=1e-12)
+    with pytest.raises(UsageError, match="closed-form is for the default loss"):
+        make("ggn", net, batches, loss=F.mse_loss, ggn_method="closed-form")

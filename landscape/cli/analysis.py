@@ -72,8 +72,9 @@ def surface(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.option("--trace", is_flag=True, help="Also estimate the trace, with its standard error.")
 @click.option("--trace-samples", type=int, default=100, show_default=True,
               help="Hessian-vector products for --trace.")
-@click.option("--trace-method", default="hutch++", show_default=True,
-              help="hutch++ (Meyer et al. 2021: a sketch of the top of the spectrum, exact there) or hutchinson.")
+@click.option("--trace-method", default="krylov", show_default=True,
+              help="krylov (Hutchinson deflated by the eigenvalues' Lanczos basis: no product spent on a sketch), "
+                   "xtrace (Epperly et al. 2024), hutch++ (Meyer et al. 2021) or hutchinson.")
 @click.option("--density", is_flag=True, help="Also the spectral density (stochastic Lanczos quadrature).")
 @click.option("--density-probes", type=int, default=1, show_default=True, help="Probe vectors for --density.")
 @click.option("--density-steps", type=int, default=80, show_default=True, help="Lanczos steps per probe.")

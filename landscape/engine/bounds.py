@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from landscape.engine.batches import BatchSet, Objective
-from landscape.engine.functional import FunctionalModel, Params, evaluate_points, expand_points
+from landscape.engine.functional import Params, evaluate_points, expand_points
 
 SMALLEST, LARGEST = 1e-8, 1e4  # the scales a search may return
 

@@ -6,9 +6,10 @@ v -> M v for the mean loss over a fixed set of batches. On top, in float64 on th
   "twice is enough"), stopped when every error bound min(r, r^2/gap) is within tol and stays so over a quarter
   more products with the same values (`Confirmation`); its basis holds max(20, 4k) vectors (or what fits in half
   the available memory, or `basis_vectors`), thick-restarted when full: memory independent of the steps;
-- `hutchpp_trace` (the default) and `hutchinson_trace`: tr M from a budget of products, Hutch++ (Meyer et al.
-  2021: the exact trace on a sketch of the top of the spectrum, Hutchinson on the rest) or plain Hutchinson
-  (mean of v'Mv over Rademacher v), each with its standard error;
+- `trace_after`: the trace from a budget of products (`engine.trace`), by default Krylov-deflated: the top
+  eigenvalues' Lanczos basis V is reused (tr(V'MV) is known from its projected matrix, so every product goes to
+  Hutchinson on the rest; as accurate with 10 products as a fresh Hutch++ sketch with 30, benchmarks/bench_trace.py);
+  or XTrace, Hutch++ or Hutchinson from fresh products; each with its standard error;
 - `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019): per probe vector, the Ritz
   values and the squared first components of their eigenvectors (weights summing to one); reorthogonalised
   while the basis fits, else by the three-term recurrence alone.
@@ -31,8 +32,9 @@ from landscape.engine.devices import with_threads
 from landscape.engine.functional import (Params, check_finite, check_forward, check_module, module_buffers,
                                          prepared_module, state_of)
 from landscape.engine.memory import available_bytes
-from landscape.engine.operators import (DEFAULT_HVP, OPERATORS, CurvatureOperator, HessianOperator,
-                                        curvature_operator)
+from landscape.engine.operators import DEFAULT_HVP, OPERATORS, CurvatureOperator, curvature_operator
+from landscape.engine.trace import (DEFAULT_TRACE_METHOD, TRACE_METHODS, deflated_trace, estimate_trace,
+                                    trace_vectors)
 from landscape.errors import UsageError
 from landscape.options import check_seed, choose, in_range, positive
 
@@ -140,6 +142,8 @@ class Eigen:
     vectors: torch.Tensor | None = None
     basis: int = 0
     restarts: int = 0
+    krylov: torch.Tensor | None = None  # with keep_basis: the final orthonormal basis V [m, P] (a view)
+    krylov_trace: float = float("nan")  # tr(V'MV), known from the projected matrix without a product
 
 
 MIN_CONFIRM_STEPS = 5
@@ -208,13 +212,14 @@ def combine_rows(basis: torch.Tensor, rows: int, coefficients: torch.Tensor, chu
 
 def top_eigenvalues(operator: CurvatureOperator, k: int, *, max_steps: int = 80, tol: float = 1e-3, seed: int = 0,
                     vectors: bool = False, start: torch.Tensor | None = None,
-                    basis_vectors: int | None = None) -> Eigen:
+                    basis_vectors: int | None = None, keep_basis: bool = False) -> Eigen:
     """The k largest eigenvalues of the operator by Lanczos with full reorthogonalisation, at most `max_steps`
     products, stopped by the confirmed error-bound rule (`Confirmation`).
 
     The basis holds `basis_capacity(...)` vectors; when it is full, a thick restart (Wu & Simon 2000) keeps the top
     Ritz vectors (half the basis, at least k + 1) and continues from the residual, so memory is capacity x
-    parameters x 8 bytes whatever the step count (plain Lanczos when the steps fit)."""
+    parameters x 8 bytes whatever the step count (plain Lanczos when the steps fit). With `keep_basis` the final
+    basis and the trace of its projection V'MV come back too (what `deflated_trace` reuses)."""
     size = operator.size
     capacity = basis_capacity(k, max_steps, size, operator.device, basis_vectors)
     steps = min(max_steps, size)
@@ -262,8 +267,21 @@ def top_eigenvalues(operator: CurvatureOperator, k: int, *, max_steps: int = 80,
     converged = bound <= tol * values[-top:].abs().clamp(min=1e-12)
     order = torch.arange(used - 1, used - 1 - top, -1, device=values.device)
     eigvecs = (basis[:used].T @ ritz[:, order]).T if vectors else None
-    return Eigen(values[order].cpu().numpy(), residual.flip(0).cpu().numpy(), bound.flip(0).cpu().numpy(),
-                 converged.flip(0).cpu().numpy(), products, eigvecs, capacity, restarts)
+    eigen = Eigen(values[order].cpu().numpy(), residual.flip(0).cpu().numpy(), bound.flip(0).cpu().numpy(),
+                  converged.flip(0).cpu().numpy(), products, eigvecs, capacity, restarts)
+    if keep_basis:
+        eigen.krylov, eigen.krylov_trace = basis[:used], float(values.sum())
+    return eigen
+
+
+def trace_after(eigen: Eigen, operator: CurvatureOperator, products: int, method: str,
+                seed: int = 0) -> tuple[float, float]:
+    """The trace and its standard error from `products` more products, after `eigen` (a `top_eigenvalues(...,
+    keep_basis=True)` of the same operator when `method` is krylov: its basis deflates the Hutchinson part)."""
+    if method != "krylov":
+        check_basis_fits(trace_vectors(method, products), operator.size, operator.device, "trace_samples")
+        return estimate_trace(operator, products, method, seed)
+    return deflated_trace(operator, eigen.krylov, eigen.krylov_trace, products, seed)
 
 
 def error_bound(values: torch.Tensor, vectors: torch.Tensor, last_beta: torch.Tensor, k: int) -> torch.Tensor:
@@ -278,61 +296,6 @@ def error_bound(values: torch.Tensor, vectors: torch.Tensor, last_beta: torch.Te
     gap = distance.min(dim=1).values.clamp(min=1e-300)
     # with a single Ritz value there is no gap to the rest of the spectrum to lean on: the residual alone bounds it
     return torch.where(torch.isfinite(gap), torch.minimum(residual, residual ** 2 / gap), residual)
-
-
-TRACE_METHODS = ("hutch++", "hutchinson")
-
-
-def rademacher(size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """A vector of random signs (float64), drawn on the CPU so every device gives the same one."""
-    return (torch.randint(0, 2, (size,), generator=generator, dtype=torch.float64) * 2 - 1).to(device)
-
-
-def mean_and_stderr(values: list[torch.Tensor]) -> tuple[float, float]:
-    estimates = torch.stack(values).cpu().numpy()
-    stderr = float(estimates.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return float(estimates.mean()), stderr
-
-
-def hutchinson_trace(operator: HessianOperator, samples: int, seed: int = 0) -> tuple[float, float]:
-    """tr H estimated as the mean of v'Hv over Rademacher vectors v, and the standard error of that mean."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    values = []
-    for _ in range(samples):
-        v = rademacher(operator.size, generator, operator.device)
-        values.append(torch.dot(v, operator(v)))
-    return mean_and_stderr(values)
-
-
-def hutchpp_trace(operator: HessianOperator, products: int, seed: int = 0) -> tuple[float, float]:
-    """Hutch++ with `products` products (at least 3): k = products // 3 of them sketch the range of H (Q, an
-    orthonormal basis of H S for Rademacher S), k more give tr(Q'HQ) exactly, and the rest estimate the trace of
-    the deflated (I - QQ')H(I - QQ') by Hutchinson; returns the sum and the standard error of that last part.
-    Exact when H has rank below k; at a budget of about 100 products measured several times more accurate than
-    Hutchinson, at 10-30 products slightly less (benchmarks/bench_trace.py)."""
-    if products < 3:
-        raise UsageError(f"Hutch++ needs at least 3 products (a third sketch, a third exact, a third sampled), got "
-                         f"{products}: raise trace_samples, or use the hutchinson trace method")
-    generator = torch.Generator().manual_seed(seed + 1)
-    k = min(products // 3, operator.size)
-    sketch = torch.stack([operator(rademacher(operator.size, generator, operator.device)) for _ in range(k)])
-    basis = torch.linalg.qr(sketch.T).Q.T  # [k, P] orthonormal rows spanning H S
-    exact = sum(torch.dot(q, operator(q)) for q in basis)
-    if k == operator.size:  # the sketch spans every direction: the trace is exact, nothing is left to sample
-        return float(exact), 0.0
-    rest = []
-    for _ in range(products - 2 * k):
-        v = rademacher(operator.size, generator, operator.device)
-        v = v - basis.T @ (basis @ v)
-        rest.append(torch.dot(v, operator(v)))
-    mean, stderr = mean_and_stderr(rest)
-    return float(exact) + mean, stderr
-
-
-def estimate_trace(operator: HessianOperator, products: int, method: str, seed: int = 0) -> tuple[float, float]:
-    """The trace by `method` (hutch++ or hutchinson) from `products` products, and its standard error."""
-    choose("trace_method", method, TRACE_METHODS)
-    return (hutchpp_trace if method == "hutch++" else hutchinson_trace)(operator, products, seed)
 
 
 def spectral_density(operator: CurvatureOperator, probes: int, steps: int, seed: int = 0,
@@ -381,7 +344,7 @@ class SpectrumOptions:
     density_probes: int = 1
     density_steps: int = 80
     seed: int = 0
-    trace_method: str = "hutch++"
+    trace_method: str = DEFAULT_TRACE_METHOD
     operator: str = "hessian"
     basis_vectors: int = 0  # 0: max(20, 4 top_k), or what fits in half the available memory; restarted when full
 
@@ -402,9 +365,10 @@ class SpectrumOptions:
         if self.basis_vectors and self.basis_vectors < min(self.top_k + 4, self.max_steps):
             raise UsageError(f"{name('basis_vectors')} {self.basis_vectors}: a restarted Lanczos for {self.top_k} "
                              f"eigenvalue(s) needs at least {self.top_k + 4} vectors; give more, or 0 (automatic)")
-        if self.trace and self.trace_method == "hutch++" and self.trace_samples < 3:
-            raise UsageError(f"{name('trace_samples')} {self.trace_samples}: Hutch++ needs at least 3 products; give "
-                             f"3 or more, or {name('trace_method')} hutchinson")
+        least = {"hutch++": 3, "xtrace": 4}.get(self.trace_method, 1)
+        if self.trace and self.trace_samples < least:
+            raise UsageError(f"{name('trace_samples')} {self.trace_samples}: {self.trace_method} needs at least "
+                             f"{least} products; give {least} or more, or {name('trace_method')} krylov")
         return self
 
 
@@ -461,15 +425,16 @@ def measure(operator: CurvatureOperator, options: SpectrumOptions) -> Spectrum:
     """Top eigenvalues, and the trace and density if asked, of one operator; each one's products counted."""
     started = time.perf_counter()
     eigen = top_eigenvalues(operator, options.top_k, max_steps=options.max_steps, tol=options.tol, seed=options.seed,
-                            basis_vectors=options.basis_vectors or None)
+                            basis_vectors=options.basis_vectors or None,
+                            keep_basis=options.trace and options.trace_method == "krylov")
     counted = operator.products
     spectrum = Spectrum(eigen.values, eigen.residuals, eigen.bounds, eigen.converged, eigen.steps, counted,
                         parameters=operator.size, basis_vectors=eigen.basis, restarts=eigen.restarts)
     if options.trace:
-        check_basis_fits(2 * (options.trace_samples // 3), operator.size, operator.device, "trace_samples")
-        spectrum.trace, spectrum.trace_stderr = estimate_trace(operator, options.trace_samples, options.trace_method,
-                                                               options.seed)
+        spectrum.trace, spectrum.trace_stderr = trace_after(eigen, operator, options.trace_samples,
+                                                            options.trace_method, options.seed)
         spectrum.trace_hvps, counted = operator.products - counted, operator.products
+    del eigen  # the Lanczos basis, before the density's
     if options.density:
         spectrum.density_reorthogonalised = density_fits(options, operator.size, operator.device)
         nodes, weights = spectral_density(operator, options.density_probes, options.density_steps, options.seed,
@@ -507,8 +472,9 @@ class HessianTask:
             raise UsageError(f"density_steps {self.options.density_steps:,}: Lanczos takes at most as many steps as "
                              f"the {size:,} parameters measured; give at most {size:,} (the default 80 is plenty for "
                              f"a density)")
-        if self.options.trace and self.options.trace_method == "hutch++":
-            check_basis_fits(2 * (self.options.trace_samples // 3), size, device, "trace_samples")
+        if self.options.trace:
+            check_basis_fits(trace_vectors(self.options.trace_method, self.options.trace_samples), size, device,
+                             "trace_samples")
         first = next(iter(self.batches))
         check_forward(self.module, self.params, self.buffers, first, self.objective, what)
         self.operator(device, BatchSet([first]))
@@ -540,14 +506,15 @@ def density_note(spectrum: Spectrum) -> str:
 
 @with_threads
 def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top_k: int = 5, tol: float = 1e-3,
-            max_steps: int = 80, trace: bool = False, trace_samples: int = 100, trace_method: str = "hutch++",
-            density: bool = False, density_probes: int = 1, density_steps: int = 80, bn: str = "train",
+            max_steps: int = 80, trace: bool = False, trace_samples: int = 100,
+            trace_method: str = DEFAULT_TRACE_METHOD, density: bool = False, density_probes: int = 1, density_steps: int = 80, bn: str = "train",
             hvp: str = "auto", seed: int = 0, device=None, images: int | None = None, batch_size: int | None = None,
             executor=None, progress: bool = False, threads: int | None = None, operator: str = "hessian",
             basis_vectors: int = 0) -> Spectrum:
     """The Hessian (or `operator` "ggn": the generalized Gauss-Newton matrix, "fisher": the empirical Fisher) of
     the mean loss of `model` on `data`: top-k eigenvalues (Lanczos), and optionally the trace (`trace_samples`
-    products of Hutch++, or of Hutchinson) and the spectral density (stochastic Lanczos quadrature).
+    more products: `trace_method` krylov, Hutchinson deflated by the Lanczos basis; or xtrace, hutch++, hutchinson)
+    and the spectral density (stochastic Lanczos quadrature).
     `basis_vectors` sets the vectors the Lanczos basis holds (0: max(20, 4 top_k), or what fits in half the
     available memory); below the steps taken the basis is thick-restarted.
 

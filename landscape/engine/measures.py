@@ -2,8 +2,9 @@
 
 `measures(model, data, ...)` computes, on the same fixed images (read once) and the same loss as every other
 measurement (BatchNorm on batch statistics by default, dropout off, the model never changed):
-- `hessian_top`, `hessian_trace`, `ggn_top`, `ggn_trace`: the top eigenvalue and the trace (Hutch++) of the Hessian
-  or the Gauss-Newton matrix (`engine.curvature`); the group `hessian_top` computes the top eigenvalue alone;
+- `hessian_top`, `hessian_trace`, `ggn_top`, `ggn_trace`: the top eigenvalue and the trace of the Hessian or the
+  Gauss-Newton matrix (`engine.curvature`: the trace by `trace_samples` products of Hutchinson deflated by the
+  top eigenvalue's Lanczos basis); the group `hessian_top` computes the top eigenvalue alone;
 - `sharpness_worst_rho<r>`: max over ||delta|| <= r of L(w + delta) - L(w), by projected normalised gradient ascent
   (at most `steps` steps of length r, the first start along the top Hessian direction by at most `start_steps`
   Lanczos products, further `restarts` from random points of the sphere; the highest loss seen kept): a lower bound of the
@@ -68,7 +69,7 @@ class MeasureOptions:
     samples: int = 10
     directions: int = 5
     m: int = 0  # 0: the worst case on all images at once
-    trace_samples: int = 30
+    trace_samples: int = 10  # after the top eigenvalue's Lanczos, Hutchinson deflated by its basis (`trace_after`)
     max_steps: int = 80
     bn: str = "train"
     seed: int = 0
@@ -295,11 +296,13 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
         if group in ("hessian", "ggn", "hessian_top"):
             kind = group.removesuffix("_top")
             operator = curvature_operator(kind, module, params, kept, batches, objective)
-            values[f"{kind}_top"] = float(top_eigenvalues(operator, 1, max_steps=options.max_steps,
-                                                          seed=options.seed).values[0])
+            eigen = top_eigenvalues(operator, 1, max_steps=options.max_steps, seed=options.seed,
+                                    keep_basis=group != "hessian_top")
+            values[f"{kind}_top"] = float(eigen.values[0])
             if group != "hessian_top":  # the top eigenvalue alone: no trace
-                values[f"{kind}_trace"], stderr[f"{kind}_trace"] = estimate_trace(operator, options.trace_samples,
-                                                                                  "hutch++", options.seed)
+                values[f"{kind}_trace"], stderr[f"{kind}_trace"] = trace_after(eigen, operator, options.trace_samples,
+                                                                               "krylov", options.seed)
+            del eigen
             products[group] = operator.products
         elif group in ("worst", "worst_adaptive"):
             scale = {n: p.abs() for n, p in params.items()} if group == "worst_adaptive" else None
@@ -361,7 +364,8 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
              "test_images": test_batches.samples if test_batches is not None else 0,
              "loss_evaluations": loss.evaluations, "seconds": time.perf_counter() - started,
              "bound": options.bound, "draws": options.draws, "tolerance": options.tolerance,
-             "mag_eps": options.mag_eps, "start_steps": options.start_steps, **attrs,
+             "mag_eps": options.mag_eps, "start_steps": options.start_steps, "trace_samples": options.trace_samples,
+             "trace_method": "krylov", **attrs,
              **{f"{group}_products": count for group, count in products.items()}}
     return Measures(values, stderr, attrs)
 
@@ -395,7 +399,7 @@ def first_inputs(batches: BatchSet):
 @with_threads
 def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None, init=None,
              measures: tuple[str, ...] | str = DEFAULT_MEASURES, rho=(0.05,), radius=(0.1,), steps: int = 10,
-             restarts: int = 1, samples: int = 10, directions: int = 5, m: int = 0, trace_samples: int = 30,
+             restarts: int = 1, samples: int = 10, directions: int = 5, m: int = 0, trace_samples: int = 10,
              max_steps: int = 80, bn: str = "train", seed: int = 0, bound: float = 0.1, draws: int = 10,
              tolerance: float = 0.05, mag_eps: float = 1e-3, start_steps: int = 20, images: int | None = None,
              batch_size: int | None = None, device=None, threads: int | None = None) -> Measures:

@@ -4,8 +4,8 @@
   while all of them fit in a quarter of the free memory) or forward-over-reverse (`torch.func.jvp` of
   `torch.func.grad`);
 - `GaussNewtonOperator`: the generalized Gauss-Newton matrix J' H_out J (Schraudolph 2002), J the Jacobian of
-  the outputs and H_out the Hessian of the loss in the outputs: a Jacobian-vector product, the output
-  Hessian's product, a vector-Jacobian product; positive semi-definite for a convex loss such as cross-entropy;
+  the outputs and H_out the Hessian of the loss in the outputs: a Jacobian-vector product (forward mode), the
+  output Hessian's product (in closed form for cross-entropy), a vector-Jacobian product; positive semi-definite for a convex loss such as cross-entropy;
 - `FisherOperator`: the empirical Fisher, the mean over samples of g_i g_i' (g_i the gradient of sample i's
   loss), from per-sample gradients (`torch.func.vmap` of `grad`, in chunks), held while they fit in a quarter
   of the free memory.
@@ -171,23 +171,47 @@ def loss_of_outputs(objective: Objective, operator: str) -> Callable:
     return objective.loss or cross_entropy
 
 
+GGN_METHODS = ("auto", "closed-form", "autograd")
+
+
+def softmax_hessian_product(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The Hessian of mean cross-entropy in the logits [B, K] times u [B, K]: (p * u - p (p . u)) / B per sample,
+    the closed form of softmax's (diag(p) - p p') / B, no second backward."""
+    pu = probs * u
+    return (pu - probs * pu.sum(dim=1, keepdim=True)) / probs.shape[0]
+
+
 class GaussNewtonOperator(CurvatureOperator):
-    """J' H_out J v: J v by the double-vector-Jacobian trick on the batch's kept output graph, the output Hessian's
-    product by double backward of the loss in the outputs, then J' (.) by one more backward."""
+    """J' H_out J v. For the default loss (plain mean cross-entropy) `method` auto is closed-form: J v by forward
+    mode (`torch.func.jvp`), H_out in closed form (`softmax_hessian_product`), J' (.) by one backward through the
+    batch's kept output graph. For any other loss (autograd): J v by the double-vector-Jacobian trick on that graph,
+    the output Hessian's product by double backward of the loss in the outputs, then J' (.)."""
 
     name = "ggn"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, method: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_of_outputs(self.objective, "ggn")
+        choose("ggn_method", method, GGN_METHODS)
+        closed = self.loss_fn is cross_entropy or self.loss_fn is torch.nn.functional.cross_entropy
+        if method == "closed-form" and not closed:
+            raise UsageError("ggn_method closed-form is for the default loss (mean cross-entropy): give "
+                             "ggn_method='autograd' for another loss")
+        self.closed_form = closed if method == "auto" else method == "closed-form"
+
+    def outputs(self, params: Params, inputs) -> torch.Tensor:
+        outputs = as_float(self.forward(params)(inputs))
+        if not isinstance(outputs, torch.Tensor):
+            raise UsageError(f"the Gauss-Newton matrix needs a model that returns a tensor, got "
+                             f"{type(outputs).__name__}: use operator='hessian'")
+        return outputs
 
     def prepare(self, batch):
         inputs, targets = batch
         leaves = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
-        outputs = as_float(self.forward(leaves)(inputs))
-        if not isinstance(outputs, torch.Tensor):
-            raise UsageError(f"the Gauss-Newton matrix needs a model that returns a tensor, got "
-                             f"{type(outputs).__name__}: use operator='hessian'")
+        outputs = self.outputs(leaves, inputs)
+        if self.closed_form:
+            return list(leaves.values()), outputs, torch.softmax(outputs.detach().double(), dim=1)
         dummy = torch.zeros_like(outputs, requires_grad=True)
         pulled = torch.autograd.grad(outputs, list(leaves.values()), dummy, create_graph=True, allow_unused=True)
         free = outputs.detach().requires_grad_(True)
@@ -195,10 +219,15 @@ class GaussNewtonOperator(CurvatureOperator):
         return list(leaves.values()), outputs, dummy, pulled, free, loss_grad
 
     def batch_product(self, state, batch, vector: Params) -> Params:
-        leaves, outputs, dummy, pulled, free, loss_grad = state
-        used = [(p, v) for p, v in zip(pulled, vector.values()) if p is not None]
-        jv = torch.autograd.grad([p for p, _ in used], dummy, [v for _, v in used], retain_graph=True)[0]
-        hjv = torch.autograd.grad(loss_grad, free, jv, retain_graph=True)[0]
+        if self.closed_form:
+            leaves, outputs, probs = state
+            _, jv = jvp(lambda p: self.outputs(p, batch[0]), (self.params,), (vector,))
+            hjv = softmax_hessian_product(probs, jv.double()).to(outputs.dtype)
+        else:
+            leaves, outputs, dummy, pulled, free, loss_grad = state
+            used = [(p, v) for p, v in zip(pulled, vector.values()) if p is not None]
+            jv = torch.autograd.grad([p for p, _ in used], dummy, [v for _, v in used], retain_graph=True)[0]
+            hjv = torch.autograd.grad(loss_grad, free, jv, retain_graph=True)[0]
         products = torch.autograd.grad(outputs, leaves, hjv, retain_graph=True, allow_unused=True)
         return dict(zip(vector, products))
 
@@ -271,10 +300,13 @@ OPERATOR_CLASSES = {"hessian": HessianOperator, "ggn": GaussNewtonOperator, "fis
 
 
 def curvature_operator(name: str, module: nn.Module, params: Params, buffers: Params, batches, objective=None, *,
-                       hvp: str = "auto", wrt: list[str] | None = None,
-                       on_product: Callable[[], None] | None = None) -> CurvatureOperator:
-    """The operator called `name` (hessian, ggn or fisher); `hvp` chooses the Hessian's product method."""
+                       hvp: str = "auto", wrt: list[str] | None = None, on_product: Callable[[], None] | None = None,
+                       ggn_method: str = "auto") -> CurvatureOperator:
+    """The operator called `name` (hessian, ggn or fisher); `hvp` chooses the Hessian's product method,
+    `ggn_method` the Gauss-Newton matrix's."""
     choose("operator", name, OPERATORS)
     if name == "hessian":
         return HessianOperator(module, params, buffers, batches, objective, hvp, wrt=wrt, on_product=on_product)
+    if name == "ggn":
+        return GaussNewtonOperator(module, params, buffers, batches, objective, wrt, on_product, method=ggn_method)
     return OPERATOR_CLASSES[name](module, params, buffers, batches, objective, wrt, on_product)

@@ -60,7 +60,7 @@ TEXT = {
     "seconds": "wall time of the measurement",
     "basis_vectors": "vectors the Lanczos basis held (fewer than lanczos_steps: thick-restarted to fit in memory)",
     "restarts": "thick restarts of the Lanczos basis (0: plain Lanczos)",
-    "trace": "estimate of the Hessian trace (by the root attribute trace_method: hutch++ or hutchinson)",
+    "trace": "estimate of the Hessian trace (by the root attribute trace_method: krylov, xtrace, hutch++ or hutchinson)",
     "trace_stderr": "standard error of the trace estimate",
     "density/nodes": "stochastic Lanczos quadrature nodes (Ritz values) per probe vector",
     "density/weights": "quadrature weights (squared first eigenvector components), summing to one per probe",
