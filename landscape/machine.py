@@ -19,8 +19,15 @@ def usable_cores() -> int:
 
 
 def available_memory() -> int:
-    """Bytes of memory this machine can give without swapping: the kernel's MemAvailable (free memory plus the page
-    cache and buffers it can reclaim), else the free pages, else 64 GiB when neither can be read."""
+    """Bytes of memory this process can still have: the least of the machine's (the kernel's MemAvailable: free
+    memory plus the page cache and buffers it can reclaim; else the free pages; else 64 GiB), what its address-space
+    limit leaves (RLIMIT_AS, `ulimit -v`, less the address space already mapped) and what its cgroup's limit leaves
+    (memory.max of cgroup v2 or memory.limit_in_bytes of v1, less their current use: a container's or a batch
+    job's memory)."""
+    return min(machine_memory(), address_space_left(), cgroup_memory_left())
+
+
+def machine_memory() -> int:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -32,6 +39,53 @@ def available_memory() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return 64 * 2 ** 30
+
+
+UNLIMITED = 2 ** 62
+
+
+def address_space_left() -> int:
+    """RLIMIT_AS less this process's mapped address space (VmSize), or UNLIMITED without a limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY or soft < 0:
+            return UNLIMITED
+        with open("/proc/self/status") as status:
+            mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        return max(0, soft - mapped)
+    except (ImportError, OSError, ValueError, StopIteration):
+        return UNLIMITED
+
+
+def cgroup_memory_left() -> int:
+    """The memory limit of this process's cgroup less its use (v2, else v1), or UNLIMITED without one."""
+    try:
+        with open("/proc/self/cgroup") as groups:
+            lines = groups.read().splitlines()
+    except OSError:
+        return UNLIMITED
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            files = [("/sys/fs/cgroup" + path.rstrip("/"), "memory.max", "memory.current"),
+                     ("/sys/fs/cgroup", "memory.max", "memory.current")]
+        elif "memory" in controllers.split(","):  # cgroup v1
+            files = [("/sys/fs/cgroup/memory" + path.rstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes"),
+                     ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")]
+        else:
+            continue
+        for folder, limit_name, usage_name in files:
+            try:
+                with open(f"{folder}/{limit_name}") as limit_file, open(f"{folder}/{usage_name}") as usage_file:
+                    limit, usage = limit_file.read().strip(), usage_file.read().strip()
+            except OSError:
+                continue
+            if limit == "max" or int(limit) >= UNLIMITED:
+                return UNLIMITED
+            return max(0, int(limit) - int(usage))
+    return UNLIMITED
 
 
 def cpu_jiffies() -> tuple[int, int] | None:

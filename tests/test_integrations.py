@@ -105,6 +105,60 @@ def test_an_hf_callback_on_a_trainer_without_an_optimizer_is_one_line(tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
+HF_FAILING_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.test_integrations import train_bert
+from landscape.integrations.huggingface import HFCallback
+from transformers import TrainerCallback
+
+class Boom(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("boom at step 3")
+
+train_bert({folder!r}, [HFCallback({path!r}), Boom()])
+"""
+
+
+def test_an_hf_training_that_raises_leaves_its_file_failed_and_no_lock(tmp_path):
+    """The Trainer tells callbacks nothing of an exception: the file is marked failed when the process exits (an
+    uncaught exception, here in a child process) and when the same callback's next train() begins."""
+    pytest.importorskip("transformers", reason="transformers is not installed: pip install -e '.[dev]'")
+    import subprocess
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    from landscape.integrations.huggingface import HFCallback
+
+    path = tmp_path / "child.h5"
+    script = HF_FAILING_SCRIPT.format(root=str(Path(__file__).resolve().parents[1]), folder=str(tmp_path / "c"),
+                                      path=str(path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "boom at step 3" in done.stderr
+    run = landscape.read_run(path)
+    assert run.attrs["status"] == "failed" and "process ended while training" in run.attrs["message"]
+    assert not path.with_name(path.name + ".lock").exists() and not list(tmp_path.glob("*.lock"))
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("boom at step 2")
+
+    callback = HFCallback(tmp_path / "again.h5", overwrite=True)
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        train_bert(tmp_path / "a", [callback, Boom()])
+    assert landscape.read_run(tmp_path / "again.h5").attrs["status"] == "running"  # no callback event said otherwise
+    callback.close_failed()
+    assert landscape.read_run(tmp_path / "again.h5").attrs["status"] == "failed"
+    assert not (tmp_path / "again.h5.lock").exists()
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        train_bert(tmp_path / "a", [callback, Boom()])
+    train_bert(tmp_path / "b", [callback])  # the same callback trains again: the raised one is closed, its lock freed
+    assert landscape.read_run(tmp_path / "again.h5").attrs["status"] == "complete"
+
+
 # ---------------------------------------------------------------- trackers
 
 def recorded_loop(path, log):

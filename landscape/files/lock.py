@@ -36,10 +36,20 @@ class WriterLock:
             handle.close()
             raise UsageError(f"{self.path.with_suffix('')} is being written by {holder}; wait for it to finish, "
                              f"or stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {platform.node()}")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {platform.node()}")
+            handle.flush()
+        except OSError as exc:  # a full disk or quota: no lock is left behind, and the error is one line
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            try:
+                handle.close()  # closes the file even when flushing what could not be written fails again
+            except OSError:
+                pass
+            raise UsageError(f"cannot write {self.path} ({exc.strerror or exc}): free space on "
+                             f"{self.path.parent}, or write elsewhere") from None
         self.handle = handle
         return self
 

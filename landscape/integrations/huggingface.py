@@ -7,9 +7,15 @@ of training is changed). Probes and sharpness use the step's last micro-batch an
 (`model(**batch).loss`), so dict batches need no closure. Each evaluation's `eval_loss` (and the metric key
 you name, default `eval_accuracy`) becomes the epoch's test numbers; an epoch of the run file is the
 trainer's epoch. The file is closed when training ends. Keyword arguments are the Recorder's.
+
+A Trainer tells its callbacks nothing when `train()` raises, so a file whose training stopped that way is marked
+`failed` (its lock released) when the same callback's next `train()` begins, or when the process exits, whichever
+comes first; `callback.close_failed(reason)` does it at once.
 """
 from __future__ import annotations
 
+import atexit
+import weakref
 from pathlib import Path
 
 import torch
@@ -32,6 +38,15 @@ def model_loss(model, batch):
     return loss
 
 
+ABANDONED = "trainer.train() ended without on_train_end (an exception or an interrupt inside it)"
+
+
+def close_at_exit(reference: weakref.ref) -> None:
+    callback = reference()
+    if callback is not None:
+        callback.close_failed("the process ended while training: " + ABANDONED)
+
+
 class HFCallback(TrainerCallback):
     """Records a `Trainer.train()` into a run file (see the module docstring)."""
 
@@ -43,6 +58,7 @@ class HFCallback(TrainerCallback):
         self.last_batch = None
         self.pending_eval: dict = {}
         self.epoch_open = False  # an epoch ended and waits for the evaluation that follows it
+        self.exit_registered = False
 
     def capture(self, module, args, kwargs, output) -> None:
         """Forward hook: the loss and inputs of each training micro-batch (not of evaluation; probes and sharpness run
@@ -54,9 +70,19 @@ class HFCallback(TrainerCallback):
             self.micro_losses.append(loss.detach())
             self.last_batch = dict(kwargs) if kwargs else args
 
+    def close_failed(self, reason: str = ABANDONED) -> None:
+        """Mark an unfinished recording `failed` with `reason` and release its lock (nothing if none is open)."""
+        if self.recorder is None or self.recorder.closed:
+            return
+        if self.hook is not None:
+            self.hook.remove()
+        self.micro_losses, self.pending_eval, self.epoch_open = [], {}, False
+        self.recorder.close("failed", reason)
+
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         from landscape.integrations.recorder import Recorder
 
+        self.close_failed()  # an earlier train() of this callback that raised
         if model is None or optimizer is None:
             raise UsageError("HFCallback: the trainer has no model or optimizer yet; attach the callback to a Trainer "
                              "(Trainer(..., callbacks=[HFCallback(...)]))")
@@ -66,6 +92,9 @@ class HFCallback(TrainerCallback):
                    **self.options}
         self.recorder = Recorder(self.path, model, optimizer, **options)
         self.hook = model.register_forward_hook(self.capture, with_kwargs=True)
+        if not self.exit_registered:
+            atexit.register(close_at_exit, weakref.ref(self))
+            self.exit_registered = True
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.recorder is None or not self.micro_losses:
