@@ -21,3 +21,8 @@ class RunFailed(LandscapeError):
     """A run could not go on (disk full, data vanished...). Exit status 1."""
 
     exit_code = 1
+
+
+class OverBudget(UsageError):
+    """The work asked for would take longer than the command's budget (`--budget-hours`): refused after measuring
+    its first unit, with the estimate and the option that confirms it. Exit status 2."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from landscape.cli.group import cli
-from landscape.cli.options import (THREADS_OPTION, make_executor, measure_choice, measure_options,
+from landscape.cli.options import (BUDGET_OPTION, THREADS_OPTION, make_executor, measure_choice, measure_options,
                                    snapshot_options)
 from landscape.errors import UsageError
 
@@ -120,6 +120,7 @@ def hessian(run_file: Path | None, run_index: int | None, out: Path | None, over
 @click.option("--dataset", default=None, help="Dataset of the images [default: the run's; cifar10 for foreign].")
 @click.option("--num-classes", type=int, default=None, help="A foreign model's outputs [default: the dataset's].")
 @measure_options
+@BUDGET_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Measures file [default: <run>_measures.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
 def measure(run_file: Path | None, run_index: int | None, measures: str | None, rho: str, radius: str, steps: int,
@@ -172,6 +173,7 @@ def measure(run_file: Path | None, run_index: int | None, measures: str | None, 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the matching's order and the curve's t.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @THREADS_OPTION
+@BUDGET_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Path file [default: <A>_connect.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never one of the inputs).")
 @click.option("--resume", is_flag=True, help="Continue a curve's training from its checkpoint beside --out.")

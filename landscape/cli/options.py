@@ -19,6 +19,9 @@ def threads_value(ctx, param, value):
 
 THREADS_OPTION = click.option("--threads", default="0", show_default=True, callback=threads_value,
                               help=THREADS_HELP + "; recorded in every file.")
+BUDGET_OPTION = click.option("--budget-hours", type=float, default=48.0, show_default=True,
+                             help="Refuse work whose estimate (timed on its first unit) is longer; raise it to run "
+                                  "a longer job.")
 
 
 def measure_options(command):
@@ -82,6 +85,7 @@ def snapshot_options(lr_type=float, lr_help: str = "The run to look at, by its l
             click.option("--data-root", default=None, help="Dataset folder [default: the run's, else data]."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
             THREADS_OPTION,
+            BUDGET_OPTION,
             click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                          help="local: this process; ray: workers on a local Ray or a cluster."),
             click.option("--address", default=None,

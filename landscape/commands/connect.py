@@ -163,7 +163,7 @@ def compute_connection(a: str | Path | None, b: str | Path | None, options: Conn
                                                                  "--bn-images"), options.batch_size),
                              curve_epochs=options.curve_epochs, curve_lr=options.curve_lr, curve_state=state,
                              after_epoch=keep if options.curve != "line" and bend is None else None, bend=bend,
-                             seed=options.seed, device=device, progress=progress)
+                             seed=options.seed, device=device, progress=progress, budget_hours=options.budget_hours)
         connection.attrs.update({"source": "run files" if a is not None else "foreign model", "a": name_a,
                                  "b": name_b, "images_used": f"the first {train_split.images.shape[0]:,} training "
                                  f"and {test_split.images.shape[0]:,} test images of {images.name}"})

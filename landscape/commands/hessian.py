@@ -26,7 +26,7 @@ from landscape.engine.curvature import (HessianTask, SpectrumOptions, density_no
 from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.functional import check_finite, module_buffers, prepared_module
 from landscape.engine.operators import DEFAULT_HVP, HVP_METHODS, OPERATOR_NAMES, couples_samples
-from landscape.errors import RunFailed, UsageError
+from landscape.errors import OverBudget, RunFailed, UsageError
 from landscape.files.atomic import check_output
 from landscape.files.hessian_file import hessian_result, read_hessian, write_hessian
 from landscape.files.lock import WriterLock
@@ -196,7 +196,7 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         measurements = [(i, j) for i, j in measurements if not result.done[i, j]]
     planned = products_planned(spectrum_options) * len(measurements)
     shown = Progress(planned if not on_ray else len(measurements), "hessian", "HVP" if not on_ray else "measurement",
-                     progress)
+                     progress, budget_hours=options.budget_hours)
     counted = [0]
     signals = StopSignals()
 
@@ -246,6 +246,13 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
             executor.run_tasks(tasks, landed, lambda: signals.received is not None)
         except Stopped:
             pass  # the measurement under way is dropped; those done are in the file
+        except OverBudget:
+            if not resume:
+                out.unlink(missing_ok=True)  # refused before any measurement: nothing is left of this command
+            else:  # a resumed file keeps what it had, resumable as before
+                result.attrs["status"] = "interrupted"
+                write_hessian(result)
+            raise
         except BaseException as exc:
             result.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
             write_hessian(result)

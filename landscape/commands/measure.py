@@ -68,7 +68,8 @@ def measure_snapshot(source: str | Path | None, options: MeasureCommandOptions, 
     train = images.batches(images.split("train", min(options.images, len(images.dataset.train))), images.batch_size)
     test = images.batches(images.split("test", min(options.test_images, len(images.dataset.test)), "--test-images"),
                           images.batch_size)
-    result = compute_measures(model, params, buffers, train, Objective(), measure, test, init)
+    result = compute_measures(model, params, buffers, train, Objective(), measure, test, init,
+                              budget_hours=options.budget_hours)
     result.attrs.update({"source": name, "device": str(device), "torch_version": torch.__version__,
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import math
 import pickle
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from landscape.files.run_file import Run, read_run
 from landscape.files.weights_file import Weights, resolve_epoch, resolve_run, weights_of_run
 from landscape.training.config import RunConfig
 from landscape.training.data import Normalizer, Split, eval_batches, load_dataset
-from landscape.options import check_device_name, check_threads, positive
+from landscape.options import check_device_name, check_threads, in_range, positive
+from landscape.progress import DEFAULT_BUDGET_HOURS
 from landscape.training.models import MODELS, build_model
 
 
@@ -43,10 +45,12 @@ class SourceOptions:
     dataset: str | None = None  # default: the run's own; cifar10 for a foreign model
     num_classes: int | None = None  # a foreign model's outputs; default: the dataset's classes
     threads: int = 0
+    budget_hours: float = DEFAULT_BUDGET_HOURS  # refuse work estimated (from its first unit) to take longer
 
     def validate_source(self) -> None:
         check_device_name("--device", self.device)
         check_threads("--threads", self.threads)
+        in_range("--budget-hours", self.budget_hours, 0, math.inf, low_open=True)
         if self.num_classes is not None:
             positive("--num-classes", self.num_classes)
         if self.model_def and str(self.model_def).partition(":")[0] in HUBS:
@@ -57,7 +61,7 @@ class SourceOptions:
         return self.num_classes or images.dataset.num_classes
 
 
-MACHINE_ONLY = ("device", "data_root", "threads")  # not part of what a measurement is
+MACHINE_ONLY = ("device", "data_root", "threads", "budget_hours")  # not part of what a measurement is
 
 
 HUBS = ("torchvision", "timm")

@@ -25,7 +25,7 @@ from landscape.engine.executors import InProcess
 from landscape.engine.functional import BN_MODES
 from landscape.engine.surface import (DIRECTIONS, PRECISIONS, PointEvaluator, autocast_for, empty_surface,
                                       fill_surface, metric_names, parse_grid, plan_surface)
-from landscape.errors import RunFailed, UsageError
+from landscape.errors import OverBudget, RunFailed, UsageError
 from landscape.files.atomic import check_output
 from landscape.files.lock import WriterLock
 from landscape.files.run_file import read_run
@@ -268,7 +268,7 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
         if progress:
             sys.stderr.write(f"surface: {todo:,} of {surface.done.size:,} points to do, x {len(split):,} images = "
                              f"{todo * len(split):,} image evaluations on {device} ({per_pass} point(s) per pass)\n")
-        shown = Progress(todo, "surface", "point", progress)
+        shown = Progress(todo, "surface", "point", progress, budget_hours=options.budget_hours)
         started = flushed = time.perf_counter()
 
         def landed(done: int, total: int) -> None:
@@ -282,6 +282,13 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
 
         try:
             fill_surface(surface, evaluator, per_pass, executor, landed, lambda: signals.received is not None)
+        except OverBudget:
+            if not resume:
+                out.unlink(missing_ok=True)  # refused after one pass: nothing is left of this command
+            else:  # a resumed file keeps what it had, resumable as before
+                surface.attrs["status"] = "interrupted"
+                write_surface(surface)
+            raise
         except BaseException as exc:
             surface.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
                                  seconds=elapsed + time.perf_counter() - started)

@@ -128,7 +128,8 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
             align: str = "none", curve: str = "line", bn: str = "auto", bn_data=None, bn_images: int = 1024,
             images: int | None = None, batch_size: int | None = None, curve_epochs: int = 1, curve_lr: float = 0.01,
             curve_state: dict | None = None, after_epoch=None, bend: Params | None = None, seed: int = 0,
-            device=None, progress: bool = False, threads: int | None = None) -> Connection:
+            device=None, progress: bool = False, threads: int | None = None,
+            budget_hours: float | None = None) -> Connection:
     """Loss and metrics along the line from `model_a` to `model_b` (a module or a state dict of A's architecture),
     and along the line to the aligned B (`align="weights"`) and a trained curve (`curve`), with their barriers
     (see the module docstring). `data`: the training data (also what BatchNorm is recomputed on and the curve is
@@ -184,7 +185,8 @@ def connect(model_a: nn.Module, model_b, data, *, test_data=None, loss=None, met
         aligned_buffers = {n: aligned[n] for n in buffers_b}
         check_same_function(evaluator.module, {**params_b, **buffers_b}, aligned, example[:64])
     paths = ["line"] + (["aligned_line"] if align == "weights" else []) + (["curve"] if curve != "line" else [])
-    shown = Progress(points * len(paths), "connect", "point", progress)  # the first point says the time for all
+    shown = Progress(points * len(paths), "connect", "point", progress,  # the first point says the time for all
+                     budget_hours=budget_hours)
 
     def step() -> None:
         shown.update(shown.done + 1)

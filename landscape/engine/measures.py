@@ -266,6 +266,26 @@ def li_flatness(loss: LossAt, radius: float, directions: int, generator: torch.G
     return mean_stderr(rises)
 
 
+SEARCH_STEPS = 30  # the bound searches' bisection steps at most (engine.bounds), for the work estimate
+
+
+def planned_evaluations(options: MeasureOptions, images: int) -> int:
+    """At most how many loss or gradient evaluations of the images `options` asks for (a curvature product counts
+    as two): what the budget check multiplies by the time of one."""
+    radii, parts = len(options.rho), (-(-images // options.m) if options.m else 1)
+    per_group = {
+        "hessian": 2 * (options.max_steps + options.trace_samples), "ggn": 2 * (options.max_steps + options.trace_samples),
+        "hessian_top": 2 * options.max_steps,
+        "worst": radii * parts * (options.restarts * (options.steps + 2) + 2) + 2 * options.start_steps,
+        "average": radii * options.samples, "li": len(options.radius) * options.directions, "gap": 4,
+        "pacbayes": SEARCH_STEPS * options.draws, "jiang": SEARCH_STEPS * options.restarts * (options.steps + 2),
+        "noise_scale": images,
+    }
+    aliases = {"worst_adaptive": "worst", "average_adaptive": "average", "pacbayes_mag": "pacbayes",
+               "jiang_mag": "jiang"}
+    return sum(per_group.get(aliases.get(group, group), 1) for group in options.measures)
+
+
 def m_batches(batches: BatchSet, m: int) -> list[BatchSet]:
     """The images cut into batches of m (the last may be smaller), each its own set."""
     out = []
@@ -277,9 +297,11 @@ def m_batches(batches: BatchSet, m: int) -> list[BatchSet]:
 
 def compute_measures(model: nn.Module, params: Params, buffers: Params, batches: BatchSet, objective: Objective,
                      options: MeasureOptions, test_batches: BatchSet | None = None, init: Params | None = None,
-                     on_measure: Callable[[str], None] | None = None) -> Measures:
-    """Every measure asked for, of the model at `params` (see the module docstring)."""
-    from landscape.engine.curvature import estimate_trace, top_eigenvalues
+                     on_measure: Callable[[str], None] | None = None, budget_hours: float | None = None) -> Measures:
+    """Every measure asked for, of the model at `params` (see the module docstring). With `budget_hours`, one
+    gradient evaluation is timed first and the work refused (OverBudget) when `planned_evaluations` of them
+    would take longer."""
+    from landscape.engine.curvature import top_eigenvalues, trace_after
     from landscape.engine.operators import curvature_operator
 
     started = time.perf_counter()
@@ -287,6 +309,14 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
     module = prepared_module(model, options.bn)
     kept = module_buffers(module, buffers)
     loss = LossAt(module, params, kept, batches, Objective(objective.loss, objective.closure, {}))
+    if budget_hours is not None:
+        from landscape.progress import check_budget
+
+        timed = time.perf_counter()
+        loss.gradient(params)
+        planned = planned_evaluations(options, batches.samples)
+        check_budget("measure", (time.perf_counter() - timed) * planned,
+                     f"about {planned:,} loss or gradient evaluations of {batches.samples:,} images", budget_hours)
     values: dict[str, float] = {}
     stderr: dict[str, float] = {}
     products = {}
