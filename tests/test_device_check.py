@@ -24,7 +24,7 @@ def test_device_check_dry_run_passes_and_writes_its_tables(tmp_path):
         assert path in names
     assert all(row["status"] == "pass" for row in report["smoke"])
     if data:  # the benchmarks need CIFAR files; each printed its table
-        assert len(report["benchmarks"]) == 10 and all(b["rc"] == 0 for b in report["benchmarks"]), report["benchmarks"]
+        assert len(report["benchmarks"]) == 11 and all(b["rc"] == 0 for b in report["benchmarks"]), report["benchmarks"]
         assert all("x" in b["output"] or "overhead" in b["output"] or "eigsh" in b["output"]
                    for b in report["benchmarks"])
     table = (tmp_path / "out" / "device_check.md").read_text()
