@@ -36,6 +36,7 @@ def pair(made, tmp_path):  # noqa: F811
     (("--out", "{folder}/user.h5"), "user.csv already exists"),
     (("--resume", "--out", "{folder}/sub"), "is a folder"),
     (("--out", "{folder}/" + "x" * 250 + ".h5"), "bytes long"),
+    (("--out", "{folder}/" + "x" * 300 + ".h5"), "bytes long"),  # beyond what the file system can even look up
 ])
 def test_connect_refuses_every_collision_and_changes_nothing(pair, extra, message, capsys):
     folder, a, b = pair
@@ -45,6 +46,18 @@ def test_connect_refuses_every_collision_and_changes_nothing(pair, extra, messag
     args = [str(x).format(a=a, folder=folder) for x in extra]
     code, _, err = landscape("connect", a, b, "--lr", "1e-3", *CN, *args, capsys=capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert checksums(folder) == before
+
+
+@pytest.mark.parametrize("command", [("surface", "--grid=-1:1:3"), ("hessian", "--top-k", "1"),
+                                     ("measure", "--measures", "gap")])
+def test_a_name_longer_than_the_file_system_takes_is_one_line(pair, command, capsys):
+    folder, a, _ = pair
+    before = checksums(folder)
+    name, *options = command
+    code, _, err = landscape(name, a, "--lr", "1e-3", "--device", "cpu", "--quiet", *options,
+                             "--out", folder / ("x" * 300 + ".h5"), capsys=capsys)
+    assert code == 2 and "bytes long" in err and len(err.strip().splitlines()) == 1, err
     assert checksums(folder) == before
 
 

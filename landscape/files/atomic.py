@@ -137,6 +137,9 @@ def check_outputs(outputs, overwrite: bool, inputs=(), option: str = "--out", co
     seen: dict[Path, Path] = {}
     for out in outputs:
         what = f"{option} {out}" if out == main else f"{option} {main} would write {out}, which"
+        if len(out.name.encode()) > LONGEST_NAME:  # first: asking the file system about such a name fails
+            raise UsageError(f"{option}: the file name {out.name[:40]}... is {len(out.name.encode())} bytes long; "
+                             f"give a name of at most {LONGEST_NAME} bytes")
         for given in read:
             if same_file(given, out):
                 raise UsageError(f"{what} is one of this command's inputs" +
@@ -149,9 +152,6 @@ def check_outputs(outputs, overwrite: bool, inputs=(), option: str = "--out", co
         seen[key] = out
         if out.is_dir():
             raise UsageError(f"{what} is a folder: give a file path such as {out / 'out.h5'}")
-        if len(out.name.encode()) > LONGEST_NAME:
-            raise UsageError(f"{option}: the file name {out.name[:40]}... is {len(out.name.encode())} bytes long; "
-                             f"give a name of at most {LONGEST_NAME} bytes")
         if out.exists() and not overwrite and not any(same_file(out, c) for c in continued):
             raise UsageError(f"{out} already exists: pass --overwrite to replace it, or choose another {option}")
     for folder in {out.parent for out in outputs}:
