@@ -283,3 +283,18 @@ def test_a_surface_through_a_dataloader_of_a_dataset():
     a = landscape.surface(model, loader, loss=mse, grid="-1:1:3", dims=1)
     b = landscape.surface(model, TensorDataset(x, y), loss=mse, grid="-1:1:3", dims=1)
     assert np.allclose(a.loss, b.loss, rtol=1e-9)  # the mean over all samples, whatever the batches
+
+
+@pytest.mark.parametrize("case", ["inputs of another dtype", "targets of two columns", "test inputs too narrow"])
+def test_measures_of_a_model_that_cannot_take_the_data_is_our_one_line_error(case):
+    """Every API function checks the model on the first batch before any work: measures raised torch's own
+    RuntimeError from inside a measure."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 3))
+    x, y = torch.randn(32, 10), torch.randint(0, 3, (32,))
+    data, test = {"inputs of another dtype": ((x.double(), y), None),
+                  "targets of two columns": ((x, torch.zeros(32, 2, dtype=torch.long)), None),
+                  "test inputs too narrow": ((x, y), (x[:, :5], y))}[case]
+    with pytest.raises(UsageError, match="cannot be evaluated on this data") as raised:
+        landscape.measures(model, data, test_data=test, measures="gap")
+    assert "\n" not in str(raised.value)

@@ -43,9 +43,9 @@ from landscape.engine.batches import BatchSet, Objective, batch_set
 from landscape.engine.bounds import pacbayes_sigma, values_at, worst_case_alpha
 from landscape.engine.devices import with_threads
 from landscape.engine.directions import normalize_direction, random_direction
-from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_module, evaluate_points,
-                                         expand_points, flatten, module_buffers, prepared_module, state_like, state_of,
-                                         unflatten)
+from landscape.engine.functional import (FunctionalModel, Params, check_finite, check_forward, check_module,
+                                         evaluate_points, expand_points, flatten, module_buffers, prepared_module,
+                                         state_like, state_of, unflatten)
 from landscape.engine.noise_scale import gradient_noise_scale
 from landscape.engine.norms import path_norm, spectral_measures
 from landscape.errors import UsageError
@@ -451,6 +451,11 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
     batches = batch_set(data, device=device, objective=objective, images=images, batch_size=batch_size)
     test_batches = batch_set(test_data, device=device, objective=objective, images=images, batch_size=batch_size,
                              what="test_data") if test_data is not None else None
+    module = prepared_module(model, options.bn)
+    for checked, what in ((batches, "data"), (test_batches, "test_data")):
+        if checked is not None:  # one line when the model cannot take the data, not a torch error from a measure
+            check_forward(module, params, module_buffers(module, buffers), next(iter(checked)), objective,
+                          f"the model on {what}")
     start = None
     if init is not None:
         start = {n: v.to(device) for n, v in state_like(init, model, "init")[0].items()}
