@@ -84,14 +84,14 @@ def main() -> None:
     ggn = {method: seconds_per_product(GaussNewtonOperator(module, params, kept, batches, Objective(), method=method),
                                        vectors, args.repeats) for method in ("autograd", "closed-form")}
     base, reference = ggn["autograd"]
-    print(f"| GGN, double-vector-Jacobian trick (baseline) | {base:.4f} | 1.00 | |")
+    print(f"| GGN, double-vector-Jacobian trick (baseline) | {base:.4f} | 1.00x | |")
     seconds, products = ggn["closed-form"]
     difference = float((products - reference).norm() / reference.norm())
-    print(f"| GGN, closed form at the output, forward-mode Jv | {seconds:.4f} | {seconds / base:.2f} | "
+    print(f"| GGN, closed form at the output, forward-mode Jv | {seconds:.4f} | {seconds / base:.2f}x | "
           f"{difference:.1e} |")
     operator = HessianOperator(module, params, kept, batches, Objective())
     base, reference = seconds_per_product(operator, vectors, args.repeats)
-    print(f"| Hessian, one vector at a time (baseline) | {base:.4f} | 1.00 | |")
+    print(f"| Hessian, one vector at a time (baseline) | {base:.4f} | 1.00x | |")
     sync(device)
     start = time.perf_counter()
     for _ in range(args.repeats):
@@ -99,7 +99,7 @@ def main() -> None:
     sync(device)
     seconds = (time.perf_counter() - start) / (args.repeats * args.block)
     difference = float((products - reference).norm() / reference.norm())
-    print(f"| Hessian, a block of {args.block} in one batched backward | {seconds:.4f} | {seconds / base:.2f} | "
+    print(f"| Hessian, a block of {args.block} in one batched backward | {seconds:.4f} | {seconds / base:.2f}x | "
           f"{difference:.1e} |")
 
 
