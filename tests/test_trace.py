@@ -4,12 +4,11 @@ reuses the Lanczos basis against Hutch++ on a real model's explicit Hessian."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from landscape.engine.curvature import SpectrumOptions, measure, top_eigenvalues
 from landscape.engine.trace import deflated_trace, hutchpp_trace, rademacher, xtrace_trace
 from landscape.errors import UsageError
-from tests.test_hessian import ExplicitOperator, data, explicit_hessian, small_net
+from tests.test_hessian import ExplicitOperator, trained_mlp_hessian
 
 
 def spd(size: int, seed: int) -> np.ndarray:
@@ -46,16 +45,6 @@ def test_xtrace_is_exact_below_its_sketch_rank_and_unbiased_above_it():
     assert abs(estimates.mean() - np.trace(full)) < 4 * estimates.std(ddof=1) / np.sqrt(len(estimates))
     with pytest.raises(UsageError, match="at least 4 products"):
         xtrace_trace(operator, 3)
-
-
-def trained_mlp_hessian() -> np.ndarray:
-    net, batches = small_net(False), data()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-    for _ in range(300):
-        optimizer.zero_grad()
-        sum(F.cross_entropy(net(x), y) * len(y) / 30 for x, y in batches).backward()
-        optimizer.step()
-    return explicit_hessian(net, "eval", batches)
 
 
 def test_the_krylov_deflated_trace_agrees_with_hutchpp_and_costs_fewer_products():

@@ -27,7 +27,7 @@ from landscape.engine.devices import resolve_device, set_threads
 from landscape.engine.functional import check_finite, module_buffers, prepared_module
 from landscape.engine.operators import DEFAULT_HVP, HVP_METHODS, OPERATOR_NAMES, couples_samples
 from landscape.errors import OverBudget, RunFailed, UsageError
-from landscape.files.atomic import check_output
+from landscape.files.atomic import check_output, withdraw_output
 from landscape.files.hessian_file import hessian_result, read_hessian, write_hessian
 from landscape.files.lock import WriterLock
 from landscape.files.run_file import read_run
@@ -247,11 +247,7 @@ def compute_hessian(source: str | Path | None, options: HessianOptions, out: str
         except Stopped:
             pass  # the measurement under way is dropped; those done are in the file
         except OverBudget:
-            if not resume:
-                out.unlink(missing_ok=True)  # refused before any measurement: nothing is left of this command
-            else:  # a resumed file keeps what it had, resumable as before
-                result.attrs["status"] = "interrupted"
-                write_hessian(result)
+            withdraw_output(out, resume, lambda: (result.attrs.update(status="interrupted"), write_hessian(result)))
             raise
         except BaseException as exc:
             result.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")

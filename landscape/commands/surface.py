@@ -26,7 +26,7 @@ from landscape.engine.functional import BN_MODES
 from landscape.engine.surface import (DIRECTIONS, PRECISIONS, PointEvaluator, autocast_for, empty_surface,
                                       fill_surface, metric_names, parse_grid, plan_surface)
 from landscape.errors import OverBudget, RunFailed, UsageError
-from landscape.files.atomic import check_output
+from landscape.files.atomic import check_output, withdraw_output
 from landscape.files.lock import WriterLock
 from landscape.files.run_file import read_run
 from landscape.files.surface_file import read_surface, write_surface
@@ -283,11 +283,7 @@ def compute_surface(source: str | Path | None, options: SurfaceOptions, out: str
         try:
             fill_surface(surface, evaluator, per_pass, executor, landed, lambda: signals.received is not None)
         except OverBudget:
-            if not resume:
-                out.unlink(missing_ok=True)  # refused after one pass: nothing is left of this command
-            else:  # a resumed file keeps what it had, resumable as before
-                surface.attrs["status"] = "interrupted"
-                write_surface(surface)
+            withdraw_output(out, resume, lambda: (surface.attrs.update(status="interrupted"), write_surface(surface)))
             raise
         except BaseException as exc:
             surface.attrs.update(status="failed", message=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",

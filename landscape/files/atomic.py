@@ -42,6 +42,15 @@ def check_writable_folder(folder: Path, option: str) -> None:
         raise UsageError(f"cannot write to {folder}: {ancestor} is not a writable folder; choose another {option}")
 
 
+def withdraw_output(out: Path, resume: bool, mark_interrupted) -> None:
+    """After a refusal once the work began (a budget exceeded): a new output is removed, so nothing is left of the
+    command; a resumed one is kept, `mark_interrupted()` setting it back to resumable."""
+    if resume:
+        mark_interrupted()
+    else:
+        out.unlink(missing_ok=True)
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporary copies of `path` left by a killed writer (call while holding the run's lock)."""
     for temp in path.parent.glob(f".{path.name}.*.tmp"):
