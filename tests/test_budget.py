@@ -36,3 +36,26 @@ def test_connect_beyond_the_budget_is_refused_and_a_larger_budget_runs(tiny_run,
     assert code == 2 and "--budget-hours" in err and not list(tmp_path.iterdir())
     code, _, err = landscape(*common, "--points", "3", "--out", tmp_path / "c.h5", capsys=capsys)
     assert code in (0, None), err
+
+
+def test_a_resumed_surface_refused_over_budget_stays_resumable(tiny_run, tmp_path, capsys):
+    """The resumed file is not removed: it goes back to interrupted, its finished points untouched."""
+    import h5py
+    import numpy as np
+
+    out = tmp_path / "s.h5"
+    common = ("surface", tiny_run, "--lr", "1e-3", "--device", "cpu", "--quiet", "--grid=-1:1:5", "--images", "64")
+    assert landscape(*common, "--out", out, capsys=capsys)[0] in (0, None)
+    with h5py.File(out, "a") as f:  # as if stopped after two points
+        f["done"][...] = False
+        f["done"][0, :2] = True
+        f.attrs["status"] = "interrupted"
+        kept = f["loss"][0, :2].copy()
+    code, _, err = landscape(*common, "--resume", "--budget-hours", "1e-9", "--out", out, capsys=capsys)
+    assert code == 2 and "--budget-hours" in err
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "interrupted" and f["done"][...].sum() >= 2
+        assert np.array_equal(f["loss"][0, :2], kept)
+    assert landscape(*common, "--resume", "--out", out, capsys=capsys)[0] in (0, None)  # and it finishes
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "complete" and f["done"][...].all()
