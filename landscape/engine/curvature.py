@@ -507,7 +507,8 @@ def density_note(spectrum: Spectrum) -> str:
 @with_threads
 def hessian(model: nn.Module, data, *, loss=None, closure=None, params=None, top_k: int = 5, tol: float = 1e-3,
             max_steps: int = 80, trace: bool = False, trace_samples: int = 100,
-            trace_method: str = DEFAULT_TRACE_METHOD, density: bool = False, density_probes: int = 1, density_steps: int = 80, bn: str = "train",
+            trace_method: str = DEFAULT_TRACE_METHOD, density: bool = False, density_probes: int = 1,
+            density_steps: int = 80, bn: str = "train",
             hvp: str = "auto", seed: int = 0, device=None, images: int | None = None, batch_size: int | None = None,
             executor=None, progress: bool = False, threads: int | None = None, operator: str = "hessian",
             basis_vectors: int = 0) -> Spectrum:

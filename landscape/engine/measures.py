@@ -266,6 +266,7 @@ def li_flatness(loss: LossAt, radius: float, directions: int, generator: torch.G
     return mean_stderr(rises)
 
 
+TRACE_METHOD = "krylov"  # the trace after the top eigenvalue: Hutchinson deflated by its Lanczos basis
 SEARCH_STEPS = 30  # the bound searches' bisection steps at most (engine.bounds), for the work estimate
 
 
@@ -274,15 +275,14 @@ def planned_evaluations(options: MeasureOptions, images: int) -> int:
     as two): what the budget check multiplies by the time of one."""
     radii, parts = len(options.rho), (-(-images // options.m) if options.m else 1)
     per_group = {
-        "hessian": 2 * (options.max_steps + options.trace_samples), "ggn": 2 * (options.max_steps + options.trace_samples),
-        "hessian_top": 2 * options.max_steps,
+        "hessian": 2 * (options.max_steps + options.trace_samples), "hessian_top": 2 * options.max_steps,
         "worst": radii * parts * (options.restarts * (options.steps + 2) + 2) + 2 * options.start_steps,
         "average": radii * options.samples, "li": len(options.radius) * options.directions, "gap": 4,
         "pacbayes": SEARCH_STEPS * options.draws, "jiang": SEARCH_STEPS * options.restarts * (options.steps + 2),
         "noise_scale": images,
     }
-    aliases = {"worst_adaptive": "worst", "average_adaptive": "average", "pacbayes_mag": "pacbayes",
-               "jiang_mag": "jiang"}
+    aliases = {"ggn": "hessian", "worst_adaptive": "worst", "average_adaptive": "average",
+               "pacbayes_mag": "pacbayes", "jiang_mag": "jiang"}
     return sum(per_group.get(aliases.get(group, group), 1) for group in options.measures)
 
 
@@ -308,6 +308,9 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
     generator = torch.Generator().manual_seed(options.seed)
     module = prepared_module(model, options.bn)
     kept = module_buffers(module, buffers)
+    for checked, what in ((batches, "data"), (test_batches, "test_data")):
+        if checked is not None:  # one line when the model cannot take the data, not a torch error from a measure
+            check_forward(module, params, kept, next(iter(checked)), objective, f"the model on {what}")
     loss = LossAt(module, params, kept, batches, Objective(objective.loss, objective.closure, {}))
     if budget_hours is not None:
         from landscape.progress import check_budget
@@ -331,7 +334,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
             values[f"{kind}_top"] = float(eigen.values[0])
             if group != "hessian_top":  # the top eigenvalue alone: no trace
                 values[f"{kind}_trace"], stderr[f"{kind}_trace"] = trace_after(eigen, operator, options.trace_samples,
-                                                                               "krylov", options.seed)
+                                                                               TRACE_METHOD, options.seed)
             del eigen
             products[group] = operator.products
         elif group in ("worst", "worst_adaptive"):
@@ -395,7 +398,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
              "loss_evaluations": loss.evaluations, "seconds": time.perf_counter() - started,
              "bound": options.bound, "draws": options.draws, "tolerance": options.tolerance,
              "mag_eps": options.mag_eps, "start_steps": options.start_steps, "trace_samples": options.trace_samples,
-             "trace_method": "krylov", **attrs,
+             "trace_method": TRACE_METHOD, **attrs,
              **{f"{group}_products": count for group, count in products.items()}}
     return Measures(values, stderr, attrs)
 
@@ -451,11 +454,6 @@ def measures(model: nn.Module, data, *, test_data=None, loss=None, closure=None,
     batches = batch_set(data, device=device, objective=objective, images=images, batch_size=batch_size)
     test_batches = batch_set(test_data, device=device, objective=objective, images=images, batch_size=batch_size,
                              what="test_data") if test_data is not None else None
-    module = prepared_module(model, options.bn)
-    for checked, what in ((batches, "data"), (test_batches, "test_data")):
-        if checked is not None:  # one line when the model cannot take the data, not a torch error from a measure
-            check_forward(module, params, module_buffers(module, buffers), next(iter(checked)), objective,
-                          f"the model on {what}")
     start = None
     if init is not None:
         start = {n: v.to(device) for n, v in state_like(init, model, "init")[0].items()}

@@ -5,7 +5,8 @@
   `torch.func.grad`);
 - `GaussNewtonOperator`: the generalized Gauss-Newton matrix J' H_out J (Schraudolph 2002), J the Jacobian of
   the outputs and H_out the Hessian of the loss in the outputs: a Jacobian-vector product (forward mode), the
-  output Hessian's product (in closed form for cross-entropy), a vector-Jacobian product; positive semi-definite for a convex loss such as cross-entropy;
+  output Hessian's product (in closed form for cross-entropy), a vector-Jacobian product; positive semi-definite
+  for a convex loss such as cross-entropy;
 - `FisherOperator`: the empirical Fisher, the mean over samples of g_i g_i' (g_i the gradient of sample i's
   loss), from per-sample gradients (`torch.func.vmap` of `grad`, in chunks), held while they fit in a quarter
   of the free memory.
