@@ -142,18 +142,29 @@ class LossAt:
         return evaluate_points(self.module, point, expand_points(self.buffers, 1), batches, self.objective)["loss"][0]
 
     def gradient(self, params: Params, batches: BatchSet | None = None) -> tuple[torch.Tensor, Params]:
+        """The mean loss (float64) and its gradient at `params`."""
+        values, grads = self.values_and_gradient(params, batches, metrics=False)
+        return values["loss"], grads
+
+    def values_and_gradient(self, params: Params, batches: BatchSet | None = None,
+                            metrics: bool = True) -> tuple[dict[str, torch.Tensor], Params]:
+        """The mean loss and, with `metrics`, the objective's metrics (e.g. acc) of the same forward pass (float64),
+        and the loss's gradient at `params`."""
         batches = batches or self.batches
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        total = torch.zeros((), dtype=torch.float64, device=next(iter(params.values())).device)
+        totals: dict[str, torch.Tensor] = {}
         grads = {n: torch.zeros_like(p) for n, p in params.items()}
         for share, batch in zip(batches.shares, batches):
-            loss = self.objective.loss_only(FunctionalModel(self.module, leaves, self.buffers), batch)
-            for n, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)):
+            forward = FunctionalModel(self.module, leaves, self.buffers)
+            values = self.objective.values(forward, batch) if metrics else \
+                {"loss": self.objective.loss_only(forward, batch)}
+            for n, g in zip(leaves, torch.autograd.grad(values["loss"], list(leaves.values()), allow_unused=True)):
                 if g is not None:
                     grads[n] += share * g
-            total += share * loss.detach().double()
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + share * value.detach().double()
         self.evaluations += 1
-        return total, grads
+        return totals, grads
 
 
 def norm_of(tensors: Params) -> torch.Tensor:
@@ -415,10 +426,12 @@ def bound_measures(group: str, module: nn.Module, params: Params, buffers: Param
         found = pacbayes_sigma(module, params, buffers, batches, plain, draws=options.draws, **common)
         scale_name, value_name = f"{group}_sigma", f"{group}_flatness"
     else:
-        found = worst_case_alpha(module, params, buffers, batches, plain, lambda point: loss.gradient(point)[1],
+        found = worst_case_alpha(module, params, buffers, batches, plain,
+                                 LossAt(module, params, buffers, batches, plain).values_and_gradient,
                                  steps=options.steps, **common)
         scale_name, value_name = f"{group}_alpha", f"{group}_sharpness"
-    attrs.update({f"{group}_deviation": found.deviation, f"{group}_evaluations": found.evaluations})
+    attrs.update({f"{group}_deviation": found.deviation, f"{group}_evaluations": found.evaluations,
+                  f"{group}_passes": found.passes})
     # capped: the search ended at the end of its range, so the scale is a limit, not the value (findings flag it)
     return {value_name: 1.0 / found.scale ** 2, scale_name: found.scale, f"{group}_capped": float(found.capped)}
 
