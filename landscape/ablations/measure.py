@@ -89,7 +89,7 @@ def measure_spec(spec: Spec, preset: str, root: Path, options: MeasureOptions, *
     """Measure every finished cell of `spec` (see the module docstring); return the measures file."""
     options.validate()
     device = device or torch.device("cpu")
-    on_ray = executor is not None and type(executor).__name__ != "InProcess"
+    on_ray = type(executor).__name__ == "RayExecutor"  # its workers pick their own device
     models: dict = {}  # every run file read once
     tasks = cell_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root, models)
     pairs = pair_tasks(spec, preset, root, options, images, test_images, device, on_ray, data_root, models) \

@@ -121,6 +121,9 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 @ablate.command(name="measure")
 @spec_arguments
 @measure_options
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="local: cells measured in parallel processes (CPU), each with its share of --threads; on a GPU "
+                   "one after another.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="ray: the cluster [default: a local Ray].")
 @click.option("--workers", type=int, default=0, show_default=True, help="ray: workers.")
@@ -128,8 +131,9 @@ def ablate_run(specs: tuple[str, ...], all_specs: bool, preset: str, results: Pa
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="ray: GPUs per worker.")
 def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results: Path, measures: str | None,
                    rho: str, radius: str, images: int, test_images: int, steps: int, samples: int, m: int, seed: int,
-                   bound: float, draws: int, tolerance: float, device: str, data_root: str | None, threads: int | str, quiet: bool, executor: str,
-                   address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+                   bound: float, draws: int, tolerance: float, device: str, data_root: str | None, threads: int | str,
+                   quiet: bool, jobs: int, executor: str, address: str | None, workers: int, cpus_per_worker: float,
+                   gpus_per_worker: float) -> None:
     """Flatness and sharpness measures of every finished cell; writes measures.h5, the measures table, the rank
     correlations with test accuracy and the gap, and the scatter figure beside each spec's table."""
     from landscape.ablations.correlation import scatter_figure, write_measure_tables
@@ -141,9 +145,15 @@ def ablate_measure(specs: tuple[str, ...], all_specs: bool, preset: str, results
 
     chosen = load_specs(specs, all_specs)
     pool = make_executor(executor, address, workers, cpus_per_worker, gpus_per_worker)
-    if pool is not None and threads:
-        raise UsageError("--threads applies to the local executor (on Ray, --cpus-per-worker sets a worker's threads)")
+    if pool is not None and (threads or jobs > 1):
+        raise UsageError("--threads and --jobs apply to the local executor (on Ray, --workers and --cpus-per-worker "
+                         "set them)")
     set_threads(threads, hint=not quiet)
+    if jobs > 1 and resolve_device(device).type == "cpu":
+        from landscape.ablations.runner import threads_per_cell
+        from landscape.engine.executors import Processes
+
+        pool = Processes(jobs, threads_per_cell(threads, jobs))
     for spec in chosen:
         study = spec.study
         options = measure_choice(measures, rho, radius, steps, samples, m, seed, bound, draws, tolerance, study)

@@ -1,11 +1,13 @@
-"""Where chunks of work run: this process, or a pool of Ray actors on one machine or a cluster.
+"""Where chunks of work run: this process, local processes, or a pool of Ray actors on one machine or a cluster.
 
 Two kinds of work: grid points of a surface (`map_points(evaluator, chunks, on_result, should_stop)`, each
 chunk a pass of points evaluated by a `surface.PointEvaluator`) and independent tasks such as one Hessian
 measurement per (run, snapshot) (`run_tasks(tasks, on_result, should_stop)`, each task a picklable callable).
 Results come back to the caller's process in the order they land; the caller alone writes files.
 
-`RayExecutor` starts `workers` actors, each with `cpus_per_worker` CPUs (its torch threads) and
+`Processes` runs independent tasks in `workers` spawned processes of this machine, each with `threads` torch
+threads (on a CPU, two one-thread processes do more per second than one two-thread process), so a task's values are
+those of this process with the same threads. `RayExecutor` starts `workers` actors, each with `cpus_per_worker` CPUs (its torch threads) and
 `gpus_per_worker` GPUs (fractions pack several on one GPU). Each actor receives the evaluator once through
 the object store (model skeleton, centre, directions, batches) and then evaluates tasks of whole passes, so
 its values are those of this process: bit-identical on CPU with the same threads, within float rounding on
@@ -157,11 +159,41 @@ def fetch(ray, ref):
 
 
 def run_task(task, threads: int):
-    """One task on a Ray worker, with `threads` torch threads."""
+    """One task in a worker (a local process or a Ray worker), with `threads` torch threads."""
     import torch
 
     torch.set_num_threads(threads)
     return task()
+
+
+class Processes:
+    """Independent tasks in `workers` local processes, each with `threads` torch threads (module docstring)."""
+
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads = workers, threads
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def run_tasks(self, tasks: list[Callable], on_result: Callable, should_stop: Callable) -> None:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        if not tasks:
+            return
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_task, task, self.threads): index for index, task in enumerate(tasks)}
+            try:
+                for future in as_completed(futures):
+                    if should_stop():
+                        break
+                    on_result(futures[future], future.result())
+            finally:  # stopped or failed: tasks not started stay undone
+                for future in futures:
+                    future.cancel()
 
 
 class RayExecutor:
