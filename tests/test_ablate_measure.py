@@ -83,6 +83,29 @@ def test_measures_of_every_cell_equal_the_api_on_the_same_weights(grid, capsys):
     assert checksums(path.parent) == before
 
 
+def test_cells_measured_in_parallel_processes_have_the_values_of_one_process(grid, tmp_path, capsys):
+    import shutil
+
+    spec_file, results = grid
+    common = ["--preset", "quick", "--measures", "pacbayes,norms", "--images", "64", "--test-images", "64",
+              "--draws", "2", "--tolerance", "0.5", "--device", "cpu", "--threads", "1"]
+    tables = {}
+    for name, extra in (("one process", []), ("two processes", ["--jobs", "2"])):
+        copy = tmp_path / name.replace(" ", "_")
+        shutil.copytree(results, copy)
+        (copy / "grid" / "quick" / "measures.h5").unlink(missing_ok=True)
+        code, _, err = cli("ablate", "measure", spec_file, *common, "--results", copy, *extra, capsys=capsys)
+        assert code in (0, None), err
+        tables[name] = read_measures(copy / "grid" / "quick" / "measures.h5")
+    one, two = tables["one process"], tables["two processes"]
+    assert list(one.cells) == list(two.cells) and two.done.all()
+    for name, column in one.values.items():
+        np.testing.assert_array_equal(column, two.values[name], err_msg=name)
+    code, _, err = cli("ablate", "measure", spec_file, *common, "--results", tmp_path / "ray", "--jobs", "2",
+                       "--executor", "ray", capsys=capsys)
+    assert code == 2 and "--jobs" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_spec_without_finished_cells_or_weights_is_refused(grid, tmp_path, capsys):
     spec_file, results = grid
     code, _, err = cli("ablate", "measure", spec_file, "--preset", "quick", "--results", tmp_path / "empty",

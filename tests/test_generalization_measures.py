@@ -66,6 +66,21 @@ def test_pacbayes_sigma_of_a_linear_classifier_is_the_closed_form(magnitude):
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
 
 
+def test_pacbayes_stopping_draws_early_leaves_the_answer_and_saves_passes(monkeypatch):
+    """The search stops drawing once the mean is settled above the bound: the same sigma as with every draw made."""
+    from landscape.engine import bounds
+    from landscape.engine.batches import BatchSet, Objective
+
+    model, x, y = separable_data(64, seed=2)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    common = dict(bound=0.1, draws=10, tolerance=0.02, seed=0)
+    early = bounds.pacbayes_sigma(model, params, {}, BatchSet([(x, y)]), Objective(), **common)
+    monkeypatch.setattr(bounds, "lowest_deviation", lambda base: -math.inf)  # never settled before the last draw
+    every = bounds.pacbayes_sigma(model, params, {}, BatchSet([(x, y)]), Objective(), **common)
+    assert early.scale == every.scale and early.evaluations == every.evaluations
+    assert every.passes == 1 + 10 * every.evaluations and early.passes < every.passes
+
+
 def test_pacbayes_on_a_regression_loss_is_the_closed_form():
     """Without an accuracy the bound is on the loss: for least squares, E[L(w + u)] - L(w) = sigma^2 E|x~|^2."""
     g = torch.Generator().manual_seed(3)
