@@ -25,6 +25,7 @@ PUBLIC = {
     "HFCallback": ("landscape.integrations.huggingface", "HFCallback"),
     "cifar10": ("landscape.training.data", "cifar10_tensors"),
     "read_run": ("landscape.files.run_file", "read_run"),
+    "load_model": ("landscape.commands.sources", "load_model"),
     "read_surface": ("landscape.files.surface_file", "read_surface"),
     "read_hessian": ("landscape.files.hessian_file", "read_hessian"),
     "LandscapeError": ("landscape.errors", "LandscapeError"),

@@ -298,3 +298,26 @@ def test_measures_of_a_model_that_cannot_take_the_data_is_our_one_line_error(cas
     with pytest.raises(UsageError, match="cannot be evaluated on this data") as raised:
         landscape.measures(model, data, test_data=test, measures="gap")
     assert "\n" not in str(raised.value)
+
+
+def test_load_model_holds_the_weights_file_snapshot_read_with_h5py(tmp_path, capsys):
+    import h5py
+
+    out = tmp_path / "two.h5"
+    code, _, err = run_cli("run", "--model", "vgg_bn", "--width", "0.0625", "--lrs", "1e-3,1e-2", "--dataset",
+                           "synthetic", "--train-subset", "64", "--epochs", "2", "--snapshot-every", "1", "--out",
+                           out, "--quiet", capsys=capsys)
+    assert code in (0, None), err
+    model = landscape.load_model(out, lr=1e-2, epoch=1)
+    assert not model.training
+    with h5py.File(tmp_path / "two.weights.h5") as f:
+        assert list(f["lrs"][()]) == [1e-3, 1e-2]
+        stored = {name: torch.from_numpy(np.asarray(data[1])) for name, data in f["snapshots/epoch_0001"].items()}
+    state = model.state_dict()
+    assert set(state) == set(stored)
+    for name, value in stored.items():
+        assert torch.equal(state[name].cpu(), value.to(state[name].dtype)), name
+    with pytest.raises(UsageError, match="lr"):
+        landscape.load_model(out)  # two rates: which one
+    with pytest.raises(UsageError, match="epoch"):
+        landscape.load_model(out, lr=1e-3, epoch=7)

@@ -226,6 +226,12 @@ def snapshot_model(run: Run, weights: Weights, index: int, epoch: int, device: t
     """A real module (on `device`) holding run `index`'s snapshot at `epoch`: for code that needs the model itself."""
     model = run_architecture(run, model_def)
     params, buffers = snapshot_state(model, weights, index, epoch, device)
+    return loaded(model, params, buffers)
+
+
+def loaded(model: nn.Module, params: Params, buffers: Params) -> nn.Module:
+    """`model` (perhaps a shape-only skeleton on the meta device) holding `params` and `buffers`, on their device."""
+    device = next(iter(params.values())).device
     model = model.to_empty(device=device) if next(model.parameters()).device.type == "meta" else model.to(device)
     model.load_state_dict({**params, **buffers})
     return model
@@ -259,6 +265,17 @@ def run_snapshot(path: str | Path, lr: float | None, run_index: int | None, epoc
     model = run_architecture(run, model_def)
     params, buffers = snapshot_state(model, weights, index, chosen, device)
     return RunSnapshot(run, weights, model, index, chosen, params, buffers)
+
+
+def load_model(path: str | Path, lr: float | None = None, epoch: int | None = None, model_def: str | None = None,
+               device: str = "cpu") -> nn.Module:
+    """A run file's snapshot as a module in eval mode: the weights and BatchNorm statistics of the run at `lr` (needed
+    when the file holds several rates) at `epoch` (default the last saved); `model_def` (FILE.py:FACTORY) for a
+    Recorder's or callback's run of your own architecture."""
+    from landscape.engine.devices import resolve_device
+
+    found = run_snapshot(path, lr, None, epoch, model_def, resolve_device(device, "device"))
+    return loaded(found.model, found.params, found.buffers).eval()
 
 
 class ImageSet:
