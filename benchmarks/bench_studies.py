@@ -37,7 +37,7 @@ def phases(study: str, executor: str, data_root: str, results: Path, jobs: int) 
     run = ["ablate", "run", *common, "--quiet", "--data-root", data_root]
     run += ["--jobs", str(jobs)] if executor == "local" else ["--executor", "ray"]
     measure = ["ablate", "measure", *common, "--quiet", "--data-root", data_root]
-    measure += [] if executor == "local" else ["--executor", "ray"]
+    measure += ["--jobs", str(jobs)] if executor == "local" else ["--executor", "ray"]
     return {"training": timed(run), "measuring": timed(measure), "tables": timed(["ablate", "table", *common])}
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("LANDSCAPE_TEST_DATA", "data"))
     parser.add_argument("--studies", default="", help="comma-separated spec names [default: every study]")
     parser.add_argument("--executors", default="local", help="local, ray or local,ray")
-    parser.add_argument("--jobs", type=int, default=2, help="local: cells in parallel (ablate run --jobs)")
+    parser.add_argument("--jobs", type=int, default=2, help="local: cells in parallel (ablate run and ablate measure --jobs)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the results under this folder")
     args = parser.parse_args()
     names = [n for n in args.studies.split(",") if n] or \
