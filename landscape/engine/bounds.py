@@ -130,8 +130,8 @@ def pacbayes_sigma(module: nn.Module, params: Params, buffers: Params, batches: 
 
 
 def worst_case_alpha(module: nn.Module, params: Params, buffers: Params, batches: BatchSet, objective: Objective,
-                     ascent: Callable[[Params], tuple[dict, Params]], *, bound: float, steps: int, tolerance: float, seed: int,
-                     magnitude: bool = False, eps: float = 1e-3) -> Bound:
+                     ascent: Callable[[Params], tuple[dict, Params]], *, bound: float, steps: int, tolerance: float,
+                     seed: int, magnitude: bool = False, eps: float = 1e-3) -> Bound:
     """The largest box half-width alpha whose worst case (by ascent on the loss) stays within `bound`. `ascent(point)`:
     the objective's values at `point` (loss and accuracy) and the loss's gradient, from one pass."""
     base = values_at(module, params, buffers, batches, objective)

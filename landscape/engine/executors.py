@@ -5,14 +5,14 @@ chunk a pass of points evaluated by a `surface.PointEvaluator`) and independent 
 measurement per (run, snapshot) (`run_tasks(tasks, on_result, should_stop)`, each task a picklable callable).
 Results come back to the caller's process in the order they land; the caller alone writes files.
 
-`Processes` runs independent tasks in `workers` spawned processes of this machine, each with `threads` torch
-threads (on a CPU, two one-thread processes do more per second than one two-thread process), so a task's values are
-those of this process with the same threads. `RayExecutor` starts `workers` actors, each with `cpus_per_worker` CPUs (its torch threads) and
-`gpus_per_worker` GPUs (fractions pack several on one GPU). Each actor receives the evaluator once through
-the object store (model skeleton, centre, directions, batches) and then evaluates tasks of whole passes, so
-its values are those of this process: bit-identical on CPU with the same threads, within float rounding on
-GPUs. An actor or node that dies has its task re-queued on another actor and is replaced; `should_stop`
-(Ctrl-C) cancels what is in flight and keeps what has landed.
+`Processes` runs independent tasks in `workers` spawned processes of this machine, each with `threads` torch threads
+(on a CPU, two one-thread processes do more per second than one two-thread process), so a task's values are those of
+this process with the same threads. `RayExecutor` starts `workers` actors, each with `cpus_per_worker` CPUs (its
+torch threads) and `gpus_per_worker` GPUs (fractions pack several on one GPU). Each actor receives the evaluator
+once through the object store (model skeleton, centre, directions, batches) and then evaluates tasks of whole
+passes, so its values are those of this process: bit-identical on CPU with the same threads, within float rounding
+on GPUs. An actor or node that dies has its task re-queued on another actor and is replaced; `should_stop` (Ctrl-C)
+cancels what is in flight and keeps what has landed.
 """
 from __future__ import annotations
 

@@ -382,7 +382,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
                 if "acc" in train:
                     values["gap_acc"] = train["acc"] - test["acc"]
         elif group in ("pacbayes", "pacbayes_mag", "jiang", "jiang_mag"):
-            values.update(bound_measures(group, module, params, kept, batches, objective, options, loss, attrs))
+            values.update(bound_measures(group, module, params, kept, batches, objective, options, attrs))
         elif group == "spectral":
             values.update(spectral_measures(params))
         elif group == "path_norm":
@@ -415,7 +415,7 @@ def compute_measures(model: nn.Module, params: Params, buffers: Params, batches:
 
 
 def bound_measures(group: str, module: nn.Module, params: Params, buffers: Params, batches: BatchSet,
-                   objective: Objective, options: MeasureOptions, loss: LossAt, attrs: dict) -> dict[str, float]:
+                   objective: Objective, options: MeasureOptions, attrs: dict) -> dict[str, float]:
     """The PAC-Bayes or worst-case perturbation bound of `group` (engine.bounds), as 1/scale^2 and the scale; what
     the deviation was measured on and the search's cost go into `attrs`."""
     magnitude = group.endswith("_mag")

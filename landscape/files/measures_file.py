@@ -56,7 +56,7 @@ class MeasuresTable:
         self.done[row] = 1
         for key, value in measures.attrs.items():
             if key not in ("seconds", "loss_evaluations", "created") and \
-                    not key.endswith(("_products", "_steps_taken", "_evaluations")):  # per model: not the table's
+                    not key.endswith(("_products", "_steps_taken", "_evaluations", "_passes")):  # per model: not the table's
                 self.attrs.setdefault(key, value)
 
 
