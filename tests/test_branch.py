@@ -8,12 +8,13 @@ from tests.test_cli import landscape
 
 @pytest.fixture(scope="module", params=["loop", "fused"])
 def parent(request, tmp_path_factory, tiny_config):
-    """Two SGD-with-momentum runs, 3 epochs, the full state kept at every epoch (momentum makes the optimizer state
-    matter: a branch that lost it would differ from the first step)."""
+    """Two SGD-with-momentum runs, 3 epochs of 8 steps, the full state kept at every epoch and after steps 0, 3, 8
+    and 13 (mid-epoch 2, not at a loss block's end: log_every is 3) (momentum makes the optimizer state matter: a
+    branch that lost it would differ from the first step)."""
     from landscape.training.runner import train
 
     config = tiny_config(epochs=3, optimizer="sgd", lrs=(0.05, 0.02), snapshot_every=1, branch_points=True,
-                         engine=request.param)
+                         branch_steps=(0, 3, 8, 13), engine=request.param)
     return train(config, tmp_path_factory.mktemp(request.param) / "parent.h5", progress=False)
 
 
@@ -69,9 +70,74 @@ def test_a_branch_at_the_last_epoch_is_the_parents_final_model(parent, tmp_path,
         assert np.array_equal(mine.state(3, 0)[name], theirs.state(3, 1)[name])
 
 
+def test_keeping_states_mid_epoch_leaves_the_parent_unchanged(parent, tmp_path, tiny_config):
+    from landscape.files.run_file import read_run
+    from landscape.files.weights_file import read_weights, weights_path
+    from landscape.training.config import RunConfig
+    from landscape.training.runner import train
+
+    config = RunConfig.from_json(read_run(parent).attrs["config"])
+    plain = train(tiny_config(**{**vars(config), "branch_steps": (), "extra": {}}), tmp_path / "plain.h5",
+                  progress=False)
+    kept, alone = read_run(parent), read_run(plain)
+    assert np.array_equal(kept.train_loss, alone.train_loss) and np.array_equal(kept.epoch["test_loss"],
+                                                                               alone.epoch["test_loss"])
+    final = read_weights(weights_path(parent)), read_weights(weights_path(plain))
+    for name in final[0].names:
+        assert np.array_equal(final[0].state(3, 1)[name], final[1].state(3, 1)[name]), name
+    assert sorted(p.name for p in parent.parent.glob("parent.h5.step_*.ckpt")) == [
+        f"parent.h5.step_{s:07d}.ckpt" for s in (0, 3, 8, 13)]
+
+
+def test_a_mid_epoch_branch_with_the_parents_order_repeats_its_remaining_steps(parent, tmp_path, capsys):
+    from landscape.files.run_file import read_run
+    from landscape.files.weights_file import read_weights, weights_path
+
+    code, _, err = branch(parent, tmp_path / "mid.h5", "--step", "13", "--data-seed", "0", capsys=capsys)
+    assert code in (0, None), err
+    mother, child = read_run(parent), read_run(tmp_path / "mid.h5")
+    same = np.array_equal if "loop" in parent.parent.name else lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert np.array_equal(child.train_loss[0, :13], mother.train_loss[1, :13])  # the parent's steps, copied
+    assert same(child.train_loss[0], mother.train_loss[1]) and child.train_loss.shape[1] == 24
+    for name in ("test_loss", "test_acc", "train_acc"):
+        assert same(child.epoch[name][0, 1:], mother.epoch[name][1, 1:]), name
+    mine, theirs = read_weights(weights_path(tmp_path / "mid.h5")), read_weights(weights_path(parent))
+    assert mine.epochs == [2, 3]  # none at the branch point (mid-epoch 2): snapshots are taken between epochs
+    for name in theirs.names:
+        assert same(mine.state(2, 0)[name], theirs.state(2, 1)[name]), name
+        assert same(mine.state(3, 0)[name], theirs.state(3, 1)[name]), name
+    assert (int(child.attrs["branch_epoch"]), int(child.attrs["branch_step"])) == (1, 13)
+    _, out, _ = landscape("info", tmp_path / "mid.h5", capsys=capsys)
+    assert "(its run lr=0.02) after step 13 (in epoch 2); data order seed 0" in out
+
+
+def test_a_mid_epoch_branch_under_another_order_differs_from_the_branch_step_on(parent, tmp_path, capsys):
+    from landscape.files.run_file import read_run
+
+    code, _, err = branch(parent, tmp_path / "other.h5", "--step", "13", "--data-seed", "7", capsys=capsys)
+    assert code in (0, None), err
+    mother, child = read_run(parent), read_run(tmp_path / "other.h5")
+    assert np.array_equal(child.train_loss[0, :13], mother.train_loss[1, :13])
+    assert child.train_loss[0, 13] != mother.train_loss[1, 13]
+
+
+def test_a_step_that_ends_an_epoch_branches_as_that_epoch_does(parent, tmp_path, capsys):
+    from landscape.files.run_file import read_run
+
+    for option, value, name in (("--step", "8", "by_step.h5"), ("--epoch", "1", "by_epoch.h5")):
+        code, _, err = branch(parent, tmp_path / name, option, value, "--data-seed", "5", capsys=capsys)
+        assert code in (0, None), err
+    by_step, by_epoch = read_run(tmp_path / "by_step.h5"), read_run(tmp_path / "by_epoch.h5")
+    assert np.array_equal(by_step.train_loss, by_epoch.train_loss)
+    assert np.array_equal(by_step.epoch["test_loss"], by_epoch.epoch["test_loss"])
+
+
 @pytest.mark.parametrize("options, message", [
     (("--epoch", "5", "--data-seed", "1"), "past"),
-    (("--epoch", "1"), "needs --epoch K"),
+    (("--epoch", "1"), "needs --epoch K or --step S"),
+    (("--epoch", "1", "--step", "3", "--data-seed", "1"), "one of them"),
+    (("--step", "5", "--data-seed", "1"), "kept its state after steps 0, 3, 8, 13; pick one of those"),
+    (("--step", "99", "--data-seed", "1"), "(it trained 24 steps)"),
     (("--epoch", "1", "--data-seed", "1", "--batch-size", "64"), "--batch-size 64 (the parent has 32)"),
     (("--epoch", "1", "--data-seed", "1", "--lrs", "0.1"), "drop --resume and --lrs"),
 ])
@@ -88,5 +154,8 @@ def test_a_branch_never_writes_over_its_parent_and_needs_kept_states(parent, tin
     code, _, err = landscape("run", "--branch-from", tiny_run, "--lr", "1e-3", "--epoch", "1", "--data-seed", "1",
                              "--out", tmp_path / "c.h5", capsys=capsys)
     assert code == 2 and "kept no branch points: rerun it with --branch-points" in err
+    code, _, err = landscape("run", "--branch-from", tiny_run, "--lr", "1e-3", "--step", "3", "--data-seed", "1",
+                             "--out", tmp_path / "c.h5", capsys=capsys)
+    assert code == 2 and "kept no step branch points: rerun it with --branch-steps" in err
     code, _, err = landscape("run", "--lr", "1e-3", "--epoch", "1", "--out", tmp_path / "c.h5", capsys=capsys)
     assert code == 2 and "--branch-from" in err

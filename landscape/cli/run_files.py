@@ -90,6 +90,9 @@ from landscape.errors import UsageError
 @click.option("--branch-points/--no-branch-points", default=False, show_default=True,
               help="Keep the full training state at every snapshot epoch (<run>.h5.epoch_KKKK.ckpt) so that "
                    "--branch-from can start there.")
+@click.option("--branch-steps", default="", show_default=False,
+              help="Also keep it after these global steps, mid-epoch too (<run>.h5.step_SSSSSSS.ckpt), e.g. 0,5,10,20: "
+                   "--branch-from --step S starts there.")
 @click.option("--sharpness-every", type=int, default=0, show_default=True,
               help="Track the top Hessian eigenvalue(s) of every run every K steps (0: off).")
 @click.option("--sharpness-images", default="0", show_default=True,
@@ -117,13 +120,16 @@ from landscape.errors import UsageError
                    "and train the remaining epochs under --data-seed; other options, if given, must match.")
 @click.option("--lr", type=float, default=None, help="--branch-from: which of the parent's runs (its rate).")
 @click.option("--epoch", type=click.IntRange(min=0), default=None, help="--branch-from: the epoch to branch after.")
+@click.option("--step", type=click.IntRange(min=0), default=None,
+              help="--branch-from: the global step to branch after (kept by --branch-steps), instead of --epoch.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=1, show_default=True,
               help="Save a checkpoint beside the run file every N epochs (0: never; always on SIGINT/SIGTERM).")
 @click.option("--keep-checkpoint", is_flag=True, help="Keep the checkpoint (final weights) when the run completes.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrite: bool, resume: Path | None,
-        branch_from: Path | None, lr: float | None, epoch: int | None, checkpoint_every: int, keep_checkpoint: bool,
+        branch_from: Path | None, lr: float | None, epoch: int | None, step: int | None, checkpoint_every: int,
+        keep_checkpoint: bool,
         download: bool, quiet: bool, **options) -> None:
     """Train one model per learning rate in lockstep and record every step's loss in one HDF5 file."""
     from landscape.training.config import RunConfig, config_values, default_out_path, load_config_file
@@ -133,19 +139,19 @@ def run(ctx: click.Context, config_file: Path | None, out: Path | None, overwrit
                        if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     runtime = dict(download=download, progress=not quiet, checkpoint_every=checkpoint_every,
                    keep_checkpoint=keep_checkpoint)
-    if branch_from is None and (lr is not None or epoch is not None):
-        raise UsageError("--lr and --epoch pick where --branch-from starts: add --branch-from PARENT.h5, or give "
-                         "a new run's rates with --lrs")
+    if branch_from is None and (lr is not None or epoch is not None or step is not None):
+        raise UsageError("--lr and --epoch (or --step) pick where --branch-from starts: add --branch-from PARENT.h5, "
+                         "or give a new run's rates with --lrs")
     if branch_from is not None:
         if resume is not None or "lrs" in on_command_line:
             raise UsageError("--branch-from starts a new run from one run of the parent: pick it with --lr, and "
                              "drop --resume and --lrs")
-        if epoch is None or options["data_seed"] is None or out is None:
-            raise UsageError("--branch-from needs --epoch K (where to start), --data-seed S (the child's data "
-                             "order) and --out CHILD.h5")
+        if (epoch is None) == (step is None) or options["data_seed"] is None or out is None:
+            raise UsageError("--branch-from needs --epoch K or --step S (where to start; one of them), --data-seed S "
+                             "(the child's data order) and --out CHILD.h5")
         from landscape.training.branch import branch
 
-        path = branch(branch_from, out, epoch=epoch, data_seed=options["data_seed"], lr=lr,
+        path = branch(branch_from, out, epoch=epoch, step=step, data_seed=options["data_seed"], lr=lr,
                       options={**from_file, **config_values(on_command_line, where="command line")},
                       overwrite=overwrite, **runtime)
         if not quiet:

@@ -123,8 +123,9 @@ def companions(path: Path) -> list[Path]:
     path = Path(path)
     around = [path.with_name(path.stem + ".weights.h5"), path.with_name(path.name + ".ckpt"),
               path.with_name(path.name + ".curve.pt")]
-    kept = sorted(path.parent.glob("".join(f"[{c}]" if c in "*?[" else c for c in path.name) + ".epoch_*.ckpt"))
-    return [path] + [p for p in around if p.exists()] + kept  # kept: a run's branch points (--branch-points)
+    name = "".join(f"[{c}]" if c in "*?[" else c for c in path.name)
+    kept = sorted(path.parent.glob(name + ".epoch_*.ckpt")) + sorted(path.parent.glob(name + ".step_*.ckpt"))
+    return [path] + [p for p in around if p.exists()] + kept  # a run's branch points (--branch-points, --branch-steps)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -6,8 +6,10 @@ stopping, best accuracy) and, after an interruption, the part of the epoch alrea
 written like the run file (temporary copy, fsync, rename), so a crash never leaves half of one.
 The writer's lock is `files.lock.WriterLock`.
 
-Branch points (`--branch-points`): the same content, kept at every snapshot epoch as `RUN.h5.epoch_KKKK.ckpt`, so
-that `landscape run --branch-from RUN.h5 --epoch K` can continue one of its runs from there.
+Branch points: the same content, kept at every snapshot epoch as `RUN.h5.epoch_KKKK.ckpt` (`--branch-points`)
+and after chosen global steps as `RUN.h5.step_SSSSSSS.ckpt` (`--branch-steps`, mid-epoch too: then with the part
+of the epoch done, as after an interruption), so that `landscape run --branch-from RUN.h5 --epoch K` (or `--step S`)
+can continue one of its runs from there.
 """
 from __future__ import annotations
 
@@ -30,46 +32,64 @@ def save_checkpoint(run_path: str | Path, state: dict) -> None:
     write_atomically(checkpoint_path(run_path), lambda temp: torch.save(state, temp))
 
 
-def branch_point_path(run_path: str | Path, epoch: int) -> Path:
-    """Where the training state of `run_path` after `epoch` epochs is kept (`--branch-points`)."""
+def branch_point_path(run_path: str | Path, epoch: int | None = None, *, step: int | None = None) -> Path:
+    """Where the training state of `run_path` after `epoch` epochs (`--branch-points`), or after global step `step`
+    (`--branch-steps`), is kept."""
     run_path = Path(run_path)
+    if step is not None:
+        return run_path.with_name(f"{run_path.name}.step_{step:07d}.ckpt")
     return run_path.with_name(f"{run_path.name}.epoch_{epoch:04d}.ckpt")
+
+
+def kept_points(run_path: str | Path, kind: str) -> list[int]:
+    """The epochs (`kind` "epoch") or steps ("step") at which `run_path` kept its training state, ascending."""
+    run_path = Path(run_path)
+    prefix = f"{run_path.name}.{kind}_"
+    numbers = []
+    for path in companions(run_path):
+        digits = path.name[len(prefix):-len(".ckpt")]
+        if path.name.startswith(prefix) and path.name.endswith(".ckpt") and digits.isdigit():
+            numbers.append(int(digits))
+    return sorted(numbers)
 
 
 def branch_point_epochs(run_path: str | Path) -> list[int]:
     """The epochs at which `run_path` kept its training state, ascending."""
-    run_path = Path(run_path)
-    epochs = []
-    for path in companions(run_path):
-        digits = path.name[len(run_path.name) + len(".epoch_"):-len(".ckpt")]
-        if path.name.startswith(run_path.name + ".epoch_") and digits.isdigit():
-            epochs.append(int(digits))
-    return sorted(epochs)
+    return kept_points(run_path, "epoch")
 
 
-def save_branch_point(run_path: str | Path, epoch: int, state: dict) -> None:
-    """Keep `state` (a checkpoint's content) as the branch point of `run_path` at `epoch`, atomically."""
-    write_atomically(branch_point_path(run_path, epoch), lambda temp: torch.save(state, temp))
+def branch_point_steps(run_path: str | Path) -> list[int]:
+    """The global steps after which `run_path` kept its training state (`--branch-steps`), ascending."""
+    return kept_points(run_path, "step")
+
+
+def save_branch_point(run_path: str | Path, epoch: int, state: dict, *, step: int | None = None) -> None:
+    """Keep `state` (a checkpoint's content) as the branch point of `run_path` at `epoch` (or at global step
+    `step`), atomically."""
+    write_atomically(branch_point_path(run_path, epoch, step=step), lambda temp: torch.save(state, temp))
 
 
 def remove_branch_points(run_path: str | Path) -> None:
     """Delete the branch points of a run being replaced."""
     for epoch in branch_point_epochs(run_path):
         branch_point_path(run_path, epoch).unlink(missing_ok=True)
+    for step in branch_point_steps(run_path):
+        branch_point_path(run_path, step=step).unlink(missing_ok=True)
 
 
-def load_checkpoint(run_path: str | Path, epoch: int | None = None) -> dict | None:
-    """The checkpoint of `run_path` (or its branch point at `epoch`), or None if there is none; UsageError if it
-    is damaged."""
-    path = checkpoint_path(run_path) if epoch is None else branch_point_path(run_path, epoch)
+def load_checkpoint(run_path: str | Path, epoch: int | None = None, *, step: int | None = None) -> dict | None:
+    """The checkpoint of `run_path` (or its branch point at `epoch`, or at global step `step`), or None if there is
+    none; UsageError if it is damaged."""
+    kept = epoch is not None or step is not None
+    path = branch_point_path(run_path, epoch, step=step) if kept else checkpoint_path(run_path)
     if not path.exists():
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if epoch is not None:
-            raise UsageError(f"{path}: damaged branch point ({type(exc).__name__}); branch at another epoch, or "
-                             f"rerun the parent with --branch-points") from None
+        if kept:
+            raise UsageError(f"{path}: damaged branch point ({type(exc).__name__}); branch at another point, or "
+                             f"rerun the parent") from None
         raise UsageError(f"{path}: damaged checkpoint ({type(exc).__name__}); delete it to restart the run from "
                          f"scratch with --resume, or start a new run") from None
 

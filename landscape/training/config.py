@@ -98,6 +98,7 @@ class RunConfig:
     snapshots: bool = True
     snapshot_every: int = 0
     branch_points: bool = False  # keep the full training state at every snapshot: `run --branch-from` starts there
+    branch_steps: tuple[int, ...] = ()  # and after these global steps (mid-epoch too): `run --branch-from --step S`
     # sharpness: top Hessian eigenvalues of every run every K steps on a fixed training subset (or "batch")
     sharpness_every: int = 0
     sharpness_images: int | str = 0  # 0: DEFAULT_SHARPNESS_IMAGES, or all the training images when fewer
@@ -167,6 +168,10 @@ class RunConfig:
             raise UsageError(f"--milestones must be increasing positive epochs, e.g. 90,135; got {self.milestones}")
         if self.schedule == "multistep" and not self.milestones:
             raise UsageError("--schedule multistep needs --milestones, e.g. --milestones 90,135")
+        if any(not isinstance(s, int) or s < 0 for s in self.branch_steps) or \
+                list(self.branch_steps) != sorted(set(self.branch_steps)):
+            raise UsageError(f"--branch-steps must be increasing whole steps from 0, e.g. 0,10,20,40; got "
+                             f"{','.join(map(str, self.branch_steps))}")
         if not self.probe_multipliers or any(not (0 < m < math.inf) for m in self.probe_multipliers):
             raise UsageError("--probe-multipliers must be positive finite numbers, e.g. 0.5:4:8")
         return self
@@ -205,7 +210,8 @@ class RunConfig:
         return cls(**values)
 
 
-TUPLE_FIELDS = ("lrs", "probe_multipliers", "milestones")
+TUPLE_FIELDS = ("lrs", "probe_multipliers", "milestones", "branch_steps")
+WHOLE_TUPLES = ("milestones", "branch_steps")
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "extra")
 
 
@@ -238,8 +244,8 @@ def config_values(raw: dict, where: str) -> dict:
             value = parse_lrs(value)
         elif name == "probe_multipliers" and isinstance(value, str):
             value = parse_multipliers(value)
-        elif name == "milestones" and isinstance(value, str):
-            value = parse_ints(value, "--milestones")
+        elif name in WHOLE_TUPLES and isinstance(value, str):
+            value = parse_ints(value, "--" + name.replace("_", "-"))
         elif name == "sharpness_images" and isinstance(value, str):
             if value != "batch" and not value.isdigit():
                 raise UsageError(f"{where}: {key} must be a number of images or batch, got {value!r}")
@@ -253,9 +259,9 @@ def config_values(raw: dict, where: str) -> dict:
             if not isinstance(value, (list, tuple)):
                 value = [value]
             value = tuple(value)
-            wanted = int if name == "milestones" else (int, float)
+            wanted = int if name in WHOLE_TUPLES else (int, float)
             if any(isinstance(v, bool) or not isinstance(v, wanted) for v in value):
-                raise UsageError(f"{where}: {key} must be {'whole numbers' if name == 'milestones' else 'numbers'}, "
+                raise UsageError(f"{where}: {key} must be {'whole numbers' if name in WHOLE_TUPLES else 'numbers'}, "
                                  f"got {list(value)!r}")
         elif isinstance(value, bool) and not isinstance(default, bool):
             raise UsageError(f"{where}: {key} must be a {type(default).__name__ if default is not None else 'number'}, "

@@ -10,6 +10,7 @@ checks for divergence there, evaluates after each epoch, appends to the run file
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import signal
 import sys
@@ -135,8 +136,8 @@ class EarlyStopping:
 class TrainingState:
     """The loop's counters: what a checkpoint stores besides the engine and the random state.
 
-    `epoch` epochs are complete ("global_step" steps). After an interruption, `partial` holds the
-    part of epoch `epoch` already done: its step count, step losses, correct counts and probes.
+    `epoch` epochs are complete ("global_step" steps). After an interruption (and in a branch point kept
+    mid-epoch), `partial` holds the part of epoch `epoch` already done: its step count, step losses, correct counts and probes.
     """
 
     epoch: int
@@ -204,6 +205,7 @@ def prepare(config: RunConfig, download: bool, progress: bool = False) -> tuple[
                            download=download, seed=config.seed, image_size=config.image_size,
                            imagenette_size=config.imagenette_size)
     check_runs_fit(config, dataset, device)
+    check_branch_steps(config, steps_per_epoch(len(dataset.train), config.batch_size))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     runs, base = build_runs(config, dataset, device)
@@ -235,6 +237,14 @@ def check_runs_fit(config: RunConfig, dataset: Dataset, device: torch.device) ->
                              f"x {len(config.lrs)} runs need {need / 2 ** 30:,.1f} GiB of probe records, more than a "
                              f"quarter of the {have / 2 ** 30:,.1f} GiB available: give fewer multipliers (e.g. "
                              f"0.5:4:8) or a larger --probe-every")
+
+
+def check_branch_steps(config: RunConfig, steps: int) -> None:
+    """Refuse --branch-steps past the run's last step (`steps` per epoch)."""
+    last = config.epochs * steps
+    if config.branch_steps and config.branch_steps[-1] > last:
+        raise UsageError(f"--branch-steps {config.branch_steps[-1]} is past the run's last step ({last}: "
+                         f"{config.epochs} epochs of {steps} steps): give steps up to {last}")
 
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, download: bool = False,
@@ -359,7 +369,8 @@ def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, 
           starting: bool = False) -> Path:
     """Run the remaining epochs under signal handling; set the final status; translate failures.
 
-    `starting` (a new run or a new branch): first save the snapshot, branch point and checkpoint of `state`."""
+    `starting` (a new run or a new branch): first save the snapshot, branch point and checkpoint of `state` (a
+    branch from mid-epoch saves only the checkpoint: snapshots and epoch branch points are taken between epochs)."""
     out = writer.path
 
     def content(state: TrainingState) -> dict:
@@ -371,22 +382,25 @@ def drive(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, 
         if on_checkpoint is not None:
             on_checkpoint(out, state.epoch)
 
-    def keep(state: TrainingState) -> None:
-        save_branch_point(out, state.epoch, content(state))
+    def keep(state: TrainingState, step: int | None = None) -> None:
+        save_branch_point(out, state.epoch, content(state), step=step)
 
     resume_line = f"resume with: landscape run --resume {out}"
     try:
         if starting:
-            if snapshots is not None:  # the shared initialisation (a branch: the state it starts from)
+            between_epochs = state.partial is None
+            if snapshots is not None and between_epochs:  # the shared initialisation (a branch: where it starts)
                 save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
-            if config.branch_points:
+            if config.branch_points and between_epochs:
                 keep(state)
+            if state.global_step in config.branch_steps and between_epochs:
+                keep(state, step=state.global_step)
             if checkpoint_every:
                 save(state)  # a run killed before its first epoch's checkpoint resumes from the start
         with StopSignals() as signals:
             outcome = record_epochs(config, dataset, runs, writer, state, progress, signals,
                                     save if checkpoint_every else None, checkpoint_every, snapshots, tracker,
-                                    keep if config.branch_points else None)
+                                    keep if config.branch_points else None, keep if config.branch_steps else None)
         writer.set_status("complete", outcome)
     except Interrupted as stop:
         try:
@@ -428,10 +442,12 @@ class Interrupted(Exception):
 def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: RunWriter, state: TrainingState,
                   progress_on: bool, signals: StopSignals, save, checkpoint_every: int,
                   snapshots: SnapshotWriter | None = None, tracker: SharpnessTracker | None = None,
-                  keep=None) -> str:
+                  keep=None, keep_step=None) -> str:
     """The training loop: every epoch, step all runs, copy losses out in blocks, evaluate, append.
 
-    Continues from `state` (mid-epoch too). Returns a note on runs that diverged or stopped early.
+    Continues from `state` (mid-epoch too). `keep(state)` keeps a branch point at every snapshot epoch,
+    `keep_step(state, step)` after every global step in `--branch-steps`. Returns a note on runs that diverged or
+    stopped early.
     """
     normalize = Normalizer(dataset.mean, dataset.std, dataset.train.device)
     steps = steps_per_epoch(len(dataset.train), config.batch_size)
@@ -493,16 +509,21 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
             if (step + 1) % config.log_every == 0:
                 step_losses.send()
                 take(step_losses.landed())
+            kept_here = keep_step is not None and state.global_step + step + 1 in config.branch_steps
+            if (signals.received is not None or kept_here) and step + 1 < steps:
+                take(step_losses.drain())  # the epoch so far, on the host (values unchanged)
+                so_far = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
+                           "correct": correct.cpu().numpy(), "probe_steps": list(probe_steps),
+                           "probes": {k: v for k, v in probes_to_host(probe_steps, probe_values).items()
+                                      if k != "step" and v is not None},
+                           "sharpness_steps": list(sharp_steps),
+                           "sharpness": [{k: v.cpu().numpy() for k, v in record.items()} for record in sharp_values]}
+                elapsed = time.perf_counter() - start
+                if kept_here:
+                    keep_step(dataclasses.replace(state, elapsed=elapsed, partial=so_far),
+                              state.global_step + step + 1)
             if signals.received is not None and step + 1 < steps:
-                take(step_losses.drain())
-                state.elapsed = time.perf_counter() - start
-                state.partial = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
-                                 "correct": correct.cpu().numpy(), "probe_steps": probe_steps,
-                                 "probes": {k: v for k, v in probes_to_host(probe_steps, probe_values).items()
-                                            if k != "step" and v is not None},
-                                 "sharpness_steps": sharp_steps,
-                                 "sharpness": [{k: v.cpu().numpy() for k, v in record.items()}
-                                               for record in sharp_values]}
+                state.elapsed, state.partial = elapsed, so_far
                 name = signal.Signals(signals.received).name
                 raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)
         take(step_losses.drain())
@@ -543,6 +564,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 save_snapshot(snapshots, runs, epoch=state.epoch, step=state.global_step)
             if keep is not None:
                 keep(state)  # a branch point (--branch-points) at every snapshot epoch
+        if keep_step is not None and state.global_step in config.branch_steps:
+            keep_step(state, state.global_step)  # a listed step that ends an epoch: the state between epochs
         if save is not None and (state.epoch % checkpoint_every == 0 or signals.received is not None):
             save(state)
         progress.epoch(epoch, metrics["test_acc"], time.perf_counter() - epoch_start)

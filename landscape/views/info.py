@@ -92,9 +92,11 @@ def lineage(run) -> list[str]:
     """A branched run's parent (`landscape run --branch-from`), or nothing."""
     if run.attrs.get("parent_file") is None:
         return []
-    return [f"branched    from {run.attrs['parent_file']} (its run lr={float(run.attrs['parent_lr']):g}) after epoch "
-            f"{int(run.attrs['branch_epoch'])} (step {int(run.attrs['branch_step'])}); data order seed "
-            f"{int(run.attrs['data_seed'])}"]
+    epoch, step = int(run.attrs["branch_epoch"]), int(run.attrs["branch_step"])
+    point = f"after epoch {epoch} (step {step})" if step == epoch * int(run.attrs["steps_per_epoch"]) \
+        else f"after step {step} (in epoch {epoch + 1})"
+    return [f"branched    from {run.attrs['parent_file']} (its run lr={float(run.attrs['parent_lr']):g}) {point}; "
+            f"data order seed {int(run.attrs['data_seed'])}"]
 
 
 def describe_criterion(run: Run) -> list[str]:
