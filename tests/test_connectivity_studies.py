@@ -37,7 +37,7 @@ branch_points = true
 threads = 1
 [[axes]]
 name = "branch_epoch"
-values = [0, 2]
+values = [0, 0.5, 2]
 [study]
 question = "Stable after an early point?"
 paper = "Frankle et al. 2020"
@@ -79,7 +79,7 @@ def branching(tmp_path_factory):
     spec = load_spec(spec_file)
     jobs = plan(spec, "full", 1, folder / "results")
     counts = run_in_waves(jobs, lambda wave: run_jobs(wave, 1, report=lambda line: None, progress=False, threads=1))
-    assert counts == {"trained": 1, "branched": 4, "resumed": 0, "skipped": 0, "failed": 0, "interrupted": 0}
+    assert counts == {"trained": 1, "branched": 6, "resumed": 0, "skipped": 0, "failed": 0, "interrupted": 0}
     path = measure_spec(spec, "full", folder / "results", MeasureOptions(("barrier",)), images=64, test_images=48,
                         report=lambda line: None)
     return spec, folder / "results", read_measures(path)
@@ -89,13 +89,29 @@ def test_a_branching_spec_trains_its_parents_before_their_children(branching):
     spec, results, _ = branching
     jobs = plan(spec, "full", 2, results)
     waves = job_waves(jobs)
-    assert [len(wave) for wave in waves] == [2, 8]
+    assert [len(wave) for wave in waves] == [2, 12]
     assert all(job.origin is None for job in waves[0]) and all(job.origin.parent in {j.path for j in waves[0]}
                                                                for job in waves[1])
     child = read_run(spec.result_path(results, "full", spec.cells[0], 0))
     twin = read_run(spec.twin_path(results, "full", spec.cells[0], 0))
     assert child.attrs["parent_file"] == "parent_seed0.h5" and child.attrs["branch_epoch"] == 0
     assert child.attrs["data_seed"] != twin.attrs["data_seed"]  # two data orders: SGD noise
+
+
+def test_a_fractional_branch_epoch_starts_the_children_after_the_step_it_falls_on(branching):
+    spec, results, table = branching
+    parent = read_run(spec.parent_path(results, "full", 0))
+    child = read_run(spec.result_path(results, "full", spec.cells[1], 0))
+    twin = read_run(spec.twin_path(results, "full", spec.cells[1], 0))
+    assert parent.attrs["steps_per_epoch"] == 3  # 96 images in batches of 32: half an epoch is step 1.5, rounded up
+    assert (int(child.attrs["branch_epoch"]), int(child.attrs["branch_step"])) == (0, 2)
+    assert sorted(p.name for p in spec.parent_path(results, "full", 0).parent.glob("parent_seed0.h5.step_*")) == [
+        "parent_seed0.h5.step_0000002.ckpt"]
+    for run in (child, twin):
+        assert np.array_equal(run.train_loss[0, :2], parent.train_loss[0, :2])  # the parent's two steps
+        assert run.train_loss[0, 2] != parent.train_loss[0, 2]  # then their own orders
+    assert child.train_loss[0, 2] != twin.train_loss[0, 2]
+    assert np.isfinite(table.values["barrier_test_acc"][table.cells.index("0.5 seed0")])
 
 
 def test_two_children_branched_at_the_last_epoch_have_instability_exactly_zero(branching):
@@ -126,14 +142,14 @@ def test_a_child_whose_parent_failed_is_not_started(tmp_path):
     (tmp_path / "results" / spec.name / "full").mkdir(parents=True)
     jobs[0].path.write_text("not a run file")  # the parent cannot be trained: it is damaged
     counts = run_in_waves(jobs, lambda wave: run_jobs(wave, 1, report=lambda line: None, progress=False, threads=1))
-    assert counts["failed"] == 1 and counts["not started"] == 4
+    assert counts["failed"] == 1 and counts["not started"] == 6
     assert not spec.result_path(tmp_path / "results", "full", spec.cells[0], 0).exists()
 
 
 SEEDS = BRANCHING.replace('''snapshot_every = 1
 branch_points = true
 ''', "").replace('''name = "branch_epoch"
-values = [0, 2]''', '''name = "width"
+values = [0, 0.5, 2]''', '''name = "width"
 values = [0.0625]''').replace('measures = ["barrier"]', 'measures = ["barrier_aligned"]').replace(
     'axis = "branch_epoch"\nat = 2', 'axis = "width"\nat = 0.0625')
 
@@ -172,11 +188,12 @@ def test_the_level_interval_is_scipys_t_interval():
 
 @pytest.mark.parametrize("change, message", [
     (("branch_points = true\n", ""), "set branch_points = true"),
-    (("values = [0, 2]", "values = [0, 3]"), "branch epoch 3 under preset"),
+    (("values = [0, 0.5, 2]", "values = [0, 3]"), "branch epoch 3 under preset"),
     (("epochs = 2\nsnapshot_every = 1\n", "epochs = 4\nsnapshot_every = 3\n"), "pick kept epochs"),
-    (("values = [0, 2]", "values = [0, 1.5]"), "whole numbers of epochs"),
+    (("values = [0, 0.5, 2]", "values = [0, 2.5]"), "branch epoch 2.5 under preset .*pick one within them"),
+    (("values = [0, 0.5, 2]", "values = [0, -1]"), "0 \\(initialisation\\) or more"),
     (("lrs = [0.05]", "lrs = [0.05, 0.1]"), "one lr"),
-    (("values = [0, 2]", "values = [0, 2]\n[[axes]]\nname = \"width\"\nvalues = [0.1]"), "only axis"),
+    (("values = [0, 0.5, 2]", "values = [0, 0.5, 2]\n[[axes]]\nname = \"width\"\nvalues = [0.1]"), "only axis"),
 ])
 def test_a_bad_branching_spec_is_refused_with_its_line(tmp_path, change, message):
     spec_file = tmp_path / "bad.toml"

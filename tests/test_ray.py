@@ -160,10 +160,12 @@ def test_a_branching_spec_trains_and_measures_its_pairs_on_ray_workers(tmp_path)
                            "--results", str(results), "--quiet", "--executor", "ray"], capture_output=True, text=True,
                           timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "1 trained, 4 branched" in done.stdout
+    assert "1 trained, 6 branched" in done.stdout
     spec = load_spec(spec_file)
     child = spec.result_path(results, "full", spec.cells[0], 0)
     assert read_run(child).attrs["parent_file"] == "parent_seed0.h5"
+    mid_epoch = read_run(spec.result_path(results, "full", spec.cells[1], 0))  # from a step's state, shipped too
+    assert int(mid_epoch.attrs["branch_step"]) == 2 and mid_epoch.status == "complete"
     measured = subprocess.run([sys.executable, "-m", "landscape", "ablate", "measure", str(spec_file), "--preset",
                                "full", "--results", str(results), "--images", "64", "--test-images", "48",
                                "--executor", "ray", "--workers", "2"], capture_output=True, text=True,

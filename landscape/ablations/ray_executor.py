@@ -27,10 +27,11 @@ def files_of(run_path: Path, skip: set[str] | None = None) -> dict[str, bytes]:
     """The run file, its checkpoint, its snapshots and its branch points, by name, as they are now (leaving out
     the names in `skip`: branch points already shipped, which never change)."""
     from landscape.files.weights_file import weights_path
-    from landscape.training.checkpoint import branch_point_epochs, branch_point_path
+    from landscape.training.checkpoint import branch_point_epochs, branch_point_path, branch_point_steps
 
     names = [run_path.with_name(run_path.name + suffix) for suffix in RESULT_SUFFIXES] + [weights_path(run_path)]
     names += [branch_point_path(run_path, epoch) for epoch in branch_point_epochs(run_path)]
+    names += [branch_point_path(run_path, step=step) for step in branch_point_steps(run_path)]
     return {p.name: p.read_bytes() for p in names if p.exists() and p.name not in (skip or set())}
 
 
@@ -95,7 +96,7 @@ def cell_task(job: Job, store, shared: bool, threads: int) -> tuple[str, str | N
         if not shared:
             files = files_of(run_path, sent)
             ray.get(store.save.remote(str(job.path.parent), files, []))
-            sent.update(name for name in files if name.endswith(".ckpt") and ".epoch_" in name)
+            sent.update(name for name in files if name.endswith(".ckpt") and (".epoch_" in name or ".step_" in name))
         ray.get(store.epoch.remote(key, epochs, job.config.epochs))
 
     try:

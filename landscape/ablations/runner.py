@@ -7,8 +7,9 @@ checkpoint; a missing one is trained. A failing cell is reported and the others 
 run one after another.
 
 A branching spec (a `branch_epoch` axis) runs in two waves: first one parent per seed
-(`parent_seed<k>.h5`, keeping its state at every kept epoch), then two children per cell and seed,
-each branched from its parent at the cell's epoch under its own data order (`training/branch.py`).
+(`parent_seed<k>.h5`, keeping its state at every kept epoch, and after the step each fractional branch epoch
+falls on), then two children per cell and seed, each branched from its parent at the cell's epoch under its own
+data order (`training/branch.py`).
 """
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ DEFAULT_ROOT = Path("artifacts/ablations")
 
 @dataclass
 class Origin:
-    """Where a child run starts: its parent's run file, the epoch, and the child's data order."""
+    """Where a child run starts: its parent's run file, the epoch (a fraction: the step it falls on), and the
+    child's data order."""
 
     parent: Path
-    epoch: int
+    epoch: int | float
     data_seed: int
 
 
@@ -49,6 +51,7 @@ class Job:
     path: Path
     config: RunConfig
     origin: Origin | None = None
+    keep_epochs: tuple[float, ...] = ()  # a parent: the fractional epochs to keep its state after (as steps)
 
 
 def cell_status(path: Path) -> str:
@@ -85,8 +88,10 @@ def branching_plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: s
     from landscape.ablations.spec import child_data_seed
 
     extra = {} if data_root is None else {"data_root": str(data_root)}
+    fractions = tuple(sorted({c.branch_epochs[preset] for c in spec.cells if isinstance(c.branch_epochs[preset], float)}))
     jobs = [Job(spec.name, "parent", seed, spec.parent_path(root, preset, seed),
-                replace(spec.config(spec.cells[0], preset, seed), **extra)) for seed in range(seeds)]
+                replace(spec.config(spec.cells[0], preset, seed), **extra), keep_epochs=fractions)
+            for seed in range(seeds)]
     for cell in spec.cells:
         for seed in range(seeds):
             parent = jobs[seed]
@@ -94,7 +99,8 @@ def branching_plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: s
                                           spec.twin_path(root, preset, cell, seed))):
                 data_seed = child_data_seed(seed, child)
                 jobs.append(Job(spec.name, f"{spec.axes[0]}={cell.label}, child {child}", seed, path,
-                                replace(parent.config, data_seed=data_seed, branch_points=False, snapshot_every=0),
+                                replace(parent.config, data_seed=data_seed, branch_points=False, snapshot_every=0,
+                                        branch_steps=()),
                                 Origin(parent.path, cell.branch_epochs[preset], data_seed)))
     return jobs
 
@@ -136,15 +142,20 @@ def run_job(job: Job, threads: int | None = None, on_checkpoint=None, download: 
         resume(job.path, progress=False, on_checkpoint=on_checkpoint, download=download)  # with the run's threads
         return "resumed"
     if job.origin is not None:
-        from landscape.training.branch import branch
+        from landscape.training.branch import branch, branch_point_of
 
         if cell_status(job.origin.parent) != "complete":
             raise LandscapeError(f"its parent {job.origin.parent} has not finished; rerun the command to train it")
-        branch(job.origin.parent, job.path, epoch=job.origin.epoch, data_seed=job.origin.data_seed,
-               options={name: getattr(config, name) for name in ("threads", "device", "branch_points", "snapshot_every")},
-               progress=False, download=download,
-               on_checkpoint=on_checkpoint)
+        branch(job.origin.parent, job.path, **branch_point_of(job.origin.parent, job.origin.epoch),
+               data_seed=job.origin.data_seed, progress=False, download=download, on_checkpoint=on_checkpoint,
+               options={name: getattr(config, name) for name in ("threads", "device", "branch_points", "snapshot_every",
+                                                                 "branch_steps")})
         return "branched"
+    if job.keep_epochs:
+        from landscape.training.branch import steps_of_epochs
+
+        config = replace(config, branch_steps=tuple(sorted(set(config.branch_steps)
+                                                           | set(steps_of_epochs(config, job.keep_epochs, download)))))
     train(config, job.path, progress=False, on_checkpoint=on_checkpoint, download=download)
     return "trained"
 

@@ -24,6 +24,7 @@ spec file, the line and the key. Nothing here imports torch.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class Cell:
     axis: dict = field(default_factory=dict)  # grid cells: axis name -> value, as the spec writes them
     quick_settings: dict = field(default_factory=dict)  # the axes' quick_values, for the quick preset
     horizons: dict = field(default_factory=dict)  # preset -> epochs counted (the "horizon" axis)
-    branch_epochs: dict = field(default_factory=dict)  # preset -> epoch K its runs branch from (the "branch_epoch" axis)
+    branch_epochs: dict = field(default_factory=dict)  # preset -> epoch K its runs branch from (the "branch_epoch"
+    # axis); a float is a fraction of training's epochs, branched at the step it falls on
     file_label: str = ""  # cells differing only by horizon share one run file
 
     @property
@@ -208,12 +210,14 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def check_branching(spec: Spec, fail) -> None:
-    """A branch_epoch axis: the parents keep their state at every branch epoch, within their training."""
+    """A branch_epoch axis: the parents keep their state at every whole branch epoch, within their training (a
+    fractional one is kept after the step it falls on, whatever the snapshots)."""
     if len(spec.axes) != 1:
         raise fail("branch_epoch", "a branch_epoch axis is the spec's only axis (its cells are the branch epochs)")
     for preset in PRESETS:
         parent = spec.config(spec.cells[0], preset)
-        if not parent.branch_points or not parent.snapshots:
+        whole = any(isinstance(cell.branch_epochs[preset], int) for cell in spec.cells)
+        if whole and (not parent.branch_points or not parent.snapshots):
             raise fail("branch_epoch", "the parents must keep their state: set branch_points = true (with snapshots)")
         if parent.until_train_loss or parent.until_train_acc or parent.patience or len(parent.lrs) != 1:
             raise fail("branch_epoch", "a branching spec trains one rate for a fixed number of epochs: one lr, no "
@@ -221,6 +225,11 @@ def check_branching(spec: Spec, fail) -> None:
         every = parent.snapshot_every
         for cell in spec.cells:
             epoch = cell.branch_epochs[preset]
+            if isinstance(epoch, float):
+                if epoch >= parent.epochs:
+                    raise fail("branch_epoch", f"branch epoch {epoch:g} under preset {preset}: the parents train "
+                                               f"{parent.epochs} epochs; pick one within them")
+                continue
             if epoch > parent.epochs or not (epoch in (0, parent.epochs) or (every and epoch % every == 0)):
                 raise fail("branch_epoch", f"branch epoch {epoch} under preset {preset}: the parents train "
                                            f"{parent.epochs} epochs and keep every {every or 'no'} epoch(s) "
@@ -268,8 +277,11 @@ def grid_cells(axes: list[dict], fail) -> tuple[list[str], list[Cell]]:
         branch_epochs = {}
         for name, (value, quick) in zip(names, combination):
             if name == "branch_epoch":
-                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (value, quick)):
-                    raise fail("branch_epoch", "branch epochs are whole numbers of epochs, 0 (initialisation) or more")
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+                           for v in (value, quick)):
+                    raise fail("branch_epoch", "branch epochs are numbers of epochs, 0 (initialisation) or more; "
+                                               "fractions (0.25) branch within an epoch")
+                value, quick = (int(v) if float(v).is_integer() else float(v) for v in (value, quick))
                 branch_epochs = {"full": value, "quick": quick, "cpu": value}
                 continue
             if name == "horizon":
