@@ -23,6 +23,16 @@ def branch(parent, out, *options, capsys):
                      capsys=capsys)
 
 
+def same_snapshots(child, parent, checks: dict) -> None:
+    """The child's snapshot at each epoch of `checks` equals the parent's run lr=0.02 there, by `checks[epoch]`."""
+    from landscape.files.weights_file import read_weights, weights_path
+
+    mine, theirs = read_weights(weights_path(child)), read_weights(weights_path(parent))
+    for epoch, equal in checks.items():
+        for name in theirs.names:
+            assert equal(mine.state(epoch, 0)[name], theirs.state(epoch, 1)[name]), (epoch, name)
+
+
 def test_the_parents_own_order_repeats_its_remaining_epochs_bit_for_bit(parent, tmp_path, capsys):
     from landscape.files.run_file import read_run
     from landscape.files.weights_file import read_weights, weights_path
@@ -38,24 +48,22 @@ def test_the_parents_own_order_repeats_its_remaining_epochs_bit_for_bit(parent, 
         assert same(child.epoch[name][0], mother.epoch[name][1])
     assert (child.attrs["parent_file"], float(child.attrs["parent_lr"]), int(child.attrs["branch_epoch"]),
             int(child.attrs["branch_step"])) == (f"../{parent.parent.name}/parent.h5", 0.02, 1, mother.attrs["steps_per_epoch"])
-    start, final = read_weights(weights_path(tmp_path / "same.h5")), read_weights(weights_path(parent))
-    assert start.epochs == [1, 2, 3]
-    for name in final.names:  # the child starts at the parent's snapshot and ends at its final weights
-        assert np.array_equal(start.state(1, 0)[name], final.state(1, 1)[name]), name
-        assert same(start.state(3, 0)[name], final.state(3, 1)[name]), name
+    assert read_weights(weights_path(tmp_path / "same.h5")).epochs == [1, 2, 3]
+    same_snapshots(tmp_path / "same.h5", parent, {1: np.array_equal, 3: same})  # from the parent's, to its end
     _, out, _ = landscape("info", tmp_path / "same.h5", capsys=capsys)
     assert "parent.h5 (its run lr=0.02) after epoch 1 (step 8); data order seed 0" in out
 
 
-def test_another_data_order_differs_from_the_first_step_after_the_branch(parent, tmp_path, capsys):
+@pytest.mark.parametrize("point, first", [(("--epoch", "1"), 8), (("--step", "13"), 13)])
+def test_another_data_order_differs_from_the_first_step_after_the_branch(parent, tmp_path, capsys, point, first):
     from landscape.files.run_file import read_run
 
-    code, _, err = branch(parent, tmp_path / "other.h5", "--epoch", "1", "--data-seed", "7", capsys=capsys)
+    code, _, err = branch(parent, tmp_path / "other.h5", *point, "--data-seed", "7", capsys=capsys)
     assert code in (0, None), err
     mother, child = read_run(parent), read_run(tmp_path / "other.h5")
-    steps = mother.attrs["steps_per_epoch"]
-    assert np.array_equal(child.train_loss[0, :steps], mother.train_loss[1, :steps])  # the parent's epoch, copied
-    assert child.train_loss[0, steps] != mother.train_loss[1, steps]
+    assert mother.attrs["steps_per_epoch"] == 8
+    assert np.array_equal(child.train_loss[0, :first], mother.train_loss[1, :first])  # the parent's steps, copied
+    assert child.train_loss[0, first] != mother.train_loss[1, first]
     assert int(child.attrs["data_seed"]) == 7
 
 
@@ -101,24 +109,11 @@ def test_a_mid_epoch_branch_with_the_parents_order_repeats_its_remaining_steps(p
     assert same(child.train_loss[0], mother.train_loss[1]) and child.train_loss.shape[1] == 24
     for name in ("test_loss", "test_acc", "train_acc"):
         assert same(child.epoch[name][0, 1:], mother.epoch[name][1, 1:]), name
-    mine, theirs = read_weights(weights_path(tmp_path / "mid.h5")), read_weights(weights_path(parent))
-    assert mine.epochs == [2, 3]  # none at the branch point (mid-epoch 2): snapshots are taken between epochs
-    for name in theirs.names:
-        assert same(mine.state(2, 0)[name], theirs.state(2, 1)[name]), name
-        assert same(mine.state(3, 0)[name], theirs.state(3, 1)[name]), name
+    assert read_weights(weights_path(tmp_path / "mid.h5")).epochs == [2, 3]  # none at the branch point (mid-epoch)
+    same_snapshots(tmp_path / "mid.h5", parent, {2: same, 3: same})
     assert (int(child.attrs["branch_epoch"]), int(child.attrs["branch_step"])) == (1, 13)
     _, out, _ = landscape("info", tmp_path / "mid.h5", capsys=capsys)
     assert "(its run lr=0.02) after step 13 (in epoch 2); data order seed 0" in out
-
-
-def test_a_mid_epoch_branch_under_another_order_differs_from_the_branch_step_on(parent, tmp_path, capsys):
-    from landscape.files.run_file import read_run
-
-    code, _, err = branch(parent, tmp_path / "other.h5", "--step", "13", "--data-seed", "7", capsys=capsys)
-    assert code in (0, None), err
-    mother, child = read_run(parent), read_run(tmp_path / "other.h5")
-    assert np.array_equal(child.train_loss[0, :13], mother.train_loss[1, :13])
-    assert child.train_loss[0, 13] != mother.train_loss[1, 13]
 
 
 def test_a_step_that_ends_an_epoch_branches_as_that_epoch_does(parent, tmp_path, capsys):

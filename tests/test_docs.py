@@ -76,3 +76,38 @@ def test_the_docs_build_strictly(tmp_path):
     done = subprocess.run(["mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO,
                           capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_full_build_draws_the_figures_the_pages_blocks_make(tmp_path):
+    """tools/docs_figures.py: with LANDSCAPE_DOCS_FIGURES=1 a page's blocks run and its marked images appear in the
+    site; without it the marker names the figure; a page whose blocks do not draw it fails the build."""
+    if shutil.which("mkdocs") is None:
+        pytest.skip("mkdocs is not installed: pip install -e '.[docs]'")
+    import os
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "mkdocs.yml").write_text(f"site_name: t\nhooks:\n  - {REPO / 'tools' / 'docs_figures.py'}\n")
+    page = ("# A page\n\n```python\nimport matplotlib.pyplot as plt\nplt.plot([0, 1])\nplt.savefig('{name}')\n```"
+            "\n\n<!-- figure: line.png | A straight line -->\n")
+    (tmp_path / "docs" / "index.md").write_text(page.format(name="line.png"))
+
+    def build(full: bool):
+        env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "LANDSCAPE_DOCS_DATA": str(tmp_path)}
+        env.pop("LANDSCAPE_DOCS_FIGURES", None)
+        if full:
+            env["LANDSCAPE_DOCS_FIGURES"] = "1"
+        return subprocess.run(["mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=tmp_path,
+                              capture_output=True, text=True, env=env, timeout=HANG_GUARD)
+
+    done = build(full=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert 'src="figures/index/line.png"' in html and "A straight line" in html
+    assert (tmp_path / "site" / "figures" / "index" / "line.png").read_bytes()[:4] == b"\x89PNG"
+    done = build(full=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "figures/index/line.png" not in html and "LANDSCAPE_DOCS_FIGURES=1 mkdocs build" in html
+    (tmp_path / "docs" / "index.md").write_text(page.format(name="other.png"))
+    done = build(full=True)
+    assert done.returncode != 0 and "drew no line.png" in done.stderr

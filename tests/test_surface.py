@@ -222,6 +222,20 @@ def test_pca_and_between_surfaces(snap_run, tmp_path, capsys):
                                                   rel=1e-5)
 
 
+def test_a_bare_count_keeps_the_default_extent(snap_run, tmp_path):
+    from landscape.engine.surface import axis_grid
+
+    assert np.allclose(axis_grid("5", "random", None, "x", "grid"), [-1, -0.5, 0, 0.5, 1])
+    assert np.allclose(axis_grid(4, "between", None, "x", "grid"), [-0.25, 0.25, 0.75, 1.25])
+    pca = read_surface(compute_surface(snap_run, SurfaceOptions(lr=1e-3, directions="pca", grid="3", grid_y="4",
+                                                                images=16, device="cpu"),
+                                       tmp_path / "pca.h5", progress=False))
+    for axis, count in (("x", 3), ("y", 4)):  # the trajectory with a 25% margin on each side, in `count` points
+        low, high = pca.trajectory[axis].min(), pca.trajectory[axis].max()
+        margin = 0.25 * (high - low)
+        assert np.allclose(getattr(pca, axis), np.linspace(low - margin, high + margin, count), rtol=1e-12)
+
+
 def test_grid_parsing():
     assert np.allclose(parse_grid("-1:1:5"), [-1, -0.5, 0, 0.5, 1])
     assert np.allclose(parse_grid("0.5:0.5:1"), [0.5])

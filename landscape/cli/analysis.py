@@ -14,9 +14,10 @@ from landscape.errors import UsageError
 @cli.command()
 @snapshot_options()
 @click.option("--dims", type=int, default=2, show_default=True, help="1: a line; 2: a plane.")
-@click.option("--grid", default=None, help="x coordinates start:stop:count [default: -1:1:51; between "
-                                           "-0.25:1.25:31; pca: around the trajectory].")
-@click.option("--grid-y", default=None, help="y coordinates start:stop:count [default: as --grid].")
+@click.option("--grid", default=None, help="x coordinates start:stop:count, or a count N: the default extent in N "
+                                           "points [default: -1:1:51; between -0.25:1.25:31; pca: around the "
+                                           "trajectory, 51].")
+@click.option("--grid-y", default=None, help="y coordinates start:stop:count or a count [default: as --grid].")
 @click.option("--directions", default="random", show_default=True,
               help="random (Gaussian, normalised), pca (of the trajectory) or between (towards --to).")
 @click.option("--norm", default="filter", show_default=True, help="random: filter, layer or none.")

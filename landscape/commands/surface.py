@@ -24,7 +24,7 @@ from landscape.engine.directions import IGNORES, NORMS
 from landscape.engine.executors import InProcess
 from landscape.engine.functional import BN_MODES
 from landscape.engine.surface import (DIRECTIONS, PRECISIONS, PointEvaluator, autocast_for, empty_surface,
-                                      fill_surface, metric_names, parse_grid, plan_surface)
+                                      axis_grid, fill_surface, metric_names, plan_surface)
 from landscape.errors import OverBudget, RunFailed, UsageError
 from landscape.files.atomic import check_output, withdraw_output
 from landscape.files.lock import WriterLock
@@ -75,7 +75,7 @@ class SurfaceOptions(SourceOptions):
         self.validate_source()
         for option, grid in (("--grid", self.grid), ("--grid-y", self.grid_y)):
             if grid is not None:
-                parse_grid(grid, option)
+                axis_grid(grid, self.directions, None, "x", option)
         for option, value in (("--images", self.images), ("--bn-images", self.bn_images)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UsageError(f"{option} must be a positive integer, got {value}")

@@ -39,7 +39,8 @@ GRID_MEMORY_SHARE = 0.25  # the grid's arrays may take at most this share of the
 
 
 def parse_grid(grid, option: str = "grid") -> np.ndarray:
-    """'start:stop:count' (both ends included), a (start, stop, count) tuple, or the coordinates themselves."""
+    """'start:stop:count' (both ends included), a (start, stop, count) tuple, or the coordinates themselves (a bare
+    count, the default extent with that many points, is `axis_grid`'s)."""
     if isinstance(grid, str):
         try:
             start, stop, count = grid.split(":")
@@ -233,24 +234,31 @@ def plan_surface(model: nn.Module, *, params: Params | None = None, buffers: Par
             d, bd = towards(origin, kept, end, end_buffers)
             found.append(d)
             buffer_directions.append(bd)
-    xs = parse_grid(grid if grid is not None else default_grid(kind, trajectory_coords, "x"), "grid")
-    ys = None
-    if dims == 2:
-        ys = parse_grid(grid_y if grid_y is not None else grid if grid is not None else
-                        default_grid(kind, trajectory_coords, "y"), "grid_y")
+    xs = axis_grid(grid, kind, trajectory_coords, "x", "grid")
+    ys = axis_grid(grid_y if grid_y is not None else grid, kind, trajectory_coords, "y", "grid_y") if dims == 2 \
+        else None
     return SurfacePlan(module, origin, kept, found, buffer_directions, xs, ys, kind, trajectory_coords, explained)
 
 
-def default_grid(kind: str, trajectory: dict | None, axis: str):
-    """-1:1:51, between -0.25:1.25:31, PCA: the trajectory with a 25% margin."""
-    if kind == "between":
-        return DEFAULT_BETWEEN_GRID
+def axis_grid(given, kind: str, trajectory: dict | None, axis: str, option: str) -> np.ndarray:
+    """The coordinates of one axis: as given, or the default extent with `given` points when it is a bare count
+    ("21"), or the default."""
+    count = given if isinstance(given, int) and not isinstance(given, bool) else \
+        int(given) if isinstance(given, str) and given.strip().isdigit() else None
+    if given is None or count is not None:
+        return parse_grid(default_grid(kind, trajectory, axis, count or None), option)
+    return parse_grid(given, option)
+
+
+def default_grid(kind: str, trajectory: dict | None, axis: str, count: int | None = None):
+    """-1:1:51, between -0.25:1.25:31, PCA: the trajectory with a 25% margin, 51 points; `count` points instead."""
     if kind == "pca" and trajectory is not None:
         values = trajectory[axis]
         low, high = float(values.min()), float(values.max())
         margin = 0.25 * max(high - low, 1e-3)
-        return np.linspace(low - margin, high + margin, 51)
-    return DEFAULT_GRID
+        return np.linspace(low - margin, high + margin, count or 51)
+    grid = DEFAULT_BETWEEN_GRID if kind == "between" else DEFAULT_GRID
+    return grid if count is None else f"{grid.rsplit(':', 1)[0]}:{count}"
 
 
 class PointEvaluator:
