@@ -5,7 +5,7 @@
 Smoke tests train small runs on the device and compare each path with the fp32 loop engine on the
 same batches: fp32 paths (fused, channels_last, compile) to float rounding, bf16 paths within the
 tolerance below; probes looped against batched; resume after SIGTERM against an uninterrupted run; a
-branch with the parent's own data order against the parent;
+branch with the parent's own data order against the parent (after an epoch, and mid-epoch after step 1);
 surfaces and Hessians on the device against the same computation on the CPU. Each is pass or fail
 with its error, never stopping the others. Then the benchmarks run as subprocesses with time
 limits (bench_speed at full width on 50,000 images: the shared CIFAR subset repeated). Results go
@@ -150,14 +150,17 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
 
         said = []
         for engine in ("loop", "fused"):
-            parent = replace(base, engine=engine, optimizer="sgd", snapshot_every=1, branch_points=True)
+            parent = replace(base, engine=engine, optimizer="sgd", snapshot_every=1, branch_points=True,
+                             branch_steps=(1,))
             whole = read_run(train(parent, folder / f"parent_{engine}.h5", progress=False))
-            child = read_run(branch(folder / f"parent_{engine}.h5", folder / f"child_{engine}.h5", epoch=1,
-                                    data_seed=parent.seed, lr=parent.lrs[1], progress=False))
-            same = np.array_equal(child.train_loss[0], whole.train_loss[1])
-            if not same and not np.allclose(child.train_loss[0], whole.train_loss[1], rtol=1e-4, atol=1e-6):
-                raise AssertionError(f"{engine}: the branch with the parent's order left it")
-            said.append(f"{engine} {'bit-identical' if same else 'within 1e-4'}")
+            for point in ({"epoch": 1}, {"step": 1}):  # after an epoch, and after the first step (mid-epoch)
+                name = "_".join(f"{k}{v}" for k, v in point.items())
+                child = read_run(branch(folder / f"parent_{engine}.h5", folder / f"child_{engine}_{name}.h5",
+                                        **point, data_seed=parent.seed, lr=parent.lrs[1], progress=False))
+                same = np.array_equal(child.train_loss[0], whole.train_loss[1])
+                if not same and not np.allclose(child.train_loss[0], whole.train_loss[1], rtol=1e-4, atol=1e-6):
+                    raise AssertionError(f"{engine}: the branch at {name} with the parent's order left it")
+                said.append(f"{engine} at {name} {'bit-identical' if same else 'within 1e-4'}")
         return "child with the parent's order: " + ", ".join(said)
 
     checks.run("branch a run (loop, fused)", branching)
@@ -174,7 +177,7 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
             f'title = "device check"\nsource = "device check"\nmetrics = ["final_test_acc"]\n[base]\n'
             f'model = "vgg_bn"\ndataset = "cifar10"\ndata_root = "{base.data_root}"\nwidth = 0.0625\n'
             f'lrs = [0.05]\noptimizer = "sgd"\ntrain_subset = 256\nepochs = 2\nsnapshot_every = 1\n'
-            f'branch_points = true\ndevice = "{base.device}"\n[[axes]]\nname = "branch_epoch"\nvalues = [0, 2]\n')
+            f'branch_points = true\ndevice = "{base.device}"\n[[axes]]\nname = "branch_epoch"\nvalues = [0, 0.5, 2]\n')
         spec = load_spec(spec_file)
         counts = run_in_waves(plan(spec, "full", 1, folder / "studies"),
                               lambda wave: run_jobs(wave, 1, report=lambda line: None, progress=False))
@@ -186,7 +189,8 @@ def smoke_tests(folder: Path, base: RunConfig, checks: Checks, dry_run: bool) ->
         if late != 0:
             raise AssertionError(f"two children of the last epoch differ: barrier {late}")
         early = table.values["aligned_barrier_test_loss"][table.cells.index("0 seed0")]
-        return f"parents then children; pairs measured (aligned barrier at k=0: {early:.3g}; at the last epoch: 0)"
+        return (f"parents then children (k = 0, 1/2, 2 epochs); pairs measured (aligned barrier at k=0: {early:.3g}; "
+                f"at the last epoch: 0)")
 
     checks.run("branching study: children, pair barriers (ablate)", branching_study)
 
