@@ -510,7 +510,8 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 step_losses.send()
                 take(step_losses.landed())
             kept_here = keep_step is not None and state.global_step + step + 1 in config.branch_steps
-            if (signals.received is not None or kept_here) and step + 1 < steps:
+            stopping = signals.received is not None  # read once a step
+            if (stopping or kept_here) and step + 1 < steps:
                 take(step_losses.drain())  # the epoch so far, on the host (values unchanged)
                 so_far = {"step": step + 1, "losses": np.concatenate(blocks, axis=1),
                            "correct": correct.cpu().numpy(), "probe_steps": list(probe_steps),
@@ -522,7 +523,7 @@ def record_epochs(config: RunConfig, dataset: Dataset, runs: Engine, writer: Run
                 if kept_here:
                     keep_step(dataclasses.replace(state, elapsed=elapsed, partial=so_far),
                               state.global_step + step + 1)
-            if signals.received is not None and step + 1 < steps:
+            if stopping and step + 1 < steps:
                 state.elapsed, state.partial = elapsed, so_far
                 name = signal.Signals(signals.received).name
                 raise Interrupted(f"stopped by {name} at epoch {epoch + 1}, step {step + 1} of {steps}", state)
