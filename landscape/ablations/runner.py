@@ -88,7 +88,8 @@ def branching_plan(spec: Spec, preset: str, seeds: int, root: Path, data_root: s
     from landscape.ablations.spec import child_data_seed
 
     extra = {} if data_root is None else {"data_root": str(data_root)}
-    fractions = tuple(sorted({c.branch_epochs[preset] for c in spec.cells if isinstance(c.branch_epochs[preset], float)}))
+    fractions = tuple(sorted({epoch for epoch in (c.branch_epochs[preset] for c in spec.cells)
+                              if isinstance(epoch, float)}))
     jobs = [Job(spec.name, "parent", seed, spec.parent_path(root, preset, seed),
                 replace(spec.config(spec.cells[0], preset, seed), **extra), keep_epochs=fractions)
             for seed in range(seeds)]

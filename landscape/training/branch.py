@@ -44,7 +44,8 @@ def branch(parent: str | Path, out: str | Path, *, data_seed: int, epoch: int | 
            options: dict | None = None, overwrite: bool = False, download: bool = False, progress: bool = True,
            checkpoint_every: int = 1, keep_checkpoint: bool = False, on_checkpoint=None) -> Path:
     """Train the child of run `lr` of `parent` branched after `epoch` epochs (or after global step `step`), under the
-    data order `data_seed`, into `out`. `options` are run options given again: they must equal the parent's, except those in MAY_DIFFER.
+    data order `data_seed`, into `out`. `options` are run options given again: they must equal the parent's,
+    except those in MAY_DIFFER.
     `on_checkpoint(out, epochs_done)`: as for `training.runner.train`."""
     parent, out = Path(parent), Path(out)
     run = read_run(parent)

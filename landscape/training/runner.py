@@ -137,7 +137,8 @@ class TrainingState:
     """The loop's counters: what a checkpoint stores besides the engine and the random state.
 
     `epoch` epochs are complete ("global_step" steps). After an interruption (and in a branch point kept
-    mid-epoch), `partial` holds the part of epoch `epoch` already done: its step count, step losses, correct counts and probes.
+    mid-epoch), `partial` holds the part of epoch `epoch` already done: its step count, step losses, correct
+    counts and probes.
     """
 
     epoch: int
