@@ -2,27 +2,38 @@
 
 1. the Gauss-Newton product for cross-entropy: closed form at the output (forward-mode J v, softmax's Hessian
    written out, one backward; the default) against the double-vector-Jacobian trick with autograd's output Hessian;
-2. batched products: a block of vectors through one batched backward (`is_grads_batched`, a vmap over the
-   tangents) against one product at a time, for the Hessian (double backward on the kept gradient graph).
+2. the Hessian product on the kept gradient graph (the default) against rebuilding that graph (a forward and a
+   backward) for every product, as hessian-eigenthings and curvlinops do: a double-backward product costs at
+   least the kept-graph one, so at equal products this ratio bounds how far below theirs our time can go;
+3. batched products: a block of vectors through one batched backward (`is_grads_batched`, a vmap over the
+   tangents) against one product at a time, for the Hessian (double backward on the kept gradient graph);
+4. two rewrites of the model tried for cheaper second derivatives, neither kept: BatchNorm on running statistics
+   written as its affine map x * s + t (`--bn eval`), and channels_last convolutions, each alone and both,
+   against the unchanged model, for the Hessian and the Gauss-Newton product. The last column shows
+   channels_last's lost accuracy on CPU (oneDNN's channels_last backward).
 Each row: the same model, images and vectors; the products agree to float rounding (printed).
 
-    python benchmarks/bench_curvature_products.py --model vgg_bn --width 0.25 --images 256 --block 8
+    python benchmarks/bench_curvature_products.py --model vgg_bn --width 0.25 --images 256 --block 8 --bn eval
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape.engine.batches import Objective  # noqa: E402
 from landscape.engine.devices import resolve_device  # noqa: E402
-from landscape.engine.functional import module_buffers, prepared_module, state_of  # noqa: E402
+from landscape.engine.functional import (FunctionalModel, channels_last_params, module_buffers,  # noqa: E402
+                                         prepared_module, state_of)
 from landscape.engine.operators import GaussNewtonOperator, HessianOperator  # noqa: E402
 from landscape.training.models import build_model  # noqa: E402
 
@@ -35,6 +46,30 @@ def seconds_per_product(operator, vectors: torch.Tensor, repeats: int) -> tuple[
         products = torch.stack([operator(v) for v in vectors])
     sync(vectors.device)
     return (time.perf_counter() - start) / (repeats * len(vectors)), products
+
+
+class AffineBatchNorm(_BatchNorm):
+    """BatchNorm that on running statistics computes x * s + t, s = weight / sqrt(var + eps), t = bias - mean * s."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        pass
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training or self.running_mean is None:
+            return super().forward(input)
+        scale = torch.rsqrt(self.running_var + self.eps) * (self.weight if self.weight is not None else 1)
+        shift = -self.running_mean * scale + (self.bias if self.bias is not None else 0)
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        return torch.addcmul(shift.view(shape), input, scale.view(shape))
+
+
+def affine_batch_norm(module: nn.Module) -> nn.Module:
+    """A copy of `module` (sharing its tensors) whose BatchNorm layers are AffineBatchNorms."""
+    rewritten = copy.deepcopy(module, {id(t): t for t in [*module.parameters(), *module.buffers()]})
+    for layer in rewritten.modules():
+        if isinstance(layer, _BatchNorm):
+            layer.__class__ = AffineBatchNorm
+    return rewritten
 
 
 def batched_hessian(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
@@ -92,6 +127,11 @@ def main() -> None:
     operator = HessianOperator(module, params, kept, batches, Objective())
     base, reference = seconds_per_product(operator, vectors, args.repeats)
     print(f"| Hessian, one vector at a time (baseline) | {base:.4f} | 1.00x | |")
+    rebuilt = HessianOperator(module, params, kept, batches, Objective(), reuse_graph=False)
+    seconds, products = seconds_per_product(rebuilt, vectors, args.repeats)
+    difference = float((products - reference).norm() / reference.norm())
+    print(f"| Hessian, the gradient's graph rebuilt for every product (as hessian-eigenthings and curvlinops do) | "
+          f"{seconds:.4f} | {seconds / base:.2f}x | {difference:.1e} |")
     sync(device)
     start = time.perf_counter()
     for _ in range(args.repeats):
@@ -101,6 +141,35 @@ def main() -> None:
     difference = float((products - reference).norm() / reference.norm())
     print(f"| Hessian, a block of {args.block} in one batched backward | {seconds:.4f} | {seconds / base:.2f}x | "
           f"{difference:.1e} |")
+    for name, operator_class in (("Hessian", HessianOperator), ("GGN, closed form", GaussNewtonOperator)):
+        rewritten_model_rows(name, operator_class, module, params, kept, batches, vectors, args.repeats)
+
+
+def rewritten_model_rows(name: str, operator_class, module, params, buffers, batches, vectors: torch.Tensor,
+                         repeats: int) -> None:
+    """The product on the unchanged model (baseline), with BatchNorm affine, channels_last, and both."""
+    variants = {}
+    for affine, channels_last in ((False, False), (True, False), (False, True), (True, True)):
+        rewritten = affine_batch_norm(module) if affine else module
+        operator = operator_class(rewritten, channels_last_params(params) if channels_last else params, buffers,
+                                  batches, Objective())
+        if channels_last:
+            operator.forward = lambda point, op=operator: FunctionalModel(op.module, {**op.frozen, **point},
+                                                                          op.buffers, channels_last=True)
+        variants[affine, channels_last] = operator
+    timed = {key: [] for key in variants}
+    results = {}
+    for _ in range(repeats):  # alternated, so that a busy spell hits every variant alike
+        for key, operator in variants.items():
+            seconds, results[key] = seconds_per_product(operator, vectors[:2], 1)
+            timed[key].append(seconds)
+    base, reference = min(timed[False, False]), results[False, False]
+    labels = {(False, False): "unchanged model (baseline)", (True, False): "BatchNorm as its affine map",
+              (False, True): "channels_last", (True, True): "both"}
+    for key, label in labels.items():
+        seconds = min(timed[key])
+        difference = float((results[key] - reference).norm() / reference.norm())
+        print(f"| {name}, {label} | {seconds:.4f} | {seconds / base:.2f}x | {difference:.1e} |")
 
 
 if __name__ == "__main__":

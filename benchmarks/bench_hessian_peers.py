@@ -204,6 +204,8 @@ def accuracy_and_peers(args, device, peers: bool = True, curvlinops: bool = True
     print(f"{'':>36}  {'products':>8}  {'seconds':>8}  {'worst error':>11}")
     values, products, seconds = ours(our_operator(model, batches), 3)
     rows = [("landscape (default)", values, products, seconds)]
+    for tol in (1e-2, 1e-1):  # looser stops: the peers' accuracy in fewer products
+        rows.append((f"landscape (tol {tol:g})", *ours(our_operator(model, batches), 3, tol=tol)))
     for name, run in (("PyHessian (default)", lambda: pyhessian_top(model, batches, 3)),
                       (f"PyHessian ({products} products)", lambda: pyhessian_top(model, batches, 3,
                                                                                   max(1, products // 3))),

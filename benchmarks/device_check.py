@@ -395,8 +395,8 @@ def benchmarks(data_root: Path, folder: Path, dry_run: bool, device: str) -> lis
          [python, "benchmarks/bench_hessian_peers.py", "--device", device, "--data-root", str(data_root),
           "--skip", "peers,curvlinops,trace", *(["--width", "1", "--images", "2048", "--epochs", "1"] if full else
                                     ["--width", "0.0625", "--images", "64", "--epochs", "1"])]),
-        ("curvature products: GGN closed form, batched Hessian products", 20 if full else 90,
-         [python, "benchmarks/bench_curvature_products.py", "--device", device,
+        ("curvature products: GGN closed form, batched, rebuilt-graph products, model rewrites", 40 if full else 90,
+         [python, "benchmarks/bench_curvature_products.py", "--device", device, "--bn", "eval",
           *(["--width", "1", "--images", "1024", "--batch-size", "256", "--block", "8"] if full else
             ["--width", "0.0625", "--images", "32", "--batch-size", "16", "--block", "2", "--repeats", "1"])]),
         ("critical sharpness: cost of tracking every 10 steps", 30 if full else 90,
