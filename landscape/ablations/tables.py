@@ -5,7 +5,7 @@ Per spec and preset, under `<root>/<spec>/<preset>/`: `table.md`, `table.csv` an
 the difference; `metric.{png,pdf,csv}` (the table's first metric against the cells) and
 `curves.{png,pdf,csv}` (test accuracy and training loss per epoch of every cell, overlaid); for
 cells that train several learning rates, the loss-landscape figures of `landscape plot`. One
-`index_<preset>.md` under `<root>` links them all. numpy, h5py and seaborn only.
+`index_<preset>.md` under `<root>` links them all. numpy, h5py and matplotlib only.
 """
 from __future__ import annotations
 

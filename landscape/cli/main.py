@@ -1,6 +1,6 @@
 """The `landscape` command: parses arguments and calls the library; nothing else.
 
-Heavy imports (torch, seaborn) happen inside the commands that need them, so `landscape --help`,
+Heavy imports (torch, matplotlib) happen inside the commands that need them, so `landscape --help`,
 `landscape info` and `landscape plot` never import torch. Every error the user can fix is printed
 as one line (`landscape <command>: error: ...`) with exit status 2; a failure during a run exits 1.
 """

@@ -65,7 +65,12 @@ class VGG(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """Xavier-normal weights and zero biases for conv and linear layers; BatchNorm weight 1, bias 0."""
+    """Xavier-normal weights and zero biases for conv and linear layers; BatchNorm weight 1, bias 0.
+
+    A shape-only build (the meta device) draws nothing: there are no values, and torch's meta `normal_` imports
+    torch._dynamo, a second of every command's start."""
+    if any(p.is_meta for p in model.parameters()):
+        return
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_normal_(module.weight)

@@ -1,4 +1,4 @@
-"""Figures of stored runs (numpy, h5py and seaborn only; no torch).
+"""Figures of stored runs (numpy, h5py and matplotlib only; no torch).
 
 Every figure is saved as PNG and PDF, beside a CSV of exactly the numbers it draws, under one stem:
 - `<stem>_per_rate`: each learning rate's loss curve with the envelope band behind (one run file);
