@@ -1,5 +1,6 @@
 """Everyday use on real machines: threads honoured and recorded, Ctrl-C stops an ablation, progress off a
 terminal, partial files said to be partial, and an install that adds no generic top-level modules."""
+import os
 import re
 import signal
 import subprocess
@@ -108,6 +109,22 @@ def test_the_install_adds_no_generic_top_level_modules(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import landscape.cli.main, landscape.ablations.spec"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_surface_and_its_figures_start_without_torchs_compiler_sympy_or_scipy_stats(tiny_run, tmp_path):
+    """Imports that once took 1-3 s of every command's start stay out of a surface command (with its figures):
+    torch._dynamo (imported by a weight initialiser's `normal_` on the meta device), sympy (by a meta `empty_like`)
+    and scipy.stats (by seaborn)."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['landscape', 'surface', {str(tiny_run)!r}, '--lr', '1e-3', '--grid', '-1:1:3', '--images',"
+            f" '32', '--out', {str(tmp_path / 's.h5')!r}, '--quiet']\n"
+            "try:\n    runpy.run_module('landscape', run_name='__main__')\nexcept SystemExit as exc:\n"
+            "    assert exc.code in (0, None), exc.code\n"
+            "print(sorted(m for m in ('torch._dynamo', 'sympy', 'scipy.stats', 'seaborn') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "Agg"}, timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path).glob("s_*contour.png")) and done.stdout.strip() == "[]", done.stdout
 
 
 def test_hessian_images_beyond_the_run_and_unconverged_eigenvalues_are_said(snap, tmp_path, capsys):
