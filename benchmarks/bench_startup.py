@@ -2,7 +2,8 @@
 
 Small commands are mostly their start (imports): this measures what a change to the imports saves. A tiny run is
 trained first (synthetic data, width 1/16); each command then runs `--repeats` times with each checkout, in turn,
-one thread, and the medians and their ratio are printed.
+one thread, and the medians and their ratio are printed. Not in device_check.sh: a start is the CPU's and
+Python's work, not the accelerator's.
 
     git worktree add /tmp/before de61786
     python benchmarks/bench_startup.py --baseline /tmp/before
