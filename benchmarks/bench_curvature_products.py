@@ -10,7 +10,8 @@
 4. two rewrites of the model tried for cheaper second derivatives, neither kept: BatchNorm on running statistics
    written as its affine map x * s + t (`--bn eval`), and channels_last convolutions, each alone and both,
    against the unchanged model, for the Hessian and the Gauss-Newton product. The last column shows
-   channels_last's lost accuracy on CPU (oneDNN's channels_last backward).
+   channels_last's lost accuracy on CPU (oneDNN's channels_last backward), and the last lines the same for a
+   plain gradient against float64.
 Each row: the same model, images and vectors; the products agree to float rounding (printed).
 
     python benchmarks/bench_curvature_products.py --model vgg_bn --width 0.25 --images 256 --block 8 --bn eval
@@ -143,6 +144,25 @@ def main() -> None:
           f"{difference:.1e} |")
     for name, operator_class in (("Hessian", HessianOperator), ("GGN, closed form", GaussNewtonOperator)):
         rewritten_model_rows(name, operator_class, module, params, kept, batches, vectors, args.repeats)
+    gradient_errors(module, params, kept, batches[0])
+
+
+def gradient_errors(module, params, buffers, batch) -> None:
+    """The loss gradient's relative distance from a float64 one, in the default and the channels_last format."""
+    def gradient(point, state, inputs) -> torch.Tensor:
+        point = {n: p.detach().clone().requires_grad_(True) for n, p in point.items()}
+        outputs = FunctionalModel(module, point, state)(inputs)
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(outputs.double(), batch[1]), list(point.values()))
+        return torch.cat([g.reshape(-1).double() for g in grads])
+
+    inputs = batch[0]
+    truth = gradient({n: p.double() for n, p in params.items()},
+                     {n: b.double() if b.is_floating_point() else b for n, b in buffers.items()}, inputs.double())
+    for label, point, layout in (("default format", params, inputs),
+                                 ("channels_last", channels_last_params(params),
+                                  inputs.contiguous(memory_format=torch.channels_last))):
+        error = float((gradient(point, buffers, layout) - truth).norm() / truth.norm())
+        print(f"gradient on {len(inputs)} images, {label}: {error:.1e} from float64")
 
 
 def rewritten_model_rows(name: str, operator_class, module, params, buffers, batches, vectors: torch.Tensor,
