@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape.engine.batches import Objective  # noqa: E402
 from landscape.engine.devices import resolve_device  # noqa: E402
-from landscape.engine.functional import (FunctionalModel, channels_last_params, module_buffers,  # noqa: E402
-                                         prepared_module, state_of)
+from landscape.engine.functional import (FunctionalModel, channels_last_params, flatten,  # noqa: E402
+                                         module_buffers, prepared_module, state_of)
 from landscape.engine.operators import GaussNewtonOperator, HessianOperator  # noqa: E402
 from landscape.training.models import build_model  # noqa: E402
 
@@ -152,8 +152,8 @@ def gradient_errors(module, params, buffers, batch) -> None:
     def gradient(point, state, inputs) -> torch.Tensor:
         point = {n: p.detach().clone().requires_grad_(True) for n, p in point.items()}
         outputs = FunctionalModel(module, point, state)(inputs)
-        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(outputs.double(), batch[1]), list(point.values()))
-        return torch.cat([g.reshape(-1).double() for g in grads])
+        loss = torch.nn.functional.cross_entropy(outputs.double(), batch[1])
+        return flatten(dict(zip(point, torch.autograd.grad(loss, list(point.values())))))
 
     inputs = batch[0]
     truth = gradient({n: p.double() for n, p in params.items()},

@@ -124,7 +124,7 @@ def test_a_surface_and_its_figures_start_without_torchs_compiler_sympy_or_scipy_
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "Agg"}, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert list((tmp_path).glob("s_*contour.png")) and done.stdout.strip() == "[]", done.stdout
+    assert list(tmp_path.glob("s_*contour.png")) and done.stdout.strip() == "[]", done.stdout
 
 
 def test_hessian_images_beyond_the_run_and_unconverged_eigenvalues_are_said(snap, tmp_path, capsys):

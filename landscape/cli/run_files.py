@@ -72,8 +72,8 @@ from landscape.errors import UsageError
               help="loop (one model after another) or fused (all runs as one stacked model; sgd/adam/adamw).")
 @click.option("--precision", default="auto", show_default=True, help="fp32 or bf16 (autocast); auto: bf16 on CUDA.")
 @click.option("--channels-last", is_flag=True,
-              help="channels_last memory format (loop engine). On CPU its gradients are less exact: VGG-A's came "
-                   "2e-4 (relative) from float64, against 5e-7 in the default format "
+              help="channels_last memory format (loop engine). On CPU its gradients can be less exact: VGG-A's at "
+                   "width 0.25 came 2e-4 (relative) from float64, against 5e-7 in the default format "
                    "(benchmarks/bench_curvature_products.py).")
 @click.option("--compile", is_flag=True, help="torch.compile each model (loop engine).")
 @click.option("--log-every", type=int, default=50, show_default=True,
